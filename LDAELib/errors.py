@@ -7,3 +7,7 @@ class LDAEError(Exception):
     The message says what went wrong and what to do; it is shown to the user as it is
     (one line on the command line, a dialog in Slicer).
     """
+
+
+class Cancelled(Exception):
+    """Raised inside a long computation when its cancel flag is set; nothing has been written."""

@@ -1,0 +1,129 @@
+"""The first-stage AutoencoderKL (SPEC §2): MONAI's class, which is numerically the authors' one.
+
+x: B×1×128×160×128 in [0,1] ↔ latent B×3×16×20×16 (official widths). The authors' checkpoints use
+monai-generative key names; ``convert_old_keys`` renames the six upsampling-conv keys so the state
+dict loads strictly (a strict load reports every missing or unexpected tensor, which MONAI's own
+``load_old_state_dict`` would silently fill with random values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from monai.networks.nets import AutoencoderKL
+
+
+@dataclass
+class AutoencoderConfig:
+    """Hyper-parameters, named as the authors' ``vae_args`` (official values as defaults)."""
+
+    spatial_dims: int = 3
+    in_channels: int = 1
+    out_channels: int = 1
+    num_channels: tuple[int, ...] = (64, 128, 128, 128)
+    latent_channels: int = 3
+    num_res_blocks: int = 2
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-6
+    attention_levels: tuple[bool, ...] = (False, False, False, False)
+    with_encoder_nonlocal_attn: bool = False
+    with_decoder_nonlocal_attn: bool = False
+
+    _IGNORED = ("use_flash_attention", "use_checkpointing", "use_convtranspose")
+
+    @property
+    def downsampling(self) -> int:
+        """Spatial reduction factor between image and latent."""
+        return 2 ** (len(self.num_channels) - 1)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["num_channels"] = list(self.num_channels)
+        d["attention_levels"] = list(self.attention_levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AutoencoderConfig":
+        d = dict(d)
+        if "channels" in d and "num_channels" not in d:  # MONAI ≥ 1.4 spelling
+            d["num_channels"] = d.pop("channels")
+        if d.get("use_convtranspose"):
+            raise ValueError("use_convtranspose=True is not supported (the authors' autoencoder upsamples by interpolation)")
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names - set(cls._IGNORED)
+        if unknown:
+            raise ValueError(f"unknown autoencoder settings: {sorted(unknown)}")
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("num_channels", "attention_levels"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+
+def build_autoencoder(config: AutoencoderConfig) -> AutoencoderKL:
+    c = config
+    return AutoencoderKL(
+        spatial_dims=c.spatial_dims,
+        in_channels=c.in_channels,
+        out_channels=c.out_channels,
+        channels=tuple(c.num_channels),
+        latent_channels=c.latent_channels,
+        num_res_blocks=c.num_res_blocks,
+        norm_num_groups=c.norm_num_groups,
+        norm_eps=c.norm_eps,
+        attention_levels=tuple(c.attention_levels),
+        with_encoder_nonlocal_attn=c.with_encoder_nonlocal_attn,
+        with_decoder_nonlocal_attn=c.with_decoder_nonlocal_attn,
+    )
+
+
+def infer_autoencoder_config(state_dict: dict[str, torch.Tensor]) -> AutoencoderConfig:
+    """Widths and depths from tensor shapes; GroupNorm groups and eps keep the authors' defaults."""
+    sd = state_dict
+    if any(".attn." in k or ".to_q." in k for k in sd):
+        raise ValueError("autoencoders with attention blocks are not supported by the shape reader; give vae_args in a config")
+    first = sd["encoder.blocks.0.conv.weight"]
+    in_ch = int(first.shape[1])
+    channels: list[int] = [int(first.shape[0])]
+    res_per_level: list[int] = [0]
+    i = 1
+    while True:
+        p = f"encoder.blocks.{i}."
+        if p + "norm1.weight" in sd:
+            out = int(sd[p + "conv2.conv.weight"].shape[0])
+            if res_per_level[-1] == 0:
+                channels[-1] = out
+            res_per_level[-1] += 1
+        elif p + "conv.conv.weight" in sd:  # downsampling conv: a new level starts
+            channels.append(channels[-1])
+            res_per_level.append(0)
+        else:
+            break
+        i += 1
+    if len(set(res_per_level)) != 1:
+        raise ValueError(f"unexpected autoencoder layout: residual blocks per level {res_per_level}")
+    latent = int(sd["quant_conv_mu.conv.weight"].shape[0])
+    out_key = max((k for k in sd if k.startswith("decoder.blocks.") and k.endswith(".conv.weight")),
+                  key=lambda k: int(k.split(".")[2]))
+    return AutoencoderConfig(
+        in_channels=in_ch,
+        out_channels=int(sd[out_key].shape[0]),
+        num_channels=tuple(channels),
+        latent_channels=latent,
+        num_res_blocks=res_per_level[0],
+        attention_levels=(False,) * len(channels),
+    )
+
+
+def convert_old_keys(state_dict: dict[str, torch.Tensor], target_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Rename monai-generative keys to MONAI ≥ 1.4 names (``….conv.conv.*`` → ``….postconv.conv.*``
+    of the decoder's upsampling blocks). Keys already in ``target_keys`` are kept; nothing is dropped."""
+    out = {}
+    for k, v in state_dict.items():
+        if k not in target_keys and ".conv.conv." in k:
+            renamed = k.replace(".conv.conv.", ".postconv.conv.")
+            if renamed in target_keys:
+                k = renamed
+        out[k] = v
+    return out
