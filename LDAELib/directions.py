@@ -1,0 +1,135 @@
+"""Named attribute directions in the semantic space (SPEC §6, "Manipulation").
+
+A direction is a linear probe w (E,) on normalised codes ŷ = (y − μ)/σ. An edit by alpha moves
+ŷ′ = ŷ + alpha·√E·w/‖w‖ and maps back y′ = ŷ′·σ + μ (the authors' formula; E = 768 at official
+size). Positive alpha moves towards ``positive`` (for the authors' disease probe, ``cn``: towards
+cognitively normal; negative alpha towards AD).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import LDAEError
+
+
+@dataclass
+class Direction:
+    """A linear probe and the statistics that normalise the codes it was trained on.
+
+    Attributes:
+        name: short id used on the command line (``cn``, ``disease``, ``age``…).
+        weight: (E,) float32 probe weight; only its direction matters for edits.
+        mean, std: (E,) per-dimension statistics of the training codes (population std).
+        bias: probe bias (used by ``score`` only).
+        positive, negative: what +alpha and −alpha move towards, for people.
+        alpha_unit: what one unit of alpha means, when calibrated (e.g. "≈ 4.1 years"), else "".
+    """
+
+    name: str
+    weight: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    bias: float = 0.0
+    positive: str = ""
+    negative: str = ""
+    alpha_unit: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.weight = torch.as_tensor(self.weight, dtype=torch.float32).reshape(-1).cpu()
+        self.mean = torch.as_tensor(self.mean, dtype=torch.float32).reshape(-1).cpu()
+        self.std = torch.as_tensor(self.std, dtype=torch.float32).reshape(-1).cpu()
+        e = self.weight.numel()
+        if self.mean.numel() != e or self.std.numel() != e:
+            raise LDAEError(
+                f"direction '{self.name}': probe weight has {e} values but mean/std have "
+                f"{self.mean.numel()}/{self.std.numel()}; they must come from the same model"
+            )
+        if not torch.isfinite(self.weight).all() or float(self.weight.norm()) == 0.0:
+            raise LDAEError(f"direction '{self.name}': the probe weight is zero or not finite")
+        if not torch.isfinite(self.std).all() or (self.std <= 0).any():
+            raise LDAEError(f"direction '{self.name}': the std statistics must be positive and finite")
+
+    @property
+    def dim(self) -> int:
+        return self.weight.numel()
+
+    def apply(self, y: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+        """Move codes y (B×E) by alpha (scalar, or (B,) one per row) along the direction."""
+        if y.shape[-1] != self.dim:
+            raise LDAEError(f"direction '{self.name}' is for {self.dim}-d codes, the model gives {y.shape[-1]}-d codes")
+        w = self.weight.to(y.device, torch.float32)
+        mu, sd = self.mean.to(y.device, torch.float32), self.std.to(y.device, torch.float32)
+        a = torch.as_tensor(alpha, dtype=torch.float32, device=y.device).reshape(-1, 1)
+        y_hat = (y.float() - mu) / sd
+        y_hat = y_hat + a * math.sqrt(self.dim) * (w / w.norm())
+        return (y_hat * sd + mu).to(y.dtype)
+
+    def score(self, y: torch.Tensor) -> torch.Tensor:
+        """Probe logit w·(y−μ)/σ + b for codes y (B×E) → (B,)."""
+        w = self.weight.to(y.device)
+        return ((y.float() - self.mean.to(y.device)) / self.std.to(y.device)) @ w + self.bias
+
+    def describe(self) -> str:
+        s = self.name
+        if self.positive or self.negative:
+            s += f" (+alpha → {self.positive or '?'}, −alpha → {self.negative or '?'})"
+        if self.alpha_unit:
+            s += f"; 1 alpha ≈ {self.alpha_unit}"
+        return s
+
+
+def fit_linear_probe(
+    codes: torch.Tensor,
+    targets: torch.Tensor,
+    name: str,
+    kind: str = "binary",
+    l2: float = 1e-3,
+    positive: str = "",
+    negative: str = "",
+) -> Direction:
+    """Fit a probe on codes (N×E) and turn it into a direction.
+
+    kind "binary": logistic regression, targets 0/1, +alpha towards label 1.
+    kind "continuous": ridge regression on the standardised target, +alpha towards larger values;
+    ``meta["target_per_unit_score"]`` records how much the target changes per unit of probe score.
+    Codes are normalised with their own mean and population std, as the authors do.
+    """
+    x = torch.as_tensor(codes, dtype=torch.float64)
+    t = torch.as_tensor(targets, dtype=torch.float64).reshape(-1)
+    if x.ndim != 2 or x.shape[0] != t.shape[0] or x.shape[0] < 3:
+        raise LDAEError(f"a probe needs N×E codes and N targets with N ≥ 3; got {tuple(x.shape)} and {tuple(t.shape)}")
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    xn = (x - mean) / std
+    e = xn.shape[1]
+    meta: dict = {"kind": kind, "n": int(x.shape[0])}
+    if kind == "binary":
+        if not set(t.unique().tolist()) <= {0.0, 1.0} or t.unique().numel() != 2:
+            raise LDAEError("a binary probe needs targets of both classes 0 and 1")
+        w = torch.zeros(e, dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(xn @ w + b, t) + l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        weight, bias = w.detach(), float(b.detach())
+    elif kind == "continuous":
+        tm, ts = t.mean(), t.std(unbiased=False).clamp_min(1e-12)
+        tn = (t - tm) / ts
+        a = xn.T @ xn + l2 * xn.shape[0] * torch.eye(e, dtype=torch.float64)
+        weight = torch.linalg.solve(a, xn.T @ tn)
+        bias = 0.0
+        meta.update(target_mean=float(tm), target_std=float(ts), target_per_unit_score=float(ts))
+    else:
+        raise LDAEError(f"unknown probe kind '{kind}' (binary or continuous)")
+    return Direction(name, weight.float(), mean.float(), std.float(), bias, positive, negative, meta=meta)

@@ -1,0 +1,112 @@
+"""The LDAE model as one object: its configuration, its three networks and its named directions.
+
+Nothing here reads files (see ``weights/``) or knows about volumes on disk (see ``pipeline`` and
+``space``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .directions import Direction
+from .nets.autoencoder import AutoencoderConfig, build_autoencoder
+from .nets.semantic_encoder import SemanticEncoder, SemanticEncoderConfig
+from .nets.unet import ShiftUNet, UNetConfig
+from .space import ModelSpaceConfig
+
+LATENT_SCALE = 0.8730
+"""The authors' latent scale factor ("1/std of the first training batch"); stored in no checkpoint."""
+
+
+@dataclass
+class LDAEConfig:
+    """Everything needed to build and run a model, round-tripping to JSON.
+
+    Names of the network sections follow the authors' YAML (``vae_args``, ``unet_args``,
+    ``enc_args``) so their files and ours read the same way.
+    """
+
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    encoder: SemanticEncoderConfig = field(default_factory=SemanticEncoderConfig)
+    space: ModelSpaceConfig = field(default_factory=ModelSpaceConfig)
+    latent_scale: float = LATENT_SCALE
+    num_timesteps: int = 1000
+    slicing_plane: str = "axial"
+
+    def to_dict(self) -> dict:
+        return {
+            "vae_args": self.autoencoder.to_dict(),
+            "unet_args": self.unet.to_dict(),
+            "enc_args": self.encoder.to_dict(),
+            "space": self.space.to_dict(),
+            "latent_scale": self.latent_scale,
+            "num_timesteps": self.num_timesteps,
+            "slicing_plane": self.slicing_plane,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LDAEConfig":
+        return cls(
+            autoencoder=AutoencoderConfig.from_dict(d.get("vae_args", {})),
+            unet=UNetConfig.from_dict(d.get("unet_args", {})),
+            encoder=SemanticEncoderConfig.from_dict(d.get("enc_args", {})),
+            space=ModelSpaceConfig.from_dict(d.get("space", {})),
+            latent_scale=float(d.get("latent_scale", LATENT_SCALE)),
+            num_timesteps=int(d.get("num_timesteps", 1000)),
+            slicing_plane=d.get("slicing_plane", "axial"),
+        )
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        f = self.autoencoder.downsampling
+        return (self.autoencoder.latent_channels, *(s // f for s in self.space.shape))
+
+
+class LDAEModel(nn.Module):
+    """AutoencoderKL + semantic encoder + ShiftUNet, in eval mode, plus named directions.
+
+    ``identity`` describes where the weights came from (name, format, SHA-256 of the files) and is
+    copied into every output's provenance.
+    """
+
+    def __init__(self, config: LDAEConfig, directions: dict[str, Direction] | None = None, identity: dict | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.autoencoder = build_autoencoder(config.autoencoder)
+        self.semantic_encoder = SemanticEncoder.from_config(config.encoder)
+        self.shift_unet = ShiftUNet(config.unet)
+        self.directions: dict[str, Direction] = dict(directions or {})
+        self.identity: dict = dict(identity or {})
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def name(self) -> str:
+        return str(self.identity.get("name", "unnamed LDAE model"))
+
+    def num_parameters(self) -> int:
+        seen, n = set(), 0
+        for p in self.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                n += p.numel()
+        return n
+
+
+def small_config() -> LDAEConfig:
+    """A reduced model on a 3 mm grid (64×80×64) that keeps the official 3×16×20×16 latent.
+
+    Used for the random-weight stand-in and as the starting point of the demo model; the autoencoder
+    downsamples by 4 instead of 8, so the latent UNet runs the same code path as the authors'.
+    """
+    return LDAEConfig(
+        autoencoder=AutoencoderConfig(num_channels=(16, 32, 32), norm_num_groups=8, attention_levels=(False, False, False)),
+        unet=UNetConfig(base_channel=32, channel_multiplier=(1, 2, 2), latent_dim=64),
+        encoder=SemanticEncoderConfig(widths=(8, 16, 32, 64), depths=(1, 1, 3, 1), emb_dim=64),
+        space=ModelSpaceConfig(spacing_mm=(3.0, 3.0, 3.0), shape=(64, 80, 64)),
+    )

@@ -1,0 +1,334 @@
+"""Encode once, then edit, interpolate, vary or reconstruct (SPEC §6), with a cache, progress and cancel.
+
+Volumes here are model-space tensors B×1×A×B×S in [0,1] (official 1×1×128×160×128, axis order as
+the NIfTI stores it after stage B). Mapping files to and from model space is ``space``'s job.
+
+An ``Encoding`` keeps what is expensive to compute for one scan: the scaled latent z0, the semantic
+code y_sem and, per DDIM step count, the inverted noise z_T. The pipeline caches encodings by the
+content of the input, so a second edit or interpolation of the same scan repeats neither the
+encoders nor the inversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .diffusion.ddim import ddim_invert, ddim_sample
+from .diffusion.schedule import ddim_schedule
+from .directions import Direction
+from .errors import Cancelled, LDAEError
+from .model import LDAEModel
+
+ProgressCallback = Callable[[int, int, str], None]
+"""progress(done, total, stage): done/total count network calls of the whole operation."""
+CancelCallback = Callable[[], bool]
+
+DEFAULT_STEPS = 10
+
+
+@dataclass
+class Encoding:
+    """What one scan costs to encode. Tensors live on the pipeline's device.
+
+    z0: 1×C×d×h×w scaled latent (μ·scale by default; μ+σ·ε·scale with ``latent_seed``).
+    y_sem: 1×E semantic code. z_T: {steps: 1×C×d×h×w inverted noise}.
+    key: content hash of the input volume and the latent mode.
+    """
+
+    key: str
+    z0: torch.Tensor
+    y_sem: torch.Tensor
+    z_T: dict[int, torch.Tensor] = field(default_factory=dict)
+    latent: str = "mean"
+
+
+class _Progress:
+    def __init__(self, total: int, callback: ProgressCallback | None, cancel: CancelCallback | None) -> None:
+        self.total, self.done, self.callback, self.cancel = total, 0, callback, cancel
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("cancelled")
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        self.done += n
+        if self.callback:
+            self.callback(min(self.done, self.total), self.total, stage)
+
+    def stage(self, name: str) -> Callable[[int, int], None]:
+        """A per-step callback for the DDIM loops that counts into this progress."""
+        return lambda _i, _n: self.advance(name)
+
+
+def content_key(x: torch.Tensor) -> str:
+    """SHA-256 of a volume's float32 values and shape (the cache key of its encoding)."""
+    a = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+    h = hashlib.sha256(str(a.shape).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation with the angle taken over the whole flattened tensors (authors' form)."""
+    af, bf = a.reshape(-1).float(), b.reshape(-1).float()
+    cos = torch.dot(af, bf) / (af.norm() * bf.norm())
+    theta = torch.arccos(cos.clamp(-1.0, 1.0))
+    s = torch.sin(theta)
+    if float(s) < 1e-6:  # (anti)parallel: the formula is 0/0; fall back to a straight line
+        return (1 - t) * a + t * b
+    return (a * torch.sin((1 - t) * theta) / s + b * torch.sin(t * theta) / s).to(a.dtype)
+
+
+class LDAEPipeline:
+    """Runs an ``LDAEModel`` on a chosen device and dtype.
+
+    Args:
+        model: the networks and directions.
+        device: "cpu", "cuda", … (explicit; nothing is chosen behind the caller's back).
+        dtype: compute dtype of the networks (float32 reproduces the authors' numbers).
+        cache_size: how many scans' encodings are kept (LRU).
+        batch_size: how many latents go through the ShiftUNet at once (edits at several alphas,
+            interpolation frames, variations).
+    """
+
+    def __init__(
+        self,
+        model: LDAEModel,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cache_size: int = 16,
+        batch_size: int = 4,
+    ) -> None:
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.device, self.dtype = torch.device(device), dtype
+        self.cache_size, self.batch_size = cache_size, max(1, batch_size)
+        self._cache: OrderedDict[str, Encoding] = OrderedDict()
+        self.calls = {"autoencoder_encode": 0, "semantic_encode": 0, "inversion": 0, "sampling": 0, "decode": 0}
+        self._scale = torch.tensor(model.config.latent_scale, dtype=torch.float32)
+
+    # ------------------------------------------------------------------ inputs
+    def _as_input(self, x) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        if t.ndim == 3:
+            t = t[None, None]
+        elif t.ndim == 4:
+            t = t[None]
+        if t.ndim != 5 or t.shape[1] != 1:
+            raise LDAEError(f"expected a single-channel 3-D volume, got an array of shape {tuple(t.shape)}")
+        f = self.model.config.autoencoder.downsampling
+        if any(s % f for s in t.shape[2:]):
+            raise LDAEError(f"model-space volumes must have sizes divisible by {f}; got {tuple(t.shape[2:])}")
+        if not torch.isfinite(t).all():
+            raise LDAEError("the volume contains NaN or infinite values")
+        return t.to(self.device, self.dtype)
+
+    # ------------------------------------------------------------------ stages
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+        return self.model.shift_unet(x, t, y)
+
+    def _semantic_input(self, x: torch.Tensor) -> torch.Tensor:
+        """B×1×A×B×S → B×1×S×A×B: slices along the last (NIfTI k, axial in MNI) axis."""
+        plane = self.model.config.slicing_plane
+        if plane == "axial":
+            return x.permute(0, 1, 4, 2, 3)
+        if plane == "coronal":
+            return x.permute(0, 1, 3, 2, 4)
+        if plane == "sagittal":
+            return x
+        raise LDAEError(f"unknown slicing plane '{plane}'")
+
+    @torch.inference_mode()
+    def embed(self, x) -> torch.Tensor:
+        """Semantic code y_sem (B×E) of model-space volume(s)."""
+        x = self._as_input(x)
+        self.calls["semantic_encode"] += 1
+        return self.model.semantic_encoder(self._semantic_input(x))
+
+    @torch.inference_mode()
+    def decode(self, z0: torch.Tensor, progress: _Progress | None = None) -> torch.Tensor:
+        """Scaled latents (B×C×d×h×w) → images (B×1×A×B×S), one at a time (the decoder's activations dominate memory)."""
+        out = []
+        for i in range(z0.shape[0]):
+            if progress:
+                progress.check()
+            out.append(self.model.autoencoder.decode(z0[i : i + 1] / self._scale.to(z0.device, z0.dtype)))
+            self.calls["decode"] += 1
+            if progress:
+                progress.advance("decode")
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        x,
+        steps: int | None = DEFAULT_STEPS,
+        *,
+        latent_seed: int | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+        _p: _Progress | None = None,
+    ) -> Encoding:
+        """Encode one model-space volume (1×1×A×B×S) and invert it with ``steps`` DDIM steps.
+
+        Deterministic by default (z0 = μ·scale). ``latent_seed`` draws the authors' sampled latent
+        μ+σ·ε with ε from a generator seeded with it. ``steps=None`` skips the inversion.
+        Results are cached: the same input again costs nothing.
+        """
+        xt = self._as_input(x)
+        if xt.shape[0] != 1:
+            raise LDAEError("encode takes one volume at a time")
+        mode = "mean" if latent_seed is None else f"sampled(seed={latent_seed})"
+        key = hashlib.sha256((content_key(xt) + mode + str(self.dtype)).encode()).hexdigest()
+        enc = self._cache.get(key)
+        need_enc = enc is None
+        need_inv = steps is not None and (enc is None or steps not in enc.z_T)
+        p = _p or _Progress(int(need_enc) * 2 + (steps or 0) * int(need_inv), progress, cancel)
+        if need_enc:
+            p.check()
+            mu, sigma = self.model.autoencoder.encode(xt)
+            self.calls["autoencoder_encode"] += 1
+            z = mu
+            if latent_seed is not None:
+                g = torch.Generator(device="cpu").manual_seed(int(latent_seed))
+                z = mu + torch.randn(sigma.shape, generator=g, dtype=torch.float32).to(sigma.device, sigma.dtype) * sigma
+            z0 = z * self._scale.to(z.device, z.dtype)
+            p.advance("autoencoder")
+            p.check()
+            y = self.embed(xt)
+            p.advance("semantic encoder")
+            enc = Encoding(key=key, z0=z0, y_sem=y, latent=mode)
+        if need_inv:
+            enc.z_T[steps] = ddim_invert(self._unet, enc.z0, enc.y_sem, ddim_schedule(steps), progress=p.stage("inversion"), cancel=p.cancel)
+            self.calls["inversion"] += 1
+        self._remember(enc)
+        return enc
+
+    def _remember(self, enc: Encoding) -> None:
+        self._cache[enc.key] = enc
+        self._cache.move_to_end(enc.key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _ensure(self, enc_or_x, steps: int, p: _Progress) -> Encoding:
+        if isinstance(enc_or_x, Encoding):
+            if steps not in enc_or_x.z_T:
+                enc_or_x.z_T[steps] = ddim_invert(self._unet, enc_or_x.z0, enc_or_x.y_sem, ddim_schedule(steps), progress=p.stage("inversion"), cancel=p.cancel)
+                self.calls["inversion"] += 1
+            return enc_or_x
+        return self.encode(enc_or_x, steps, _p=p)
+
+    def _cost(self, enc_or_x, steps: int) -> int:
+        """Network calls still needed to have an encoding with z_T at ``steps``."""
+        if isinstance(enc_or_x, Encoding):
+            return 0 if steps in enc_or_x.z_T else steps
+        return 2 + steps  # an upper bound; cache hits make the bar jump ahead
+
+    @torch.inference_mode()
+    def sample_latents(self, z_t: torch.Tensor, y: torch.Tensor, steps: int, p: _Progress) -> torch.Tensor:
+        """DDIM-sample a batch (B×C×d×h×w, B×E) in chunks of ``batch_size``."""
+        sched = ddim_schedule(steps)
+        outs = []
+        for i in range(0, z_t.shape[0], self.batch_size):
+            outs.append(ddim_sample(self._unet, z_t[i : i + self.batch_size], y[i : i + self.batch_size], sched, progress=p.stage("sampling"), cancel=p.cancel))
+            self.calls["sampling"] += 1
+        return torch.cat(outs)
+
+    def _n_chunks(self, n: int) -> int:
+        return math.ceil(n / self.batch_size)
+
+    # ------------------------------------------------------------------ operations
+    @torch.inference_mode()
+    def reconstruct(self, enc_or_x, steps: int = DEFAULT_STEPS, *, progress=None, cancel=None) -> torch.Tensor:
+        """Autoencode through the diffusion: invert, sample with the same y_sem, decode → 1×1×A×B×S."""
+        return self.edit(enc_or_x, None, [0.0], steps, progress=progress, cancel=cancel)
+
+    @torch.inference_mode()
+    def edit(
+        self,
+        enc_or_x,
+        direction: Direction | None,
+        alphas: float | Sequence[float],
+        steps: int = DEFAULT_STEPS,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+        return_latents: bool = False,
+    ):
+        """Move y_sem along ``direction`` by each alpha and decode → len(alphas)×1×A×B×S.
+
+        The inversion uses the unedited code (authors' manipulation). ``direction=None`` (or alpha 0
+        for any direction) gives the reconstruction.
+        """
+        alphas = [float(a) for a in (alphas if isinstance(alphas, (list, tuple)) else [alphas])]
+        n = len(alphas)
+        p = _Progress(self._cost(enc_or_x, steps) + self._n_chunks(n) * steps + n, progress, cancel)
+        enc = self._ensure(enc_or_x, steps, p)
+        y = enc.y_sem.expand(n, -1)
+        if direction is not None:
+            y = direction.apply(y, torch.tensor(alphas))
+        z0 = self.sample_latents(enc.z_T[steps].expand(n, -1, -1, -1, -1), y, steps, p)
+        images = self.decode(z0, p)
+        return (images, z0, y) if return_latents else images
+
+    @torch.inference_mode()
+    def interpolate(
+        self,
+        a,
+        b,
+        fractions: float | Sequence[float],
+        steps: int = DEFAULT_STEPS,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+        return_latents: bool = False,
+    ):
+        """Frames between two scans: LERP of y_sem, SLERP of z_T, at each fraction (0 = a, 1 = b)."""
+        fr = [float(f) for f in (fractions if isinstance(fractions, (list, tuple)) else [fractions])]
+        n = len(fr)
+        p = _Progress(self._cost(a, steps) + self._cost(b, steps) + self._n_chunks(n) * steps + n, progress, cancel)
+        ea, eb = self._ensure(a, steps, p), self._ensure(b, steps, p)
+        ft = torch.tensor(fr, dtype=ea.y_sem.dtype, device=ea.y_sem.device).reshape(-1, 1)
+        y = (1 - ft) * ea.y_sem + ft * eb.y_sem
+        z_t = torch.cat([slerp(ea.z_T[steps], eb.z_T[steps], f) for f in fr])
+        z0 = self.sample_latents(z_t, y, steps, p)
+        images = self.decode(z0, p)
+        return (images, z0, y, z_t) if return_latents else images
+
+    @torch.inference_mode()
+    def vary(
+        self,
+        enc_or_x,
+        n: int,
+        seed: int = 0,
+        steps: int = DEFAULT_STEPS,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+    ) -> torch.Tensor:
+        """Stochastic variations: sample from fresh noise x_T ~ N(0, I) (seeded) with the scan's y_sem."""
+        if n < 1:
+            raise LDAEError("the number of variations must be at least 1")
+        p = _Progress((0 if isinstance(enc_or_x, Encoding) else 2) + self._n_chunks(n) * steps + n, progress, cancel)
+        enc = enc_or_x if isinstance(enc_or_x, Encoding) else self.encode(enc_or_x, None, _p=p)
+        g = torch.Generator(device="cpu").manual_seed(int(seed))
+        x_t = torch.randn((n, *enc.z0.shape[1:]), generator=g, dtype=torch.float32).to(self.device, self.dtype)
+        z0 = self.sample_latents(x_t, enc.y_sem.expand(n, -1), steps, p)
+        return self.decode(z0, p)
+
+    @torch.inference_mode()
+    def sample(self, y: torch.Tensor, x_t: torch.Tensor, steps: int = DEFAULT_STEPS, *, progress=None, cancel=None) -> torch.Tensor:
+        """Semantic-only generation from given noise x_T (B×C×d×h×w) and codes y (B×E) → images."""
+        x_t = x_t.to(self.device, self.dtype)
+        y = y.to(self.device, self.dtype)
+        p = _Progress(self._n_chunks(x_t.shape[0]) * steps + x_t.shape[0], progress, cancel)
+        return self.decode(self.sample_latents(x_t, y, steps, p), p)

@@ -1,0 +1,162 @@
+"""Our model bundle: a folder of safetensors files, a JSON config, a SHA-256 manifest and the licence.
+
+    ldae_bundle.json              format, name, LDAEConfig, directions' metadata, provenance
+    autoencoder.safetensors       AutoencoderKL state dict (MONAI ≥ 1.4 key names)
+    semantic_encoder.safetensors  semantic encoder (the backbone once; the alias is restored on load)
+    shift_unet.safetensors        ShiftUNet
+    directions.safetensors        <name>.weight / <name>.mean / <name>.std per direction
+    LICENSE.txt                   the licence the weights come under
+    manifest.json                 {"files": {name: {"sha256", "bytes"}}} of every file above
+
+Loading checks every hash before anything is read, so a truncated or modified file is named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..directions import Direction
+from ..errors import LDAEError
+from ..model import LDAEConfig, LDAEModel
+from ..nets.semantic_encoder import normalise_semantic_encoder_keys
+from .common import load_strict, sha256_file
+
+BUNDLE_JSON, MANIFEST = "ldae_bundle.json", "manifest.json"
+FORMAT, VERSION = "ldae-bundle", 1
+_PARTS = {"autoencoder": "autoencoder.safetensors", "semantic_encoder": "semantic_encoder.safetensors", "shift_unet": "shift_unet.safetensors"}
+_DIRECTIONS = "directions.safetensors"
+_LICENCE = "LICENSE.txt"
+
+
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / BUNDLE_JSON).is_file()
+
+
+def _unshared(sd: dict[str, torch.Tensor], drop_prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies (safetensors refuses shared storage), without the aliased keys."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items() if not (drop_prefix and k.startswith(drop_prefix))}
+
+
+def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None, licence: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model`` as a bundle into ``folder`` (created; must not exist or be empty).
+
+    Written into a temporary folder beside it and renamed at the end, so a failure leaves nothing.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise LDAEError(f"{folder} exists and is not empty; choose a new folder for the bundle")
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    try:
+        cast = lambda sd: {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}  # noqa: E731
+        save_file(cast(_unshared(model.autoencoder.state_dict())), str(tmp / _PARTS["autoencoder"]))
+        save_file(cast(_unshared(model.semantic_encoder.state_dict(), "slice_distributed.")), str(tmp / _PARTS["semantic_encoder"]))
+        save_file(cast(_unshared(model.shift_unet.state_dict())), str(tmp / _PARTS["shift_unet"]))
+        dirs = {}
+        for dname, d in model.directions.items():
+            dirs[f"{dname}.weight"], dirs[f"{dname}.mean"], dirs[f"{dname}.std"] = d.weight, d.mean, d.std
+        save_file(_unshared(dirs), str(tmp / _DIRECTIONS))
+        identity = dict(model.identity)
+        licence = licence or identity.get("licence") or "See the model card that came with these weights."
+        (tmp / _LICENCE).write_text(licence.rstrip() + "\n")
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": name or identity.get("name", "LDAE model"),
+            "config": model.config.to_dict(),
+            "dtype": str(dtype).replace("torch.", ""),
+            "directions": {
+                dname: {"bias": d.bias, "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": d.meta}
+                for dname, d in model.directions.items()
+            },
+            "source": {k: v for k, v in identity.items() if k != "licence"},
+        }
+        (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2))
+        files = sorted(p.name for p in tmp.iterdir())
+        manifest = {"files": {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def verify_bundle(folder: str | Path) -> dict[str, str]:
+    """Check every file against the manifest → {file: sha256}. Raises LDAEError naming a bad file."""
+    folder = Path(folder)
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise LDAEError(f"{folder} has no {MANIFEST}; it is not a complete LDAE bundle. Re-create it with 'ldae convert'.")
+    try:
+        manifest = json.loads(mpath.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise LDAEError(f"{mpath} is damaged; re-create the bundle with 'ldae convert'") from None
+    hashes = {}
+    for fname, entry in manifest.items():
+        p = folder / fname
+        if not p.is_file():
+            raise LDAEError(f"bundle file missing: {p}. Copy the whole bundle folder again.")
+        if p.stat().st_size != entry.get("bytes"):
+            raise LDAEError(f"{p} has {p.stat().st_size} bytes, the manifest says {entry.get('bytes')}: the file is truncated or modified. Copy it again.")
+        digest = sha256_file(p)
+        if digest != entry.get("sha256"):
+            raise LDAEError(f"{p} does not match its SHA-256 in the manifest: the file is corrupt or modified. Copy it again.")
+        hashes[fname] = digest
+    for required in (BUNDLE_JSON, *_PARTS.values()):
+        if required not in hashes:
+            raise LDAEError(f"the bundle manifest does not list {required}; re-create the bundle")
+    return hashes
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise LDAEError(f"{path} could not be read ({err}); copy the bundle again") from None
+
+
+def load_bundle(folder: str | Path, *, verify: bool = True) -> LDAEModel:
+    """Read a bundle written by ``save_bundle`` (hashes checked first unless ``verify=False``)."""
+    folder = Path(folder)
+    if not is_bundle(folder):
+        raise LDAEError(f"{folder} is not an LDAE bundle (no {BUNDLE_JSON})")
+    hashes = verify_bundle(folder) if verify else {}
+    meta = json.loads((folder / BUNDLE_JSON).read_text())
+    if meta.get("format") != FORMAT or int(meta.get("version", 0)) > VERSION:
+        raise LDAEError(f"{folder} is a bundle of format {meta.get('format')} v{meta.get('version')}; this LDAE reads {FORMAT} v{VERSION}. Update LDAE.")
+    config = LDAEConfig.from_dict(meta["config"])
+    dsd = _read(folder / _DIRECTIONS) if (folder / _DIRECTIONS).exists() else {}
+    directions = {}
+    for dname, dm in meta.get("directions", {}).items():
+        try:
+            w, mu, sd = dsd[f"{dname}.weight"], dsd[f"{dname}.mean"], dsd[f"{dname}.std"]
+        except KeyError:
+            raise LDAEError(f"{folder / _DIRECTIONS} lacks the tensors of direction '{dname}'; re-create the bundle") from None
+        directions[dname] = Direction(dname, w, mu, sd, float(dm.get("bias", 0.0)), dm.get("positive", ""), dm.get("negative", ""), dm.get("alpha_unit", ""), dm.get("meta", {}))
+    licence_path = folder / _LICENCE
+    identity = {
+        "name": meta.get("name", folder.name),
+        "format": "bundle",
+        "path": str(folder.resolve()),
+        "files": hashes,
+        "licence": licence_path.read_text().strip() if licence_path.exists() else "",
+        "source": meta.get("source", {}),
+    }
+    model = LDAEModel(config, directions, identity)
+    f32 = lambda sd: {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}  # noqa: E731
+    load_strict(model.autoencoder, f32(_read(folder / _PARTS["autoencoder"])), "autoencoder", _PARTS["autoencoder"])
+    load_strict(model.semantic_encoder, normalise_semantic_encoder_keys(f32(_read(folder / _PARTS["semantic_encoder"]))), "semantic encoder", _PARTS["semantic_encoder"])
+    load_strict(model.shift_unet, f32(_read(folder / _PARTS["shift_unet"])), "ShiftUNet", _PARTS["shift_unet"])
+    return model
