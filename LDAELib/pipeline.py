@@ -92,7 +92,10 @@ class LDAEPipeline:
     Args:
         model: the networks and directions.
         device: "cpu", "cuda", … (explicit; nothing is chosen behind the caller's back).
-        dtype: compute dtype of the networks (float32 reproduces the authors' numbers).
+        dtype: compute dtype of the networks' weights and activations (float32 reproduces the
+            authors' numbers; bfloat16 halves memory). DDIM arithmetic, cached latents and codes
+            stay float32 whatever this is, because 1/√(1/ᾱ−1) amplifies rounding (SPEC §5.5).
+        channels_last: run the 3-D convolutions in channels-last layout (faster on some CPUs).
         cache_size: how many scans' encodings are kept (LRU).
         batch_size: how many latents go through the ShiftUNet at once (edits at several alphas,
             interpolation frames, variations).
@@ -105,9 +108,14 @@ class LDAEPipeline:
         dtype: torch.dtype = torch.float32,
         cache_size: int = 16,
         batch_size: int = 4,
+        channels_last: bool = False,
     ) -> None:
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.autoencoder.to(memory_format=torch.channels_last_3d)
+            self.model.shift_unet.to(memory_format=torch.channels_last_3d)
         self.cache_size, self.batch_size = cache_size, max(1, batch_size)
         self._cache: OrderedDict[str, Encoding] = OrderedDict()
         self.calls = {"autoencoder_encode": 0, "semantic_encode": 0, "inversion": 0, "sampling": 0, "decode": 0}
@@ -127,11 +135,17 @@ class LDAEPipeline:
             raise LDAEError(f"model-space volumes must have sizes divisible by {f}; got {tuple(t.shape[2:])}")
         if not torch.isfinite(t).all():
             raise LDAEError("the volume contains NaN or infinite values")
-        return t.to(self.device, self.dtype)
+        return t.to(self.device, torch.float32)
 
     # ------------------------------------------------------------------ stages
+    def _net_in(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, self.dtype)
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last and x.ndim == 5 else x
+
     def _unet(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
-        return self.model.shift_unet(x, t, y)
+        """The ShiftUNet in the compute dtype; DDIM states and outputs stay float32."""
+        eps, g = self.model.shift_unet(self._net_in(x), t, y.to(self.device, self.dtype))
+        return eps.float().contiguous(), g.float().contiguous()
 
     def _semantic_input(self, x: torch.Tensor) -> torch.Tensor:
         """B×1×A×B×S → B×1×S×A×B: slices along the last (NIfTI k, axial in MNI) axis."""
@@ -149,7 +163,7 @@ class LDAEPipeline:
         """Semantic code y_sem (B×E) of model-space volume(s)."""
         x = self._as_input(x)
         self.calls["semantic_encode"] += 1
-        return self.model.semantic_encoder(self._semantic_input(x))
+        return self.model.semantic_encoder(self._semantic_input(x).to(self.dtype)).float()
 
     @torch.inference_mode()
     def decode(self, z0: torch.Tensor, progress: _Progress | None = None) -> torch.Tensor:
@@ -158,7 +172,8 @@ class LDAEPipeline:
         for i in range(z0.shape[0]):
             if progress:
                 progress.check()
-            out.append(self.model.autoencoder.decode(z0[i : i + 1] / self._scale.to(z0.device, z0.dtype)))
+            z = z0[i : i + 1].float() / self._scale.to(z0.device)
+            out.append(self.model.autoencoder.decode(self._net_in(z)).float().contiguous())
             self.calls["decode"] += 1
             if progress:
                 progress.advance("decode")
@@ -192,12 +207,13 @@ class LDAEPipeline:
         p = _p or _Progress(int(need_enc) * 2 + (steps or 0) * int(need_inv), progress, cancel)
         if need_enc:
             p.check()
-            mu, sigma = self.model.autoencoder.encode(xt)
+            mu, sigma = self.model.autoencoder.encode(self._net_in(xt))
+            mu, sigma = mu.float().contiguous(), sigma.float().contiguous()
             self.calls["autoencoder_encode"] += 1
             z = mu
             if latent_seed is not None:
                 g = torch.Generator(device="cpu").manual_seed(int(latent_seed))
-                z = mu + torch.randn(sigma.shape, generator=g, dtype=torch.float32).to(sigma.device, sigma.dtype) * sigma
+                z = mu + torch.randn(sigma.shape, generator=g, dtype=torch.float32).to(sigma.device) * sigma
             z0 = z * self._scale.to(z.device, z.dtype)
             p.advance("autoencoder")
             p.check()
@@ -321,14 +337,14 @@ class LDAEPipeline:
         p = _Progress((0 if isinstance(enc_or_x, Encoding) else 2) + self._n_chunks(n) * steps + n, progress, cancel)
         enc = enc_or_x if isinstance(enc_or_x, Encoding) else self.encode(enc_or_x, None, _p=p)
         g = torch.Generator(device="cpu").manual_seed(int(seed))
-        x_t = torch.randn((n, *enc.z0.shape[1:]), generator=g, dtype=torch.float32).to(self.device, self.dtype)
+        x_t = torch.randn((n, *enc.z0.shape[1:]), generator=g, dtype=torch.float32).to(self.device)
         z0 = self.sample_latents(x_t, enc.y_sem.expand(n, -1), steps, p)
         return self.decode(z0, p)
 
     @torch.inference_mode()
     def sample(self, y: torch.Tensor, x_t: torch.Tensor, steps: int = DEFAULT_STEPS, *, progress=None, cancel=None) -> torch.Tensor:
         """Semantic-only generation from given noise x_T (B×C×d×h×w) and codes y (B×E) → images."""
-        x_t = x_t.to(self.device, self.dtype)
-        y = y.to(self.device, self.dtype)
+        x_t = x_t.to(self.device, torch.float32)
+        y = y.to(self.device, torch.float32)
         p = _Progress(self._n_chunks(x_t.shape[0]) * steps + x_t.shape[0], progress, cancel)
         return self.decode(self.sample_latents(x_t, y, steps, p), p)

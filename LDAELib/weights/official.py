@@ -200,7 +200,13 @@ def load_official(folder: str | Path) -> LDAEModel:
         "files": hashes,
         "licence": LICENCE_NOTICE,
     }
-    model = LDAEModel(config, directions, identity)
+    try:
+        model = LDAEModel(config, directions, identity)
+    except ValueError as err:
+        raise LDAEError(
+            f"the networks cannot be built with the settings read from {folder}: {err}. For a reduced model, give the "
+            f"settings shapes cannot tell (e.g. {{\"vae_args\": {{\"norm_num_groups\": 8}}}}) in {CONFIG_JSON} beside the files."
+        ) from None
     ae_sd = convert_old_keys(sds["autoencoder"], set(model.autoencoder.state_dict()))
     load_strict(model.autoencoder, ae_sd, "autoencoder", files["autoencoder"].name)
     load_strict(model.semantic_encoder, normalise_semantic_encoder_keys(sds["semantic encoder"]), "semantic encoder", files["semantic encoder"].name)

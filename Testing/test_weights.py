@@ -1,0 +1,178 @@
+"""Weight files: the authors' formats load; bad files give one clear error naming the file; bundles round-trip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from LDAELib.errors import LDAEError
+from LDAELib.weights import load_model
+from LDAELib.weights.bundle import save_bundle, verify_bundle
+from conftest import fixture_path, load_fixture
+
+
+def _copy_official(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].float(), sb[k].float()) for k in sa)
+
+
+def test_lightning_checkpoint_loads_like_the_inference_files(tmp_path, official_model):
+    """A representation-learning Lightning checkpoint (vae./ema_encoder./ema_decoder. prefixes)."""
+    enc = load_fixture("semantic_encoder_state_dict.pt")
+    dec = load_fixture("shift_unet_state_dict_fp16.pt")
+    vae = load_fixture("aekl_state_dict.pt")
+    sd = {}
+    for prefix, part in (("vae.", vae), ("encoder.", enc), ("ema_encoder.", enc), ("decoder.", dec), ("ema_decoder.", dec)):
+        sd.update({prefix + k: v for k, v in part.items()})
+    ckpt = {"epoch": 3, "global_step": 10, "pytorch-lightning_version": "2.4.0", "state_dict": sd,
+            "hyper_parameters": {"lr": 1e-4, "mode": "representation-learning"}}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    (tmp_path / "ldae_config.json").write_text(json.dumps({"vae_args": {"norm_num_groups": 8}}))
+    model = load_model(tmp_path)
+    assert _same_weights(model, official_model)
+
+
+def test_authors_yaml_config_is_read(tmp_path, official_dir):
+    d = _copy_official(official_dir, tmp_path / "m")
+    (d / "ldae_config.json").unlink()
+    (d / "ldae_repr_learn.yaml").write_text("fit:\n  model:\n    init_args:\n      vae_args:\n        norm_num_groups: 8\n")
+    assert load_model(d).config.autoencoder.norm_num_groups == 8
+
+
+def test_missing_config_gives_a_shape_error_naming_the_tensor(tmp_path, official_dir):
+    """Without the groups setting the reduced AEKL cannot be built with 32 groups of 16 channels."""
+    d = _copy_official(official_dir, tmp_path / "m")
+    (d / "ldae_config.json").unlink()
+    with pytest.raises(LDAEError, match="settings|groups"):
+        load_model(d)
+
+
+def test_missing_file_is_named(tmp_path, official_dir):
+    d = _copy_official(official_dir, tmp_path / "m")
+    (d / "decoder.pth").unlink()
+    with pytest.raises(LDAEError, match="decoder.pth"):
+        load_model(d)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(LDAEError, match="not found"):
+        load_model(tmp_path / "nope")
+
+
+def test_truncated_checkpoint_is_named(tmp_path, official_dir):
+    d = _copy_official(official_dir, tmp_path / "m")
+    data = (d / "encoder.pth").read_bytes()
+    (d / "encoder.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(LDAEError, match=r"encoder\.pth.*(truncated|corrupt)"):
+        load_model(d)
+
+
+def test_garbage_file_is_named(tmp_path, official_dir):
+    d = _copy_official(official_dir, tmp_path / "m")
+    (d / "autoencoderkl.pth").write_bytes(b"<html>Google Drive - virus scan warning</html>")
+    with pytest.raises(LDAEError, match="autoencoderkl.pth"):
+        load_model(d)
+
+
+def test_swapped_files_are_detected(tmp_path, official_dir):
+    d = _copy_official(official_dir, tmp_path / "m")
+    (d / "encoder.pth").rename(d / "tmp")
+    (d / "decoder.pth").rename(d / "encoder.pth")
+    (d / "tmp").rename(d / "decoder.pth")
+    with pytest.raises(LDAEError, match="swapped"):
+        load_model(d)
+
+
+def test_incomplete_state_dict_names_the_missing_tensor(tmp_path, official_dir):
+    d = _copy_official(official_dir, tmp_path / "m")
+    sd = torch.load(d / "decoder.pth", weights_only=True)
+    del sd["shift_out.2.weight"]
+    torch.save(sd, d / "decoder.pth")
+    with pytest.raises(LDAEError, match=r"shift_out\.2\.weight"):
+        load_model(d)
+
+
+def test_nan_weights_are_refused(tmp_path, official_dir):
+    d = _copy_official(official_dir, tmp_path / "m")
+    sd = torch.load(d / "autoencoderkl.pth", weights_only=True)
+    sd["quant_conv_mu.conv.bias"][0] = float("nan")
+    torch.save(sd, d / "autoencoderkl.pth")
+    with pytest.raises(LDAEError, match="NaN"):
+        load_model(d)
+
+
+class _Payload:
+    def __reduce__(self):  # what a malicious pickle would run
+        return (print, ("unpickled code ran",))
+
+
+def test_pickled_code_is_never_run(tmp_path, official_dir, capsys):
+    d = _copy_official(official_dir, tmp_path / "m")
+    torch.save({"weight": _Payload()}, d / "encoder.pth")
+    with pytest.raises(LDAEError, match="refused"):
+        load_model(d)
+    assert "unpickled code ran" not in capsys.readouterr().out
+
+
+def test_authors_probe_becomes_direction_cn_with_their_sign(tmp_path, official_dir):
+    d = _copy_official(official_dir, tmp_path / "m")
+    w = torch.randn(1, 64)
+    torch.save({"weight": w, "bias": torch.tensor([0.89])}, d / "disease_classifier.ckpt")
+    torch.save(torch.zeros(64), d / "semantic_mean.pt")
+    torch.save(torch.ones(64), d / "semantic_std.pt")
+    cn = load_model(d).directions["cn"]
+    y = torch.zeros(1, 64)
+    assert float(cn.score(cn.apply(y, +1.0))) > float(cn.score(y)) > float(cn.score(cn.apply(y, -1.0)))
+    assert "CN" in cn.positive and "AD" in cn.negative
+
+
+def test_bundle_round_trip_keeps_weights_directions_and_hashes(tmp_path, official_model):
+    from LDAELib.directions import Direction
+
+    official_model.directions["test"] = Direction("test", torch.randn(64), torch.zeros(64), torch.ones(64), positive="up")
+    try:
+        out = save_bundle(official_model, tmp_path / "bundle", name="fixture model")
+    finally:
+        del official_model.directions["test"]
+    files = verify_bundle(out)
+    assert {"autoencoder.safetensors", "shift_unet.safetensors", "semantic_encoder.safetensors", "LICENSE.txt"} <= set(files)
+    back = load_model(out)
+    assert _same_weights(back, official_model)
+    assert back.directions["test"].positive == "up"
+    assert back.identity["files"] == files
+    assert back.config.to_dict() == official_model.config.to_dict()
+
+
+def test_tampered_bundle_file_is_named(tmp_path, official_model):
+    out = save_bundle(official_model, tmp_path / "bundle")
+    p = out / "shift_unet.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-10] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(LDAEError, match="shift_unet.safetensors.*SHA-256"):
+        load_model(out)
+
+
+def test_truncated_bundle_file_is_named(tmp_path, official_model):
+    out = save_bundle(official_model, tmp_path / "bundle")
+    p = out / "autoencoder.safetensors"
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(LDAEError, match="autoencoder.safetensors.*truncated"):
+        load_model(out)
+
+
+def test_bundle_is_not_written_over_a_non_empty_folder(tmp_path, official_model):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep.txt").write_text("x")
+    with pytest.raises(LDAEError, match="not empty"):
+        save_bundle(official_model, tmp_path / "b")
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["keep.txt"]
