@@ -188,7 +188,7 @@ def _direction(model, spec: str):
 
 def _run(args) -> int:
     from .errors import LDAEError
-    from .io import OutputSet, check_writable
+    from .io import OutputSet, check_writable, ensure_folder
 
     if args.command == "fit-probe":
         from .directions_io import fit_probe_from_csv
@@ -203,7 +203,7 @@ def _run(args) -> int:
     if args.command in ("reconstruct", "edit"):
         check_writable(args.output)
     elif args.command in ("interpolate", "vary"):
-        check_writable(Path(args.output_dir) / "x")
+        ensure_folder(args.output_dir)
     elif args.command == "embed":
         check_writable(args.output)
     elif args.command == "convert":
@@ -237,13 +237,13 @@ def _run(args) -> int:
             return 0
 
         if args.command in ("reconstruct", "edit"):
+            d = _direction(model, args.direction) if args.command == "edit" else None
             vol, x, ctx = _prepare(args, args.input, space_cfg)
             enc = _encode(args, pipe, x, bar)
             if args.command == "reconstruct":
                 out = pipe.reconstruct(enc, args.steps, progress=bar)
                 extra = {"description": f"LDAE reconstruction T={args.steps}"}
             else:
-                d = _direction(model, args.direction)
                 out = pipe.edit(enc, d, [args.alpha], args.steps, progress=bar)
                 extra = {"description": f"LDAE {d.name} alpha={args.alpha:+g} T={args.steps}", "direction": d.name,
                          "direction_meaning": d.describe(), "alpha": args.alpha}

@@ -60,16 +60,22 @@ def sha256_of(path: str | Path) -> str:
 
 
 def check_writable(path: str | Path) -> Path:
-    """Fail before any computation if ``path`` cannot be written (its folder is created if missing)."""
+    """Fail before any computation if the file ``path`` cannot be written (its folder is created if missing)."""
     path = Path(path)
-    folder = path.parent if path.suffix else path
+    ensure_folder(path.parent)
+    return path
+
+
+def ensure_folder(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check that files can be written into it."""
+    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise LDAEError(f"cannot create the output folder {folder}: {err.strerror}") from None
     if not os.access(folder, os.W_OK):
         raise LDAEError(f"cannot write into {folder}: permission denied; choose another output location")
-    return path
+    return folder
 
 
 def _nifti(data: np.ndarray, like: Volume, description: str) -> nib.Nifti1Image:

@@ -51,3 +51,39 @@ def official_model(official_dir):
     from LDAELib.weights import load_model
 
     return load_model(official_dir)
+
+
+def make_brain(shape=(91, 109, 91), spacing=2.0, seed=0, shift=(0.0, 0.0, 0.0)):
+    """A smooth synthetic head-like volume (ellipsoid 'brain' with 'ventricles') and an MNI-like affine."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = sum((g - s) ** 2 / a**2 for g, s, a in zip(grids, shift, (0.75, 0.8, 0.7)))
+    v = np.where(r < 1, 0.6 + 0.3 * np.cos(6 * grids[0]) * np.sin(5 * grids[1]), 0.0)
+    vent = sum(g**2 / a**2 for g, a in zip(grids, (0.15, 0.25, 0.15)))
+    v = np.where(vent < 1, 0.15, v) + 0.01 * rng.standard_normal(shape) * (r < 1)
+    affine = np.diag([-spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = [spacing * (shape[0] - 1) / 2, -spacing * (shape[1] - 1) / 2 - 18, -spacing * (shape[2] - 1) / 2 + 18]
+    return v.astype(np.float32), affine
+
+
+def save_nifti(path, data, affine):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory) -> Path:
+    """A small random-weight model (3 mm grid, 16×20×16 latent) with one direction, as a bundle."""
+    from LDAELib.directions import Direction
+    from LDAELib.model import small_config
+    from LDAELib.weights import random_model
+    from LDAELib.weights.bundle import save_bundle
+
+    model = random_model(small_config(), seed=1)
+    g = torch.Generator().manual_seed(3)
+    model.directions["disease"] = Direction("disease", torch.randn(64, generator=g), torch.zeros(64), torch.ones(64), positive="atrophy", negative="healthy")
+    return save_bundle(model, tmp_path_factory.mktemp("models") / "small", name="small random test model")
