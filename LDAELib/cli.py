@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("output", help="new bundle folder")
     s.add_argument("--name", help="model name stored in the bundle")
     s = sub.add_parser("info", parents=[common], help="model, directions, licence and this machine")
+    s = sub.add_parser("demo", parents=[common], help="run the main operations end to end on bundled example scans")
+    s.add_argument("output_dir")
     return p
 
 
@@ -165,11 +167,11 @@ def _back(out_tensor, ctx):
     return from_model_space(out_tensor.detach().float().cpu().numpy()[0, 0], ctx)
 
 
-def _encode(args, pipe, x, bar):
-    seed = args.seed if args.sample_latent else None
-    if args.sample_latent and seed is None:
-        seed = 0
-    return pipe.encode(x, args.steps, latent_seed=seed, progress=bar)
+def _latent_seed(args) -> int | None:
+    """None = the deterministic μ; with --sample-latent, the seed of ε (default 0)."""
+    if not args.sample_latent:
+        return None
+    return 0 if args.seed is None else args.seed
 
 
 def _direction(model, spec: str):
@@ -186,7 +188,7 @@ def _direction(model, spec: str):
     raise LDAEError(f"unknown direction '{spec}'; this model has: {names} (or give a probe file .safetensors)")
 
 
-def _run(args) -> int:
+def _run(args, model=None) -> int:
     from .errors import LDAEError
     from .io import OutputSet, check_writable, ensure_folder
 
@@ -206,12 +208,14 @@ def _run(args) -> int:
         ensure_folder(args.output_dir)
     elif args.command == "embed":
         check_writable(args.output)
+    elif args.command == "demo":
+        ensure_folder(args.output_dir)
     elif args.command == "convert":
         out = Path(args.output)
         if out.exists() and any(out.iterdir()):
             raise LDAEError(f"{out} exists and is not empty; choose a new folder for the bundle")
 
-    model = _load_model(args)
+    model = model if model is not None else _load_model(args)
     if args.command == "info":
         return _info(args, model)
     if args.command == "convert":
@@ -220,6 +224,9 @@ def _run(args) -> int:
         save_bundle(model, args.output, name=args.name)
         print(f"wrote bundle {args.output}")
         return 0
+
+    if args.command == "demo":
+        return _demo(args, model)
 
     pipe = _pipeline(args, model)
     space_cfg = model.config.space
@@ -239,12 +246,11 @@ def _run(args) -> int:
         if args.command in ("reconstruct", "edit"):
             d = _direction(model, args.direction) if args.command == "edit" else None
             vol, x, ctx = _prepare(args, args.input, space_cfg)
-            enc = _encode(args, pipe, x, bar)
             if args.command == "reconstruct":
-                out = pipe.reconstruct(enc, args.steps, progress=bar)
+                out = pipe.reconstruct(x, args.steps, latent_seed=_latent_seed(args), progress=bar)
                 extra = {"description": f"LDAE reconstruction T={args.steps}"}
             else:
-                out = pipe.edit(enc, d, [args.alpha], args.steps, progress=bar)
+                out = pipe.edit(x, d, [args.alpha], args.steps, latent_seed=_latent_seed(args), progress=bar)
                 extra = {"description": f"LDAE {d.name} alpha={args.alpha:+g} T={args.steps}", "direction": d.name,
                          "direction_meaning": d.describe(), "alpha": args.alpha}
             with OutputSet() as outs:
@@ -259,8 +265,7 @@ def _run(args) -> int:
                 raise LDAEError("--at fractions should lie between 0 and 1 (mild extrapolation down to −0.5 and up to 1.5 is allowed)")
             va, xa, ctx_a = _prepare(args, args.input_a, space_cfg)
             vb, xb, _ = _prepare(args, args.input_b, space_cfg)
-            ea, eb = _encode(args, pipe, xa, bar), _encode(args, pipe, xb, bar)
-            out = pipe.interpolate(ea, eb, fr, args.steps, progress=bar)
+            out = pipe.interpolate(xa, xb, fr, args.steps, latent_seed=_latent_seed(args), progress=bar)
             with OutputSet() as outs:
                 for i, f in enumerate(fr):
                     path = Path(args.output_dir) / f"interp_t{f:.3f}.nii.gz"
@@ -305,6 +310,45 @@ def _write_embeddings(path, inputs, codes, model) -> None:
                     for p, row in zip(inputs, codes):
                         f.write(str(Path(p).resolve()) + "," + ",".join(f"{v:.7g}" for v in row) + "\n")
             outs.add_file(path, write)
+
+
+def _demo(args, model) -> int:
+    """Example scans → reconstruction, edits along every direction, interpolation; via the same commands."""
+    import time
+
+    import nibabel as nib
+
+    from .data.phantom import phantom_brain
+
+    out = Path(args.output_dir)
+    inputs = out / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    visits = []
+    for i, scale in enumerate((1.0, 1.5)):
+        data, affine = phantom_brain(ventricle_scale=scale, seed=i)
+        p = inputs / f"subject01_visit{i + 1}.nii.gz"
+        nib.save(nib.Nifti1Image(data, affine), str(p))
+        visits.append(p)
+    model_args = ["--model", args.model] if args.model else []
+    common = [*model_args, "--steps", str(args.steps), "--device", str(args.device)] + (["-q"] if args.quiet else [])
+    if args.threads:
+        common += ["--threads", str(args.threads)]
+    runs = [("reconstruct", ["reconstruct", str(visits[0]), str(out / "reconstruction.nii.gz")])]
+    for name in model.directions:
+        for alpha in (-2.0, 2.0):
+            runs.append((f"edit {name} {alpha:+g}", ["edit", str(visits[0]), str(out / f"edit_{name}_{alpha:+g}.nii.gz"), "--direction", name, "--alpha", str(alpha)]))
+    runs.append(("interpolate", ["interpolate", str(visits[0]), str(visits[1]), str(out / "interpolation"), "--at", "0.25", "0.5", "0.75"]))
+    if not model.directions:
+        print("ldae demo: this model has no directions, so no edits are run", file=sys.stderr)
+    parser = _parser()
+    for label, argv in runs:
+        t0 = time.perf_counter()
+        code = _run(parser.parse_args(argv + common), model)
+        if code:
+            return code
+        print(f"  {label}: {time.perf_counter() - t0:.1f} s")
+    print(f"demo outputs in {out} (model: {model.name})")
+    return 0
 
 
 def _info(args, model) -> int:

@@ -235,13 +235,13 @@ class LDAEPipeline:
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def _ensure(self, enc_or_x, steps: int, p: _Progress) -> Encoding:
+    def _ensure(self, enc_or_x, steps: int, p: _Progress, latent_seed: int | None = None) -> Encoding:
         if isinstance(enc_or_x, Encoding):
             if steps not in enc_or_x.z_T:
                 enc_or_x.z_T[steps] = ddim_invert(self._unet, enc_or_x.z0, enc_or_x.y_sem, ddim_schedule(steps), progress=p.stage("inversion"), cancel=p.cancel)
                 self.calls["inversion"] += 1
             return enc_or_x
-        return self.encode(enc_or_x, steps, _p=p)
+        return self.encode(enc_or_x, steps, latent_seed=latent_seed, _p=p)
 
     def _cost(self, enc_or_x, steps: int) -> int:
         """Network calls still needed to have an encoding with z_T at ``steps``."""
@@ -264,9 +264,9 @@ class LDAEPipeline:
 
     # ------------------------------------------------------------------ operations
     @torch.inference_mode()
-    def reconstruct(self, enc_or_x, steps: int = DEFAULT_STEPS, *, progress=None, cancel=None) -> torch.Tensor:
+    def reconstruct(self, enc_or_x, steps: int = DEFAULT_STEPS, *, latent_seed=None, progress=None, cancel=None) -> torch.Tensor:
         """Autoencode through the diffusion: invert, sample with the same y_sem, decode → 1×1×A×B×S."""
-        return self.edit(enc_or_x, None, [0.0], steps, progress=progress, cancel=cancel)
+        return self.edit(enc_or_x, None, [0.0], steps, latent_seed=latent_seed, progress=progress, cancel=cancel)
 
     @torch.inference_mode()
     def edit(
@@ -276,6 +276,7 @@ class LDAEPipeline:
         alphas: float | Sequence[float],
         steps: int = DEFAULT_STEPS,
         *,
+        latent_seed: int | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
         return_latents: bool = False,
@@ -288,7 +289,7 @@ class LDAEPipeline:
         alphas = [float(a) for a in (alphas if isinstance(alphas, (list, tuple)) else [alphas])]
         n = len(alphas)
         p = _Progress(self._cost(enc_or_x, steps) + self._n_chunks(n) * steps + n, progress, cancel)
-        enc = self._ensure(enc_or_x, steps, p)
+        enc = self._ensure(enc_or_x, steps, p, latent_seed)
         y = enc.y_sem.expand(n, -1)
         if direction is not None:
             y = direction.apply(y, torch.tensor(alphas))
@@ -304,6 +305,7 @@ class LDAEPipeline:
         fractions: float | Sequence[float],
         steps: int = DEFAULT_STEPS,
         *,
+        latent_seed: int | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
         return_latents: bool = False,
@@ -312,7 +314,7 @@ class LDAEPipeline:
         fr = [float(f) for f in (fractions if isinstance(fractions, (list, tuple)) else [fractions])]
         n = len(fr)
         p = _Progress(self._cost(a, steps) + self._cost(b, steps) + self._n_chunks(n) * steps + n, progress, cancel)
-        ea, eb = self._ensure(a, steps, p), self._ensure(b, steps, p)
+        ea, eb = self._ensure(a, steps, p, latent_seed), self._ensure(b, steps, p, latent_seed)
         ft = torch.tensor(fr, dtype=ea.y_sem.dtype, device=ea.y_sem.device).reshape(-1, 1)
         y = (1 - ft) * ea.y_sem + ft * eb.y_sem
         z_t = torch.cat([slerp(ea.z_T[steps], eb.z_T[steps], f) for f in fr])
