@@ -176,3 +176,39 @@ def test_bundle_is_not_written_over_a_non_empty_folder(tmp_path, official_model)
     with pytest.raises(LDAEError, match="not empty"):
         save_bundle(official_model, tmp_path / "b")
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["keep.txt"]
+
+
+def _as_if_saved_on_mps(path: Path) -> None:
+    """Rewrite a torch zip file's storage location tags from 'cpu' to 'mps' (same length)."""
+    import zipfile
+
+    src = zipfile.ZipFile(path)
+    items = [(i, src.read(i.filename)) for i in src.infolist()]
+    src.close()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for info, data in items:
+            if info.filename.endswith("data.pkl"):
+                assert b"cpu" in data
+                data = data.replace(b"cpu", b"mps")
+            dst.writestr(info, data)
+
+
+def test_files_saved_on_apple_mps_load_on_the_cpu(tmp_path, official_dir):
+    d = _copy_official(official_dir, tmp_path / "m")
+    torch.save(torch.zeros(64), d / "semantic_mean.pt")
+    torch.save(torch.ones(64), d / "semantic_std.pt")
+    torch.save({"weight": torch.ones(1, 64), "bias": torch.zeros(1)}, d / "disease_classifier.ckpt")
+    for name in ("semantic_mean.pt", "semantic_std.pt", "disease_classifier.ckpt", "autoencoderkl.pth"):
+        _as_if_saved_on_mps(d / name)
+    with pytest.raises(Exception):  # what a plain torch.load does on a machine without mps
+        torch.load(d / "semantic_mean.pt", weights_only=True)
+    model = load_model(d)
+    assert "cn" in model.directions and float(model.directions["cn"].std.mean()) == 1.0
+
+
+def test_public_api_is_importable_lazily():
+    import LDAELib
+
+    assert LDAELib.load_model is load_model
+    with pytest.raises(AttributeError):
+        LDAELib.nothing_here
