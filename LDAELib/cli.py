@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="seed for stochastic parts (variations; the sampled latent with --sample-latent)")
     g.add_argument("--sample-latent", action="store_true", help="use the authors' sampled latent μ+σ·ε (seeded by --seed) instead of the deterministic μ")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="network precision (default float32 = the authors' numbers; bfloat16 halves weight memory; float16 on GPUs only)")
     g.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--model-space", action="store_true", help="inputs are already in model space: used exactly as stored, no resampling or rescaling")
     g.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of a bundle's files")
@@ -126,7 +128,10 @@ def _pipeline(args, model):
     dev = str(args.device)
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise LDAEError(f"--device {dev} was asked for but this torch has no CUDA device; use --device cpu")
-    return LDAEPipeline(model, device=dev)
+    dtype = getattr(torch, args.dtype)
+    if dtype == torch.float16 and not dev.startswith("cuda"):
+        raise LDAEError("--dtype float16 runs on GPUs only; on the CPU use bfloat16 or float32")
+    return LDAEPipeline(model, device=dev, dtype=dtype)
 
 
 def _prepare(args, path, space_cfg):
@@ -154,6 +159,7 @@ def _provenance(args, model, operation: str, inputs: list, **extra) -> dict:
         "latent": "sampled" if args.sample_latent else "mean",
         "model_space_input": bool(args.model_space),
         "device": str(args.device),
+        "dtype": args.dtype,
         "inputs": [{"path": str(Path(p).resolve()), "sha256": sha256_of(p)} for p in inputs],
         "created": now_iso(),
     }

@@ -164,3 +164,15 @@ def test_missing_model_folder_is_one_line(tmp_path, scans, capsys):
 def test_entry_point_runs_as_a_program(small_bundle):
     r = subprocess.run([sys.executable, "-m", "LDAELib.cli", "info", "--model", str(small_bundle)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "directions" in r.stdout
+
+
+def test_bfloat16_run_is_recorded_in_provenance(tmp_path, scans, small_bundle, capsys):
+    out = tmp_path / "bf.nii.gz"
+    code, _, err = _run(["reconstruct", scans[0], out, "--model", small_bundle, "--dtype", "bfloat16", *STEPS], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "bf.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_float16_on_cpu_is_refused_with_advice(tmp_path, scans, small_bundle, capsys):
+    code, _, err = _run(["reconstruct", scans[0], tmp_path / "o.nii.gz", "--model", small_bundle, "--dtype", "float16", *STEPS], capsys)
+    assert code == 1 and "bfloat16" in err
