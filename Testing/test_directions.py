@@ -1,0 +1,80 @@
+"""Directions: the authors' edit formula, probe fitting, direction files, and the fit-probe command."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from LDAELib.cli import main
+from LDAELib.directions import Direction, fit_linear_probe
+from LDAELib.directions_io import load_direction, save_direction
+from LDAELib.errors import LDAEError
+
+
+def test_edit_formula_is_the_authors():
+    g = torch.Generator().manual_seed(0)
+    w, mu, sd = torch.randn(768, generator=g), torch.randn(768, generator=g), torch.rand(768, generator=g) + 0.5
+    y = torch.randn(2, 768, generator=g)
+    d = Direction("d", w, mu, sd)
+    expected = ((y - mu) / sd + 1.5 * math.sqrt(768) * w / w.norm()) * sd + mu
+    assert torch.allclose(d.apply(y, 1.5), expected, atol=1e-5)
+    assert torch.allclose(d.apply(y, 0.0), y, atol=1e-6)
+
+
+def test_binary_probe_points_towards_label_one():
+    g = torch.Generator().manual_seed(1)
+    axis = torch.randn(32, generator=g)
+    labels = torch.tensor([0, 1] * 40, dtype=torch.float32)
+    codes = torch.randn(80, 32, generator=g) + (labels[:, None] * 2 - 1) * axis
+    d = fit_linear_probe(codes, labels, "group", positive="1", negative="0")
+    acc = ((d.score(codes) > 0).float() == labels).float().mean()
+    assert acc > 0.95
+    y0 = codes[labels == 0][:1]
+    assert float(d.score(d.apply(y0, 2.0))) > float(d.score(y0))
+
+
+def test_continuous_probe_follows_the_target():
+    g = torch.Generator().manual_seed(2)
+    age = torch.linspace(55, 85, 60)
+    codes = torch.randn(60, 16, generator=g) * 0.1
+    codes[:, 3] += (age - 70) / 10
+    d = fit_linear_probe(codes, age, "age", kind="continuous")
+    r = torch.corrcoef(torch.stack([d.score(codes), age]))[0, 1]
+    assert r > 0.95
+
+
+def test_probe_needs_both_classes():
+    with pytest.raises(LDAEError, match="both classes"):
+        fit_linear_probe(torch.randn(10, 4), torch.ones(10), "x")
+
+
+def test_mismatched_statistics_are_refused():
+    with pytest.raises(LDAEError, match="same model"):
+        Direction("d", torch.randn(8), torch.zeros(4), torch.ones(8))
+
+
+def test_direction_file_round_trip(tmp_path):
+    d = Direction("age", torch.randn(8), torch.randn(8), torch.rand(8) + 1, bias=0.3, positive="older", alpha_unit="4 years")
+    save_direction(d, tmp_path / "age.safetensors")
+    back = load_direction(tmp_path / "age.safetensors")
+    assert torch.equal(back.weight, d.weight) and back.positive == "older" and back.alpha_unit == "4 years"
+    assert back.bias == pytest.approx(0.3)
+
+
+def test_fit_probe_command(tmp_path, capsys):
+    g = torch.Generator().manual_seed(3)
+    rows, labels = ["path," + ",".join(f"e{i}" for i in range(6))], ["path,group"]
+    for i in range(30):
+        lab = i % 2
+        v = torch.randn(6, generator=g) + torch.tensor([2.0 * lab - 1, 0, 0, 0, 0, 0])
+        p = tmp_path / f"s{i}.nii.gz"
+        rows.append(f"{p}," + ",".join(f"{x:.5f}" for x in v.tolist()))
+        labels.append(f"{p},{lab}")
+    (tmp_path / "emb.csv").write_text("\n".join(rows))
+    (tmp_path / "labels.csv").write_text("\n".join(labels))
+    out = tmp_path / "group.safetensors"
+    assert main(["fit-probe", str(tmp_path / "emb.csv"), str(tmp_path / "labels.csv"), "--target", "group", "--name", "group", "-o", str(out)]) == 0
+    d = load_direction(out)
+    assert d.name == "group" and float(d.weight[0]) > 0
