@@ -8,10 +8,12 @@ dict loads strictly (a strict load reports every missing or unexpected tensor, w
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from monai.networks.nets import AutoencoderKL
+
+from .config import config_from_dict, config_to_dict
 
 
 @dataclass
@@ -38,10 +40,7 @@ class AutoencoderConfig:
         return 2 ** (len(self.num_channels) - 1)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["num_channels"] = list(self.num_channels)
-        d["attention_levels"] = list(self.attention_levels)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "AutoencoderConfig":
@@ -50,15 +49,7 @@ class AutoencoderConfig:
             d["num_channels"] = d.pop("channels")
         if d.get("use_convtranspose"):
             raise ValueError("use_convtranspose=True is not supported (the authors' autoencoder upsamples by interpolation)")
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names - set(cls._IGNORED)
-        if unknown:
-            raise ValueError(f"unknown autoencoder settings: {sorted(unknown)}")
-        kw = {k: v for k, v in d.items() if k in names}
-        for k in ("num_channels", "attention_levels"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
+        return config_from_dict(cls, d, "autoencoder", cls._IGNORED)
 
 
 def build_autoencoder(config: AutoencoderConfig) -> AutoencoderKL:

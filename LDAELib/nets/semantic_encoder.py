@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .config import config_from_dict, config_to_dict
 from .convnext import ConvNeXt
 
 BACKBONE_PREFIX = "backbone.backbone."
@@ -41,22 +42,11 @@ class SemanticEncoderConfig:
     num_heads: int = 8
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        d["depths"] = list(self.depths)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "SemanticEncoderConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown semantic encoder settings: {sorted(unknown)}")
-        kw = dict(d)
-        for k in ("widths", "depths"):
-            if k in kw:
-                kw[k] = tuple(int(v) for v in kw[k])
-        return cls(**kw)
+        return config_from_dict(cls, d, "semantic encoder")
 
 
 def normalise_semantic_encoder_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

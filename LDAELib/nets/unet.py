@@ -8,12 +8,13 @@ Only the last two spatial axes are resampled, so H and W must be divisible by 2^
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .blocks import AttentionBlock, EmbedSequential, ResBlock, timestep_embedding
+from .config import config_from_dict, config_to_dict
 
 
 @dataclass
@@ -43,10 +44,7 @@ class UNetConfig:
         return 4 * self.base_channel
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channel_multiplier"] = list(self.channel_multiplier)
-        d["attention_resolutions"] = list(self.attention_resolutions)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
@@ -57,15 +55,7 @@ class UNetConfig:
             raise ValueError("learn_sigma=True is not supported (the authors' models predict ε only)")
         if d.get("dims", 3) != 3:
             raise ValueError("only 3-D UNets are supported")
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names - set(cls._IGNORED)
-        if unknown:
-            raise ValueError(f"unknown UNet settings: {sorted(unknown)}")
-        kw = {k: v for k, v in d.items() if k in names}
-        for k in ("channel_multiplier", "attention_resolutions"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
+        return config_from_dict(cls, d, "UNet", cls._IGNORED)
 
 
 def infer_unet_config(state_dict: dict[str, torch.Tensor]) -> UNetConfig:
