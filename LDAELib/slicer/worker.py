@@ -1,0 +1,543 @@
+"""The LDAE worker process: loads a model once, then runs requests read line by line on stdin.
+
+Started by the Slicer module (``PythonSlicer -m LDAELib.slicer.worker --model DIR``; the current
+Python outside Slicer). It keeps the model and the pipeline warm and caches, per source volume,
+the model-space input and (in the pipeline) its encoding, so moving the alpha slider repeats
+neither the encoders nor the DDIM inversion. Messages are those of ``protocol``; everything else a
+library prints goes to stderr, so stdout carries protocol lines only.
+
+Threads: the main thread computes; one reader thread reads stdin and sets cancel flags. Neither
+touches Qt or MRML (there are none in this process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import protocol
+
+_SOURCE_CACHE = 8
+
+
+@dataclass
+class Prepared:
+    """One source volume, read and mapped into model space.
+
+    affine: 4x4 voxel -> RAS (mm) of the source grid (nibabel convention, I,J,K voxel order).
+    x: model-space float32 array; ctx: ``space.SpaceContext`` to map outputs back.
+    back: maps an array on the grid ``ctx`` returns to the source grid (registration inverse;
+    identity unless the source was registered by this worker).
+    """
+
+    key: str
+    path: str
+    affine: np.ndarray
+    shape: tuple
+    x: np.ndarray
+    ctx: Any
+    back: Callable[[np.ndarray], np.ndarray] | None = None
+    encodings: dict = field(default_factory=dict)
+    """latent mode (None = mean, or the latent seed) -> pipeline ``Encoding`` (its z_T per step count)."""
+
+
+class Emitter:
+    """Writes protocol lines to the real stdout, one whole line at a time."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.lock = stream, threading.Lock()
+
+    def __call__(self, message: dict) -> None:
+        line = protocol.dumps(message)
+        with self.lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+def model_hash(identity: dict) -> str:
+    """SHA-256 over the weight files' own SHA-256 (the full form of the model id)."""
+    files = identity.get("files") or {}
+    payload = json.dumps(files if files else {"random": identity.get("seed")}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def describe_model(model) -> dict:
+    ident = model.identity
+    return {
+        "name": model.name,
+        "id": ident.get("id"),
+        "hash": model_hash(ident),
+        "format": ident.get("format"),
+        "path": ident.get("path"),
+        "files": ident.get("files") or {},
+        "licence": ident.get("licence") or "",
+        "random": ident.get("format") == "random",
+        "parameters_m": round(model.num_parameters() / 1e6, 1),
+        "space": model.config.space.to_dict(),
+        "directions": [
+            {"name": d.name, "description": d.describe(), "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit}
+            for d in model.directions.values()
+        ],
+    }
+
+
+def _memory_gb() -> tuple[float | None, float | None]:
+    """(total, available) system memory in GiB, where the platform tells."""
+    try:
+        if sys.platform.startswith("linux"):
+            info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+            kb = lambda k: float(info[k].split()[0]) / 2**20  # noqa: E731
+            return round(kb("MemTotal"), 1), round(kb("MemAvailable"), 1)
+        if sys.platform == "win32":
+            import ctypes
+
+            class MEMORYSTATUSEX(ctypes.Structure):
+                _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong), ("ullTotalPhys", ctypes.c_ulonglong),
+                            ("ullAvailPhys", ctypes.c_ulonglong), ("ullTotalPageFile", ctypes.c_ulonglong), ("ullAvailPageFile", ctypes.c_ulonglong),
+                            ("ullTotalVirtual", ctypes.c_ulonglong), ("ullAvailVirtual", ctypes.c_ulonglong), ("sullAvailExtendedVirtual", ctypes.c_ulonglong)]
+
+            s = MEMORYSTATUSEX()
+            s.dwLength = ctypes.sizeof(s)
+            ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(s))
+            return round(s.ullTotalPhys / 2**30, 1), round(s.ullAvailPhys / 2**30, 1)
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        return round(total, 1), None
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None, None
+
+
+def diagnostics(device: str, dtype: str) -> dict:
+    """What the diagnostics line shows: torch, device, memory; copyable as a report."""
+    import torch
+
+    total, avail = _memory_gb()
+    d = {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "torch": torch.__version__,
+        "device": device,
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "cuda_available": bool(torch.cuda.is_available()),
+        "cuda": torch.version.cuda,
+        "memory_total_gb": total,
+        "memory_available_gb": avail,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        idx = torch.device(device).index or 0
+        free, tot = torch.cuda.mem_get_info(idx)
+        cap = torch.cuda.get_device_capability(idx)
+        d.update(gpu=torch.cuda.get_device_name(idx), gpu_memory_total_gb=round(tot / 2**30, 1), gpu_memory_free_gb=round(free / 2**30, 1),
+                 gpu_capability=f"sm_{cap[0]}{cap[1]}", gpu_arch_supported=f"sm_{cap[0]}{cap[1]}" in torch.cuda.get_arch_list())
+    return d
+
+
+def choose_device(requested: str) -> str:
+    import torch
+
+    if requested in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def write_nifti(path: Path, data_ijk: np.ndarray, affine: np.ndarray, description: str) -> None:
+    """float32 NIfTI with ``affine`` as qform and sform; written beside and renamed, never partial."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(data_ijk, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+    img.set_qform(affine, 1)
+    img.set_sform(affine, 1)
+    img.header["descrip"] = description.encode("ascii", "replace")[:79]
+    tmp = path.with_name(f".{path.name}.part.nii")
+    nib.save(img, str(tmp))
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """One bar over an operation's phases (encoding each input, then sampling and decoding)."""
+
+    def __init__(self, report: Callable[[int, int, str], None], total: int) -> None:
+        self.report, self.total, self.offset = report, max(1, total), 0
+
+    def phase(self, cost: int) -> Callable[[int, int, str], None]:
+        start = self.offset
+        self.offset += cost
+
+        def callback(done: int, _total: int, stage: str) -> None:
+            self.report(min(start + done, self.total), self.total, stage)
+
+        return callback
+
+
+class Worker:
+    """Runs requests on one loaded model. ``emit`` receives every reply message."""
+
+    def __init__(self, model, pipe, emit: Callable[[dict], None], device: str = "cpu", dtype: str = "float32") -> None:
+        self.model, self.pipe, self.emit = model, pipe, emit
+        self.device, self.dtype = device, dtype
+        self.sources: OrderedDict[str, Prepared] = OrderedDict()
+        self._cancelled: set = set()
+        self._cancel_all = threading.Event()
+        self._lock = threading.Lock()
+        self.info = describe_model(model)
+
+    # ---------------------------------------------------------------- cancel (reader thread)
+    def cancel(self, request_id=None) -> None:
+        with self._lock:
+            if request_id is None:
+                self._cancel_all.set()
+            else:
+                self._cancelled.add(request_id)
+
+    def _is_cancelled(self, request_id) -> bool:
+        with self._lock:
+            return self._cancel_all.is_set() or request_id in self._cancelled
+
+    # ---------------------------------------------------------------- inputs
+    def _prepare(self, src: dict, input_space: str) -> Prepared:
+        from ..errors import LDAEError
+        from ..io import read_volume
+        from ..space import model_space_identity, to_model_space
+
+        if not isinstance(src, dict) or not src.get("path"):
+            raise LDAEError("the request names no source volume file")
+        path = Path(src["path"])
+        if not path.exists():
+            raise LDAEError(f"the source volume file {path} does not exist")
+        st = path.stat()
+        key = f"{src.get('key') or path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{input_space}"
+        if key in self.sources:
+            self.sources.move_to_end(key)
+            return self.sources[key]
+        vol = read_volume(path)
+        data, affine, back = vol.data, vol.affine, None
+        if input_space == "raw":
+            data, affine, back = register_to_mni(data, affine)
+        space = self.model.config.space
+        if input_space == "model":
+            x, ctx = model_space_identity(data, affine, space)
+        elif input_space in ("mni", "raw"):
+            x, ctx = to_model_space(data, affine, space)
+        else:
+            raise LDAEError(f"unknown input space '{input_space}'; use one of {', '.join(protocol.INPUT_SPACES)}")
+        prep = Prepared(key=key, path=str(path), affine=np.asarray(vol.affine), shape=tuple(vol.data.shape), x=x, ctx=ctx, back=back)
+        self.sources[key] = prep
+        while len(self.sources) > _SOURCE_CACHE:
+            self.sources.popitem(last=False)
+        return prep
+
+    def _direction(self, spec):
+        from ..errors import LDAEError
+
+        if isinstance(spec, dict) and spec.get("file"):
+            from ..directions_io import load_direction
+
+            return load_direction(spec["file"])
+        if isinstance(spec, str) and spec in self.model.directions:
+            return self.model.directions[spec]
+        names = ", ".join(sorted(self.model.directions)) or "none"
+        raise LDAEError(f"unknown direction {spec!r}; this model has: {names} (or choose a probe file)")
+
+    def _encode_cost(self, prep: Prepared, steps: int | None, latent_seed) -> int:
+        """Network calls still needed to encode ``prep`` (and invert it with ``steps``)."""
+        enc = prep.encodings.get(latent_seed)
+        if enc is None:
+            return 2 + (steps or 0)
+        return 0 if steps is None or steps in enc.z_T else steps
+
+    def _sample_cost(self, n: int, steps: int) -> int:
+        return -(-n // self.pipe.batch_size) * steps + n
+
+    def _encoding(self, prep: Prepared, steps: int | None, latent_seed, bar: _Progress, cancel):
+        """The pipeline Encoding of a source, from this worker's cache when it is there."""
+        cost = self._encode_cost(prep, steps, latent_seed)
+        callback = bar.phase(cost)
+        enc = prep.encodings.get(latent_seed)
+        if enc is None:
+            enc = self.pipe.encode(prep.x, steps, latent_seed=latent_seed, progress=callback, cancel=cancel)
+            prep.encodings[latent_seed] = enc
+        elif steps is not None and steps not in enc.z_T:
+            enc = self.pipe.encode(prep.x, steps, latent_seed=latent_seed, progress=callback, cancel=cancel)
+            prep.encodings[latent_seed] = enc
+        return enc
+
+    def _to_source_grid(self, images, index: int, prep: Prepared) -> np.ndarray:
+        from ..space import from_model_space
+
+        out = from_model_space(images[index, 0].detach().float().cpu().numpy(), prep.ctx)
+        return prep.back(out) if prep.back is not None else out
+
+    # ---------------------------------------------------------------- requests
+    def handle(self, req: dict) -> None:
+        """Run one request and emit its progress and exactly one final reply."""
+        from ..errors import Cancelled, LDAEError
+
+        rid = req.get("id")
+        op = req.get("op")
+        t0 = time.perf_counter()
+        written: list[Path] = []
+
+        def progress(done: int, total: int, stage: str) -> None:
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / done * (total - done) if done > 0 else None
+            self.emit({"type": "progress", "id": rid, "done": done, "total": total, "stage": stage, "elapsed": round(elapsed, 3),
+                       "eta": None if eta is None else round(eta, 1)})
+
+        cancel = lambda: self._is_cancelled(rid)  # noqa: E731
+        try:
+            if cancel():
+                raise Cancelled("cancelled before it started")
+            calls_before = dict(self.pipe.calls)
+            if op == "info":
+                reply = {"model": self.info, "diagnostics": diagnostics(self.device, self.dtype), "cached_sources": len(self.sources)}
+            elif op in ("edit", "reconstruct", "vary", "encode", "interpolate"):
+                reply = self._run(op, req, progress, cancel, written)
+            else:
+                raise LDAEError(f"unknown operation {op!r}; one of {', '.join(protocol.OPS)}")
+            delta = {k: self.pipe.calls[k] - calls_before.get(k, 0) for k in self.pipe.calls}
+            reply.update(type="result", id=rid, op=op, seconds=round(time.perf_counter() - t0, 3), calls=delta,
+                         cache={"encoded": delta["autoencoder_encode"] == 0, "inverted": delta["inversion"] == 0})
+            self.emit(reply)
+        except Cancelled:
+            self._discard(written)
+            self.emit({"type": "cancelled", "id": rid})
+        except LDAEError as err:
+            self._discard(written)
+            self.emit({"type": "error", "id": rid, "kind": "LDAEError", "message": str(err)})
+        except MemoryError:
+            self._discard(written)
+            self.emit({"type": "error", "id": rid, "kind": "MemoryError",
+                       "message": "out of memory; close other programs, use fewer steps, or a GPU (device cuda)"})
+        except Exception as err:  # an internal error: report it, keep serving
+            self._discard(written)
+            traceback.print_exc(file=sys.stderr)
+            self.emit({"type": "error", "id": rid, "kind": type(err).__name__, "message": f"internal error: {type(err).__name__}: {err}"})
+        finally:
+            with self._lock:
+                self._cancelled.discard(rid)
+
+    @staticmethod
+    def _discard(paths: list[Path]) -> None:
+        for p in paths:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+    def _provenance(self, op: str, req: dict, inputs: list[dict], **extra) -> dict:
+        from datetime import datetime, timezone
+
+        prov = {
+            "generator": "LDAE for 3D Slicer",
+            "note": "synthetic image generated by a model from the input scan(s); not an acquired scan",
+            "operation": op,
+            "model": {k: self.info[k] for k in ("name", "id", "hash", "format", "files")},
+            "steps": int(req.get("steps", 10)),
+            "seed": req.get("seed"),
+            "latent": "mean" if req.get("latent_seed") is None else f"sampled(seed={req.get('latent_seed')})",
+            "input_space": req.get("input_space", "mni"),
+            "device": self.device,
+            "dtype": self.dtype,
+            "inputs": inputs,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        prov.update(extra)
+        return prov
+
+    def _run(self, op: str, req: dict, progress, cancel, written: list[Path]) -> dict:
+        from ..errors import LDAEError
+
+        steps = req.get("steps", 10)
+        if not isinstance(steps, int) or steps < 1:
+            raise LDAEError(f"steps must be a whole number ≥ 1, got {steps!r}")
+        space = req.get("input_space", "mni")
+        seed = req.get("latent_seed")
+        out_dir = None
+        if op != "encode":
+            if not req.get("out_dir"):
+                raise LDAEError("the request names no output folder")
+            out_dir = Path(req["out_dir"])
+            out_dir.mkdir(parents=True, exist_ok=True)
+
+        def save(name: str, data: np.ndarray, affine, description: str) -> str:
+            path = out_dir / name
+            written.append(path)
+            write_nifti(path, data, affine, description)
+            return str(path)
+
+        if op == "interpolate":
+            pa, pb = self._prepare(req.get("a"), space), self._prepare(req.get("b"), space)
+            fractions = [float(f) for f in req.get("fractions") or []]
+            if not fractions:
+                raise LDAEError("give at least one fraction between 0 and 1")
+            if any(not (-0.5 <= f <= 1.5) for f in fractions):
+                raise LDAEError("fractions should lie between 0 and 1 (mild extrapolation from −0.5 to 1.5 is allowed)")
+            bar = _Progress(progress, self._encode_cost(pa, steps, seed) + self._encode_cost(pb, steps, seed) + self._sample_cost(len(fractions), steps))
+            ea = self._encoding(pa, steps, seed, bar, cancel)
+            eb = self._encoding(pb, steps, seed, bar, cancel)
+            images = self.pipe.interpolate(ea, eb, fractions, steps, progress=bar.phase(self._sample_cost(len(fractions), steps)), cancel=cancel)
+            outputs = []
+            for i, f in enumerate(fractions):
+                data = self._to_source_grid(images, i, pa)
+                outputs.append({"kind": "interpolation", "fraction": f,
+                                "path": save(f"interp_{i:03d}.nii", data, pa.affine, f"LDAE interpolation t={f:.2f} T={steps}")})
+            prov = self._provenance(op, req, [{"key": req["a"].get("key")}, {"key": req["b"].get("key")}], fractions=fractions)
+            return {"outputs": outputs, "provenance": prov}
+
+        prep = self._prepare(req.get("source"), space)
+        if op == "encode":
+            self._encoding(prep, steps, seed, _Progress(progress, self._encode_cost(prep, steps, seed)), cancel)
+            return {"outputs": []}
+        inputs = [{"key": req["source"].get("key")}]
+        if op in ("edit", "reconstruct"):
+            if op == "edit":
+                direction = self._direction(req.get("direction"))
+                alphas = [float(a) for a in (req.get("alphas") or [])]
+                if not alphas:
+                    raise LDAEError("give at least one alpha")
+            else:
+                direction, alphas = None, [0.0]
+            bar = _Progress(progress, self._encode_cost(prep, steps, seed) + self._sample_cost(len(alphas), steps))
+            enc = self._encoding(prep, steps, seed, bar, cancel)
+            images = self.pipe.edit(enc, direction, alphas, steps, progress=bar.phase(self._sample_cost(len(alphas), steps)), cancel=cancel)
+            outputs = []
+            for i, a in enumerate(alphas):
+                data = self._to_source_grid(images, i, prep)
+                desc = f"LDAE {direction.name} alpha={a:+g} T={steps}" if direction else f"LDAE reconstruction T={steps}"
+                outputs.append({"kind": op, "alpha": a, "path": save(f"{op}_{i:03d}.nii", data, prep.affine, desc)})
+            extra = {"direction": direction.name, "direction_meaning": direction.describe(), "alphas": alphas} if direction else {}
+            return {"outputs": outputs, "provenance": self._provenance(op, req, inputs, **extra)}
+        # vary
+        n, vseed = int(req.get("n", 4)), int(req.get("seed", 0) or 0)
+        if not 1 <= n <= 64:
+            raise LDAEError(f"the number of variations must be between 1 and 64, got {n}")
+        bar = _Progress(progress, self._encode_cost(prep, None, seed) + self._sample_cost(n, steps))
+        enc = self._encoding(prep, None, seed, bar, cancel)
+        images = self.pipe.vary(enc, n, seed=vseed, steps=steps, progress=bar.phase(self._sample_cost(n, steps)), cancel=cancel)
+        outputs, stack = [], []
+        for i in range(n):
+            data = self._to_source_grid(images, i, prep)
+            stack.append(data)
+            outputs.append({"kind": "variation", "index": i,
+                            "path": save(f"vary_{i:03d}.nii", data, prep.affine, f"LDAE variation {i} seed={vseed} T={steps}")})
+        spread = np.std(np.stack(stack), axis=0).astype(np.float32)
+        outputs.append({"kind": "spread", "path": save("spread.nii", spread, prep.affine, f"LDAE voxel-wise std of {n} variations")})
+        return {"outputs": outputs, "provenance": self._provenance(op, req, inputs, n=n, variation_seed=vseed)}
+
+
+def register_to_mni(data: np.ndarray, affine: np.ndarray):
+    """Stage A (raw scan -> MNI) through ``LDAELib.registration`` when it is installed.
+
+    Expected there: ``to_mni(data_ijk, affine) -> (data_mni_ijk, affine_mni, back)`` where
+    ``back(array_on_the_mni_grid) -> array_on_the_input_grid``. Returns the same triple.
+    """
+    from ..errors import LDAEError
+
+    try:
+        from .. import registration
+    except ImportError:
+        registration = None
+    to_mni = getattr(registration, "to_mni", None)
+    if to_mni is None:
+        raise LDAEError(
+            "this scan is marked as not registered to MNI, but raw-scan registration is not available in this "
+            "version of LDAE. Register the scan to MNI space first (brain-extracted, e.g. with ANTs), or tick "
+            "'input is registered to MNI'."
+        )
+    return to_mni(data, affine)
+
+
+def _reader(stream, worker: Worker, requests: "queue.Queue[dict | None]", emit) -> None:
+    """Reader thread: requests to the queue; cancel acts at once; EOF (the parent is gone) ends."""
+    for line in stream:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            msg = protocol.loads(line)
+        except ValueError as err:
+            emit({"type": "error", "id": None, "kind": "protocol", "message": f"unreadable request line: {err}"})
+            continue
+        op = msg.get("op")
+        if op == "cancel":
+            worker.cancel(msg.get("id"))
+        elif op == "shutdown":
+            break
+        else:
+            requests.put(msg)
+    requests.put(None)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m LDAELib.slicer.worker", description="LDAE worker process (JSON lines on stdin/stdout)")
+    p.add_argument("--model", required=True, help="bundle folder or folder of the authors' files")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, …")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of a bundle's files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything a library prints must not corrupt the protocol
+    emit = Emitter(out)
+    try:
+        import torch
+
+        from ..errors import LDAEError
+        from ..pipeline import LDAEPipeline
+        from ..weights import load_model
+    except ImportError as err:
+        emit({"type": "error", "id": None, "kind": "ImportError",
+              "message": f"a package LDAE needs is missing in this Python ({err}); install the module's requirements"})
+        return 1
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = choose_device(args.device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise LDAEError(f"device {device} was asked for but this torch has no CUDA device; choose cpu")
+        dtype = getattr(torch, args.dtype)
+        if dtype == torch.float16 and not device.startswith("cuda"):
+            raise LDAEError("float16 runs on GPUs only; on the CPU use bfloat16 or float32")
+        model = load_model(args.model, verify=not args.no_verify)
+        pipe = LDAEPipeline(model, device=device, dtype=dtype)
+    except LDAEError as err:
+        emit({"type": "error", "id": None, "kind": "LDAEError", "message": str(err)})
+        return 1
+    except MemoryError:
+        emit({"type": "error", "id": None, "kind": "MemoryError", "message": "out of memory while loading the model"})
+        return 1
+    worker = Worker(model, pipe, emit, device=device, dtype=args.dtype)
+    emit({"type": "ready", "protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid(), "model": worker.info,
+          "diagnostics": diagnostics(device, args.dtype)})
+    requests: queue.Queue = queue.Queue()
+    threading.Thread(target=_reader, args=(sys.stdin, worker, requests, emit), daemon=True, name="ldae-stdin").start()
+    while True:
+        req = requests.get()
+        if req is None:
+            break
+        worker.handle(req)
+        if requests.empty():  # a cancel without id ends what ran and what was queued, nothing later
+            worker._cancel_all.clear()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
