@@ -1,0 +1,248 @@
+"""The worker process and its JSON-lines protocol, tested by running the real process.
+
+A tiny random model keeps each request well under a second; one worker serves the whole module
+(as in Slicer, where one warm worker serves every slider move).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nib = pytest.importorskip("nibabel")
+
+from LDAELib.slicer import protocol  # noqa: E402
+from LDAELib.slicer.client import WorkerClient, WorkerError  # noqa: E402
+from LDAELib.slicer.testing import make_tiny_bundle, synthetic_brain  # noqa: E402
+
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scans")
+    paths = {}
+    for name, seed, vent in (("a", 0, 1.0), ("b", 1, 1.4)):
+        data, affine = synthetic_brain(seed=seed, ventricles=vent)
+        paths[name] = d / f"{name}.nii"
+        nib.save(nib.Nifti1Image(data, affine), str(paths[name]))
+    const = d / "constant.nii"
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.float32), np.eye(4)), str(const))
+    paths["constant"] = const
+    return paths
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_bundle):
+    client = WorkerClient(tiny_bundle, device="cpu", threads=1)
+    client.start(timeout=120)
+    yield client
+    client.close()
+
+
+def _run(worker, request, timeout=120):
+    messages = []
+    rid = worker.submit(request)
+    final = worker.wait(rid, on_message=lambda m: messages.append(m) if m.get("id") == rid else None, timeout=timeout)
+    return final, [m for m in messages if m["type"] == "progress"]
+
+
+def _edit(scan, out_dir, alpha=2.0, key="a", steps=STEPS, **extra):
+    return {"op": "edit", "source": {"path": str(scan), "key": key}, "direction": "cn", "alphas": [alpha], "steps": steps,
+            "out_dir": str(out_dir), **extra}
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        return "\nState:\tZ" not in status.read_text()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ready_message_describes_model_and_machine(worker, tiny_bundle):
+    info = worker.info
+    assert info["type"] == "ready" and info["protocol"] == protocol.PROTOCOL_VERSION
+    model = info["model"]
+    assert model["name"] == "tiny random test model" and len(model["id"]) == 16 and len(model["hash"]) == 64
+    assert "no licence restrictions" in model["licence"]
+    assert [d["name"] for d in model["directions"]] == ["cn"]
+    assert "CN" in model["directions"][0]["description"] and "AD" in model["directions"][0]["description"]
+    diag = info["diagnostics"]
+    assert diag["torch"] and diag["device"] == "cpu" and diag["threads"] == 1
+    assert set(diag) >= {"python", "memory_total_gb", "cuda_available"}
+
+
+def test_edit_reports_progress_then_result_on_the_source_grid(worker, scans, tmp_path):
+    final, progress = _run(worker, _edit(scans["a"], tmp_path, key="grid"))
+    assert final["type"] == "result", final
+    assert progress, "no progress messages"
+    totals = {m["total"] for m in progress}
+    assert len(totals) == 1
+    total = totals.pop()
+    assert [m["done"] for m in progress] == list(range(1, total + 1))  # step i/N, every step, in order
+    assert {m["stage"] for m in progress} >= {"autoencoder", "inversion", "sampling", "decode"}
+    assert all(m["eta"] is not None and m["eta"] >= 0 for m in progress)
+    assert "step" in protocol.progress_text(progress[0])
+    (out,) = final["outputs"]
+    assert out["kind"] == "edit" and out["alpha"] == 2.0
+    img, src = nib.load(out["path"]), nib.load(str(scans["a"]))
+    assert img.shape == src.shape
+    np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    assert np.isfinite(img.get_fdata()).all()
+    prov = final["provenance"]
+    assert prov["operation"] == "edit" and prov["direction"] == "cn" and prov["alphas"] == [2.0] and prov["steps"] == STEPS
+    assert prov["model"]["id"] == worker.info["model"]["id"] and prov["model"]["hash"] == worker.info["model"]["hash"]
+    assert "not an acquired scan" in prov["note"]
+
+
+def test_second_edit_of_a_source_reuses_its_encoding_and_is_faster_by_the_inversion(worker, scans, tmp_path):
+    first, progress = _run(worker, _edit(scans["b"], tmp_path / "1", alpha=1.0, key="cache"))
+    assert first["type"] == "result" and first["calls"]["inversion"] == 1 and first["cache"] == {"encoded": False, "inverted": False}
+    inv = [m for m in progress if m["stage"] == "inversion"]
+    before_inv = [m for m in progress if m["done"] == inv[0]["done"] - 1]
+    inversion_s = inv[-1]["elapsed"] - before_inv[0]["elapsed"]
+    seconds = []
+    for alpha in (-1.0, 3.0):
+        again, progress2 = _run(worker, _edit(scans["b"], tmp_path / f"2{alpha}", alpha=alpha, key="cache"))
+        assert again["type"] == "result"
+        assert again["cache"] == {"encoded": True, "inverted": True}
+        assert again["calls"]["autoencoder_encode"] == 0 and again["calls"]["semantic_encode"] == 0 and again["calls"]["inversion"] == 0
+        assert {m["stage"] for m in progress2} == {"sampling", "decode"}
+        seconds.append(again["seconds"])
+    second = min(seconds)
+    print(f"\nfirst edit {first['seconds']:.3f} s (inversion {inversion_s:.3f} s), cached edit {second:.3f} s "
+          f"-> {first['seconds'] / second:.2f}x faster")
+    assert first["seconds"] - second >= 0.8 * inversion_s  # at least the inversion's share (20 % timing slack)
+
+
+def test_bad_input_gives_one_clear_error_and_the_worker_keeps_serving(worker, scans, tmp_path):
+    final, _ = _run(worker, _edit(tmp_path / "missing.nii", tmp_path))
+    assert final["type"] == "error" and final["kind"] == "LDAEError" and "does not exist" in final["message"]
+    final, _ = _run(worker, _edit(scans["constant"], tmp_path, key="const"))
+    assert final["type"] == "error" and "constant" in final["message"]
+    final, _ = _run(worker, dict(_edit(scans["a"], tmp_path), direction="age"))
+    assert final["type"] == "error" and "unknown direction 'age'" in final["message"] and "cn" in final["message"]
+    final, _ = _run(worker, dict(_edit(scans["a"], tmp_path), steps=0))
+    assert final["type"] == "error" and "steps" in final["message"]
+    final, _ = _run(worker, {"op": "frobnicate"})
+    assert final["type"] == "error" and "unknown operation" in final["message"]
+    assert not list(tmp_path.glob("*.nii"))
+    final, _ = _run(worker, _edit(scans["a"], tmp_path, steps=2))
+    assert final["type"] == "result"
+
+
+def test_raw_input_without_registration_says_what_to_do(worker, scans, tmp_path):
+    final, _ = _run(worker, _edit(scans["a"], tmp_path, key="raw", input_space="raw"))
+    from LDAELib.slicer import worker as worker_module
+
+    try:
+        from LDAELib import registration  # noqa: F401
+        has_registration = hasattr(registration, "to_mni")
+    except ImportError:
+        has_registration = False
+    if has_registration:
+        assert final["type"] in ("result", "error")
+    else:
+        assert final["type"] == "error" and "registered to MNI" in final["message"]
+    assert worker_module.register_to_mni.__doc__
+
+
+def test_cancel_stops_a_run_in_the_middle_and_keeps_the_worker_warm(worker, scans, tmp_path):
+    rid = worker.submit(_edit(scans["a"], tmp_path / "c", key="cancel-me", steps=400))
+    seen = []
+
+    def on_message(m):
+        if m.get("id") == rid and m["type"] == "progress":
+            seen.append(m)
+            if len(seen) == 3:
+                worker.cancel(rid)
+
+    final = worker.wait(rid, on_message=on_message, timeout=120)
+    assert final["type"] == "cancelled"
+    assert 3 <= len(seen) < seen[0]["total"] // 2
+    assert not list((tmp_path / "c").glob("*.nii")) if (tmp_path / "c").exists() else True
+    again, _ = _run(worker, _edit(scans["a"], tmp_path / "d", key="grid", steps=2))
+    assert again["type"] == "result"
+
+
+def test_interpolation_and_variations(worker, scans, tmp_path):
+    final, _ = _run(worker, {"op": "interpolate", "a": {"path": str(scans["a"]), "key": "a"}, "b": {"path": str(scans["b"]), "key": "b"},
+                             "fractions": [0.25, 0.5, 0.75], "steps": 3, "out_dir": str(tmp_path / "i")})
+    assert final["type"] == "result"
+    assert [o["fraction"] for o in final["outputs"]] == [0.25, 0.5, 0.75]
+    assert final["provenance"]["fractions"] == [0.25, 0.5, 0.75]
+    final, _ = _run(worker, {"op": "vary", "source": {"path": str(scans["a"]), "key": "a"}, "n": 3, "seed": 5, "steps": 3, "out_dir": str(tmp_path / "v")})
+    assert final["type"] == "result"
+    kinds = [o["kind"] for o in final["outputs"]]
+    assert kinds == ["variation"] * 3 + ["spread"]
+    vs = np.stack([nib.load(o["path"]).get_fdata() for o in final["outputs"][:3]])
+    spread = nib.load(final["outputs"][3]["path"]).get_fdata()
+    np.testing.assert_allclose(spread, vs.std(0), rtol=1e-4, atol=1e-4)
+
+
+def test_an_unreadable_line_is_answered_and_ignored(worker):
+    worker.proc.stdin.write("this is not json\n")
+    worker.proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        msgs = worker.poll(0.1)
+        errs = [m for m in msgs if m["type"] == "error" and m.get("kind") == "protocol"]
+        if errs:
+            assert "unreadable request line" in errs[0]["message"]
+            break
+    else:
+        pytest.fail("no protocol error reported")
+    final, _ = _run(worker, {"op": "info"})
+    assert final["type"] == "result" and final["model"]["name"] == "tiny random test model"
+
+
+def test_a_bad_model_folder_fails_at_start_with_its_message(tmp_path):
+    client = WorkerClient(tmp_path / "no-such-model", device="cpu", threads=1)
+    with pytest.raises(WorkerError, match="model folder not found"):
+        client.start(timeout=120)
+    assert not client.running
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX process groups; Windows uses taskkill /T /F")
+def test_kill_ends_the_whole_process_tree_and_pending_requests_get_an_error(tiny_bundle, scans, tmp_path):
+    # A launcher that stays the parent of the Python it starts, as PythonSlicer does.
+    launcher = tmp_path / "launcher.sh"
+    launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\necho launcher-done >&2\n')
+    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
+    client = WorkerClient(tiny_bundle, python=str(launcher), device="cpu", threads=1)
+    info = client.start(timeout=120)
+    launcher_pid, worker_pid = client.proc.pid, info["pid"]
+    assert launcher_pid != worker_pid and _alive(worker_pid)
+    rid = client.submit(_edit(scans["a"], tmp_path / "k", key="kill", steps=400))
+    while not any(m.get("type") == "progress" for m in client.poll(0.1)):
+        pass
+    client.kill()
+    deadline = time.monotonic() + 10
+    while (_alive(worker_pid) or _alive(launcher_pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker_pid) and not _alive(launcher_pid)
+    final = client.wait(rid, timeout=10)
+    assert final["type"] == "error" and "stopped unexpectedly" in final["message"]
+    assert not list((tmp_path / "k").glob("*.nii")) if (tmp_path / "k").exists() else True
+
+
+def test_worker_exits_when_its_parent_closes_stdin(tiny_bundle):
+    client = WorkerClient(tiny_bundle, device="cpu", threads=1)
+    client.start(timeout=120)
+    client.proc.stdin.close()
+    assert client.proc.wait(timeout=30) == 0
