@@ -1,0 +1,274 @@
+"""The Slicer adapter on a real MRML scene (slicer-core): MRML nodes in, MRML nodes out.
+
+Sources are read by Slicer's own NIfTI reader (its storage node), results come from the real
+worker process running a tiny random model. What is checked is the plumbing a user relies on:
+geometry, names, subject-hierarchy placement, provenance, sequences, that sources are never
+modified, and that errors and cancels leave the scene as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer_core")
+slicer = pytest.importorskip("slicer")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the 'slicer' package found is not slicer-core", allow_module_level=True)
+nib = pytest.importorskip("nibabel")
+import vtk  # noqa: E402
+
+from LDAELib.errors import Cancelled, LDAEError  # noqa: E402
+from LDAELib.slicer import nodes as mrml  # noqa: E402
+from LDAELib.slicer.adapter import LDAESlicerAdapter  # noqa: E402
+from LDAELib.slicer.testing import make_tiny_bundle, synthetic_brain  # noqa: E402
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def nifti_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scans")
+    files = {}
+    for name, seed, vent in (("visit1", 0, 1.0), ("visit2", 1, 1.5)):
+        data, affine = synthetic_brain(seed=seed, ventricles=vent)
+        files[name] = d / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, affine), str(files[name]))
+    return files
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_bundle, tmp_path_factory):
+    a = LDAESlicerAdapter(tiny_bundle, device="cpu", threads=1, temp_dir=tmp_path_factory.mktemp("exchange"))
+    a.start_worker(timeout=120)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def scene():
+    s = slicer.vtkMRMLScene()
+    logics = [slicer.vtkSlicerSequencesLogic(), slicer.vtkSlicerColorLogic()]
+    for logic in logics:
+        logic.SetMRMLScene(s)
+    s._ldae_logics = logics  # keep them alive with the scene
+    return s
+
+
+def load(scene, path, name):
+    """Read a NIfTI through Slicer's own storage node, as File > Add Data does."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().SetAutoWindowLevel(False)
+    node.GetDisplayNode().SetWindowLevel(80.0, 35.0)
+    return node
+
+
+def in_study(scene, *nodes):
+    sh = mrml.sh_node(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1")
+    study = sh.CreateStudyItem(patient, "Study 1")
+    for node in nodes:
+        sh.CreateItem(study, node)
+    return study
+
+
+def fingerprint(node) -> tuple:
+    """Everything about a source that must not change."""
+    arr = slicer.util.arrayFromVolume(node)
+    attrs = {name: node.GetAttribute(name) for name in node.GetAttributeNames() or ()}
+    return (hashlib.sha256(arr.tobytes()).hexdigest(), arr.shape, mrml.ijk_to_ras(node).tobytes(), node.GetName(), json.dumps(attrs, sort_keys=True),
+            node.GetDisplayNode().GetWindow(), node.GetDisplayNode().GetLevel(), node.GetImageData().GetMTime())
+
+
+def scene_state(scene) -> tuple:
+    sh = mrml.sh_node(scene)  # (made on first use: before the node list is taken)
+    ids = sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+    items = vtk.vtkIdList()
+    sh.GetItemChildren(sh.GetSceneItemID(), items, True)
+    return tuple(ids), items.GetNumberOfIds()
+
+
+def test_volume_exchange_keeps_axis_order_and_ras_geometry(scene, nifti_files, tmp_path):
+    node = load(scene, nifti_files["visit1"], "visit1")
+    ref = nib.load(str(nifti_files["visit1"]))
+    path = mrml.write_nifti(node, tmp_path / "out.nii")
+    data, affine = mrml.read_nifti_ijk(path)
+    np.testing.assert_allclose(affine, mrml.ijk_to_ras(node))
+    np.testing.assert_array_equal(data, slicer.util.arrayFromVolume(node).transpose(2, 1, 0))
+    # the same RAS point has the same value in the original file and in ours (whatever Slicer's reader flipped)
+    ref_data = ref.get_fdata()
+    rng = np.random.default_rng(0)
+    for ijk in rng.integers(0, np.array(ref.shape) - 1, size=(20, 3)):
+        ras = ref.affine @ np.r_[ijk, 1.0]
+        ours = np.rint(np.linalg.solve(affine, ras)[:3]).astype(int)
+        assert data[tuple(ours)] == pytest.approx(ref_data[tuple(ijk)], abs=1e-4)
+    # a linear parent transform moves the world geometry the model sees
+    t = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = np.eye(4)
+    shift[:3, 3] = [5.0, -3.0, 2.0]
+    t.SetMatrixTransformToParent(mrml.numpy_to_matrix(shift))
+    node.SetAndObserveTransformNodeID(t.GetID())
+    np.testing.assert_allclose(mrml.world_affine(node), shift @ mrml.ijk_to_ras(node))
+
+
+def test_edit_adds_a_volume_beside_the_source_with_its_geometry_and_provenance(adapter, scene, nifti_files):
+    src = load(scene, nifti_files["visit1"], "visit1")
+    study = in_study(scene, src)
+    before = fingerprint(src)
+    node = adapter.edit(src, "cn", 2.0, steps=STEPS)
+    assert node.GetName() == "visit1 LDAE cn α=+2.0"
+    assert node.IsA("vtkMRMLScalarVolumeNode") and node is not src
+    np.testing.assert_array_equal(mrml.ijk_to_ras(node), mrml.ijk_to_ras(src))
+    assert node.GetImageData().GetDimensions() == src.GetImageData().GetDimensions()
+    assert np.isfinite(slicer.util.arrayFromVolume(node)).all()
+    assert mrml.sh_node(scene).GetItemParent(mrml.sh_node(scene).GetItemByDataNode(node)) == study
+    d, s = node.GetDisplayNode(), src.GetDisplayNode()
+    assert (d.GetWindow(), d.GetLevel(), d.GetAutoWindowLevel()) == (s.GetWindow(), s.GetLevel(), 0)
+    info = adapter.info["model"]
+    assert node.GetAttribute("LDAE.ModelId") == info["id"] and node.GetAttribute("LDAE.ModelHash") == info["hash"]
+    assert node.GetAttribute("LDAE.ModelName") == "tiny random test model"
+    assert node.GetAttribute("LDAE.Direction") == "cn" and node.GetAttribute("LDAE.Alpha") == "+2"
+    assert node.GetAttribute("LDAE.Steps") == str(STEPS) and node.GetAttribute("LDAE.Seed") == "deterministic"
+    assert node.GetAttribute("LDAE.SourceNodeID") == src.GetID() and node.GetAttribute("LDAE.Synthetic") == "true"
+    prov = json.loads(node.GetAttribute("LDAE.Provenance"))
+    assert prov["operation"] == "edit" and prov["alpha"] == 2.0 and prov["model"]["id"] == info["id"]
+    assert "not an acquired scan" in node.GetDescription()
+    assert fingerprint(src) == before
+
+
+def test_several_alphas_and_a_difference_map(adapter, scene, nifti_files):
+    src = load(scene, nifti_files["visit1"], "visit1")
+    before = fingerprint(src)
+    job = adapter.start_edit(src, "cn", [-2.0, 1.5], steps=STEPS, difference=True)
+    made = job.wait()
+    names = [n.GetName() for n in made]
+    assert names == ["visit1 LDAE cn α=-2.0", "visit1 LDAE cn α=-2.0 difference", "visit1 LDAE cn α=+1.5", "visit1 LDAE cn α=+1.5 difference"]
+    result, diff = made[0], made[1]
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(diff), slicer.util.arrayFromVolume(result) - slicer.util.arrayFromVolume(src), atol=1e-4)
+    assert diff.GetAttribute("LDAE.ResultNodeID") == result.GetID()
+    display = diff.GetDisplayNode()
+    assert display.GetLevel() == 0.0 and display.GetWindow() > 0
+    assert display.GetColorNode() is not None and display.GetColorNode().GetID() != src.GetDisplayNode().GetColorNodeID()
+    np.testing.assert_array_equal(mrml.ijk_to_ras(diff), mrml.ijk_to_ras(src))
+    assert fingerprint(src) == before
+
+
+def test_interpolation_gives_frames_and_a_playable_sequence(adapter, scene, nifti_files):
+    a = load(scene, nifti_files["visit1"], "visit1")
+    b = load(scene, nifti_files["visit2"], "visit2")
+    study = in_study(scene, a, b)
+    before = fingerprint(a), fingerprint(b)
+    frames = adapter.interpolate(a, b, [0.25, 0.5, 0.75], steps=STEPS)
+    assert [f.GetName() for f in frames] == ["visit1→visit2 t=0.25", "visit1→visit2 t=0.50", "visit1→visit2 t=0.75"]
+    sh = mrml.sh_node(scene)
+    for f in frames:
+        np.testing.assert_array_equal(mrml.ijk_to_ras(f), mrml.ijk_to_ras(a))
+        assert sh.GetItemParent(sh.GetItemByDataNode(f)) == study
+        assert f.GetAttribute("LDAE.SourceNodeID") == a.GetID() and f.GetAttribute("LDAE.SourceNodeID2") == b.GetID()
+    assert [f.GetAttribute("LDAE.Fraction") for f in frames] == ["0.25", "0.5", "0.75"]
+    seq = scene.GetFirstNodeByClass("vtkMRMLSequenceNode")
+    assert seq.GetName() == "visit1→visit2 LDAE interpolation" and seq.GetIndexName() == "t"
+    assert seq.GetNumberOfDataNodes() == 5  # visit1, three frames, visit2
+    assert [seq.GetNthIndexValue(i) for i in range(5)] == ["0", "0.25", "0.5", "0.75", "1"]
+    middle = seq.GetDataNodeAtValue("0.5")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(middle), slicer.util.arrayFromVolume(frames[1]))
+    browser = scene.GetFirstNodeByClass("vtkMRMLSequenceBrowserNode")
+    assert browser.GetMasterSequenceNode() is seq and browser.GetPlaybackLooped()
+    assert browser.GetProxyNode(seq) is not None
+    assert sh.GetItemParent(sh.GetItemByDataNode(seq)) == study
+    assert (fingerprint(a), fingerprint(b)) == before
+
+
+def test_interpolation_in_months_uses_the_scans_dates(adapter, scene, nifti_files):
+    a = load(scene, nifti_files["visit1"], "visit1")
+    b = load(scene, nifti_files["visit2"], "visit2")
+    with pytest.raises(LDAEError, match="dates are unknown"):
+        adapter.interpolate(a, b, months=[6], steps=STEPS)
+    a.SetAttribute("DICOM.SeriesDate", "20200101")
+    mrml.set_acquisition_date(b, "2021-01-01")
+    assert mrml.months_between(a, b) == pytest.approx(366 / 30.4375)
+    (frame,) = adapter.interpolate(a, b, months=[6], steps=STEPS)
+    assert float(frame.GetAttribute("LDAE.Fraction")) == pytest.approx(6 / (366 / 30.4375))
+    assert frame.GetAttribute("LDAE.Months") == "6"
+    seq = scene.GetFirstNodeByClass("vtkMRMLSequenceNode")
+    assert (seq.GetIndexName(), seq.GetIndexUnit()) == ("time", "months")
+    assert seq.GetNumberOfDataNodes() == 3 and seq.GetNthIndexValue(1) == "6"
+
+
+def test_variations_come_with_a_spread_map(adapter, scene, nifti_files):
+    src = load(scene, nifti_files["visit1"], "visit1")
+    made = adapter.vary(src, n=3, seed=7, steps=STEPS)
+    assert [n.GetName() for n in made] == [f"visit1 LDAE variation {i} seed=7" for i in (1, 2, 3)] + ["visit1 LDAE spread of 3 (seed 7)"]
+    stack = np.stack([slicer.util.arrayFromVolume(n) for n in made[:3]])
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(made[3]), stack.std(0), rtol=1e-4, atol=1e-4)
+    assert made[3].GetAttribute("LDAE.Operation") == "spread" and made[0].GetAttribute("LDAE.Seed") == "7"
+
+
+def test_preview_updates_one_node_and_reuses_the_encoding(adapter, scene, nifti_files):
+    src = load(scene, nifti_files["visit2"], "visit2")
+    first = adapter.start_edit(src, "cn", [1.0], steps=2, preview=True)
+    (p1,) = first.wait()
+    second = adapter.start_edit(src, "cn", [2.5], steps=2, preview=True)
+    (p2,) = second.wait()
+    assert p1 is p2 and p1.GetName() == "visit2 LDAE preview" and p2.GetAttribute("LDAE.Alpha") == "+2.5"
+    assert second.result["cache"] == {"encoded": True, "inverted": True}
+    n_before = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    adapter.remove_previews(src)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_before - 1
+
+
+def test_an_error_leaves_the_scene_as_it_was(adapter, scene, nifti_files):
+    src = load(scene, nifti_files["visit1"], "visit1")
+    state, before = scene_state(scene), fingerprint(src)
+    with pytest.raises(LDAEError, match="unknown direction 'age'"):
+        adapter.edit(src, "age", 1.0, steps=STEPS)
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    with pytest.raises(LDAEError, match="not a scalar volume"):
+        adapter.edit(label, "cn", 1.0)
+    scene.RemoveNode(label)
+    assert scene_state(scene) == state and fingerprint(src) == before
+    # the source disappears while the worker runs: the result is dropped, nothing is added
+    job = adapter.start_edit(src, "cn", [1.0], steps=STEPS)
+    scene.RemoveNode(src)
+    state = scene_state(scene)
+    with pytest.raises(LDAEError, match="removed from the scene"):
+        job.wait()
+    assert scene_state(scene) == state
+
+
+def test_cancel_leaves_the_scene_as_it_was_and_the_next_run_works(adapter, scene, nifti_files):
+    src = load(scene, nifti_files["visit1"], "visit1")
+    state, before = scene_state(scene), fingerprint(src)
+    pid = adapter.client.proc.pid
+    job = adapter.start_edit(src, "cn", [1.0], steps=400, difference=True)
+    while job.progress is None:
+        job.poll()
+    job.cancel()  # kills the worker's process tree
+    assert job.state == "cancelled" and adapter.client.proc.poll() is not None
+    with pytest.raises(Cancelled):
+        job.wait()
+    assert scene_state(scene) == state and fingerprint(src) == before
+    node = adapter.edit(src, "cn", 1.0, steps=2)  # a new worker starts by itself
+    assert adapter.client.proc.pid != pid and node.GetName() == "visit1 LDAE cn α=+1.0"
+    # a soft cancel stops the run and keeps the worker warm
+    state, pid = scene_state(scene), adapter.client.proc.pid
+    job = adapter.start_edit(src, "cn", [1.0], steps=400)
+    while job.progress is None:
+        job.poll()
+    job.cancel(kill=False)
+    with pytest.raises(Cancelled):
+        job.wait()
+    assert scene_state(scene) == state and adapter.client.proc.pid == pid and adapter.client.running
