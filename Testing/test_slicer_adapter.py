@@ -225,9 +225,22 @@ def test_preview_updates_one_node_and_reuses_the_encoding(adapter, scene, nifti_
     (p2,) = second.wait()
     assert p1 is p2 and p1.GetName() == "visit2 LDAE preview" and p2.GetAttribute("LDAE.Alpha") == "+2.5"
     assert second.result["cache"] == {"encoded": True, "inverted": True}
+    assert adapter.promote_preview(src, "cn", 1.0, 2) is None  # not the alpha of the preview
     n_before = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
     adapter.remove_previews(src)
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_before - 1
+
+
+def test_apply_keeps_a_full_quality_preview_without_recomputing(adapter, scene, nifti_files):
+    src = load(scene, nifti_files["visit1"], "visit1")
+    (preview, diff) = adapter.start_edit(src, "cn", [-1.5], steps=STEPS, preview=True, difference=True).wait()
+    assert diff.GetName() == "visit1 LDAE preview difference" and diff.GetAttribute("LDAE.Preview") == "true"
+    kept = adapter.promote_preview(src, "cn", -1.5, STEPS)
+    assert kept == [preview, diff]
+    assert preview.GetName() == "visit1 LDAE cn α=-1.5" and preview.GetAttribute("LDAE.Preview") is None
+    assert diff.GetName() == "visit1 LDAE cn α=-1.5 difference"
+    (again,) = adapter.start_edit(src, "cn", [0.5], steps=2, preview=True).wait()
+    assert again is not preview  # the kept result is never overwritten by the next preview
 
 
 def test_an_error_leaves_the_scene_as_it_was(adapter, scene, nifti_files):

@@ -356,6 +356,31 @@ class LDAESlicerAdapter:
                 return node
         return mrml.new_volume_like(volume, data, f"{volume.GetName()} LDAE preview")
 
+    def promote_preview(self, volume, direction, alpha: float, steps: int) -> list | None:
+        """Keep the preview as a result when it was made at full quality (``steps``) for exactly this
+        direction and alpha: it is renamed and stops being a preview (no recomputation). None if not."""
+        _, dname = self._direction(direction)
+        scene = volume.GetScene()
+        previews = []
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+            node = scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+            if node.GetAttribute("LDAE.Preview") == "true" and node.GetAttribute("LDAE.SourceNodeID") == volume.GetID():
+                previews.append(node)
+        result = next((n for n in previews if n.GetAttribute("LDAE.Operation") == "edit" and n.GetAttribute("LDAE.Direction") == dname
+                       and n.GetAttribute("LDAE.Alpha") == f"{float(alpha):+g}" and n.GetAttribute("LDAE.Steps") == str(int(steps))), None)
+        if result is None:
+            return None
+        kept = [result]
+        result.SetName(scene.GenerateUniqueName(f"{volume.GetName()} LDAE {dname} α={float(alpha):+.1f}"))
+        result.RemoveAttribute("LDAE.Preview")
+        for node in previews:
+            if node.GetAttribute("LDAE.Operation") == "difference":
+                node.SetName(scene.GenerateUniqueName(f"{result.GetName()} difference"))
+                node.SetAttribute("LDAE.ResultNodeID", result.GetID())
+                node.RemoveAttribute("LDAE.Preview")
+                kept.append(node)
+        return kept
+
     def remove_previews(self, volume=None) -> None:
         """Remove preview nodes (of one source, or all) and their difference maps."""
         scene = volume.GetScene() if volume is not None else None
