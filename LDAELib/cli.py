@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", parents=[common], help="model, directions, licence and this machine")
     s = sub.add_parser("demo", parents=[common], help="run the main operations end to end on bundled example scans")
     s.add_argument("output_dir")
+    s = sub.add_parser("cohort", help="write a synthetic longitudinal cohort (MNI-space NIfTI + CSV of volumes) from real templates")
+    from .data.cohort_command import add_arguments
+
+    add_arguments(s)
     return p
 
 
@@ -198,6 +202,10 @@ def _run(args, model=None) -> int:
     from .errors import LDAEError
     from .io import OutputSet, check_writable, ensure_folder
 
+    if args.command == "cohort":
+        from .data.cohort_command import run
+
+        return run(args, _Bar(args.quiet, "cohort"))
     if args.command == "fit-probe":
         from .directions_io import fit_probe_from_csv
 
