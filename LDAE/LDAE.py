@@ -527,10 +527,11 @@ class LDAELogic(ScriptedLoadableModuleLogic):
             threads = max(1, (os.cpu_count() or 2) - 1)  # leave a core to the application
             self._adapter = LDAESlicerAdapter(path, python=pythonSlicerExecutable(), device=self._device, threads=threads,
                                               temp_dir=os.path.join(slicer.util.tempDirectory(), "LDAE"))
+            self._adapter.client.extra_env.setdefault("OMP_NUM_THREADS", str(threads))
         return self._adapter
 
     def startWorker(self, wait: bool = True):
-        return self.adapter().start_worker(wait=wait, idle=slicer.app.processEvents if wait else None)
+        return self.adapter().start_worker(wait=wait, idle=self._idle() if wait else None)
 
     def isLoaded(self) -> bool:
         return self._adapter is not None and self._adapter.client.running
@@ -622,8 +623,11 @@ class LDAELogic(ScriptedLoadableModuleLogic):
             slicer.util.pip_install([req, "--no-deps"] if req.startswith("monai") else [req])
 
     # ------------------------------------------------------------------ operations
-    def _idle(self):
-        return slicer.app.processEvents if slicer.app is not None else None
+    @staticmethod
+    def _idle():
+        """While a script waits, let the application repaint (None outside the application)."""
+        app = getattr(slicer, "app", None)
+        return app.processEvents if app is not None else None
 
     def startEdit(self, volumeNode, direction, alpha, steps=10, **options):
         self.adapter()
@@ -701,7 +705,8 @@ class LDAELogic(ScriptedLoadableModuleLogic):
         import platform
 
         info = self.modelInfo() or {}
-        report = {"slicer": slicer.app.applicationVersion if slicer.app else None, "platform": platform.platform(),
+        app = getattr(slicer, "app", None)
+        report = {"slicer": app.applicationVersion if app is not None else None, "platform": platform.platform(),
                   "python": platform.python_version(), "model": {k: (info.get("model") or {}).get(k) for k in ("name", "id", "format", "path")},
                   "worker": info.get("diagnostics"), "worker_python": pythonSlicerExecutable()}
         return json.dumps(report, indent=2)
