@@ -123,6 +123,8 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._previewJob = None
         self._pendingPreviewAlpha = None
+        self._dragging = False
+        self._shownWorkerPid = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -259,14 +261,14 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.setModel(folder, device=self.ui.deviceComboBox.currentText)
             self.ui.modelStatusLabel.text = _("Loading the model in the LDAE worker…")
             self.logic.startWorker(wait=False)
-            self.logic.adapter().on_ready = lambda info: self.onModelReady()
-            self._pollTimer.start()
+            self._pollTimer.start()  # onPoll shows the model once the worker reports it ready
         self._checkCanApply()
 
     def onModelReady(self) -> None:
         info = self.logic.modelInfo()
         if not info:
             return
+        self._shownWorkerPid = info.get("pid")
         model = info["model"]
         warn = _(" — RANDOM WEIGHTS: outputs are noise") if model.get("random") else ""
         self.ui.modelStatusLabel.text = f"{model['name']} · id {model['id']} · {model['parameters_m']} M parameters{warn}"
@@ -280,8 +282,11 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasBlocked = combo.blockSignals(True)
         combo.clear()
         info = self.logic.modelInfo()
-        for d in (info or {}).get("model", {}).get("directions", []):
+        directions = (info or {}).get("model", {}).get("directions", [])
+        for d in directions:
             combo.addItem(d["description"], d["name"])
+        if info is None:  # before loading: the direction every LDAE model of the authors has
+            combo.addItem(_("cn (towards CN / AD; the model's own list appears once it is loaded)"), "cn")
         combo.addItem(CUSTOM_PROBE, "")
         if self._parameterNode:
             index = combo.findData(self._parameterNode.direction)
@@ -401,12 +406,15 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onAlphaChanging(self, value: float) -> None:
         if not (self._parameterNode and self._parameterNode.livePreview and self._parameterNode.inputVolume and self.logic.isLoaded()):
             return
+        self._dragging = True
         self._pendingPreviewAlpha = (value, self._parameterNode.previewSteps)
         self._previewTimer.start()
 
     def onAlphaReleased(self, value: float) -> None:
         # Full quality into the preview volume; Apply keeps it (without recomputing when unchanged).
-        if self._parameterNode and self._parameterNode.livePreview and self._parameterNode.inputVolume and self.logic.isLoaded():
+        # Only after a drag: values set by code (scene load, parameter node) start nothing.
+        wasDragging, self._dragging = self._dragging, False
+        if wasDragging and self._parameterNode and self._parameterNode.livePreview and self._parameterNode.inputVolume and self.logic.isLoaded():
             self._pendingPreviewAlpha = (value, self._parameterNode.steps)
             self._previewTimer.start()
 
@@ -454,7 +462,8 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as err:
             logging.exception("LDAE: polling the worker failed")
             self.ui.statusLabel.text = str(err)
-        if self.logic.isLoaded() and self.logic.modelInfo() and self.ui.modelStatusLabel.text.startswith(_("Loading")):
+        info = self.logic.modelInfo()
+        if info and info.get("pid") != self._shownWorkerPid:
             self.onModelReady()
         if self.logic.startError():
             self.ui.modelStatusLabel.text = _("The model could not be loaded: ") + self.logic.startError()
