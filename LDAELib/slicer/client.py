@@ -60,7 +60,7 @@ class WorkerClient:
         self._stderr_tail: collections.deque = collections.deque(maxlen=60)
         self._ids = itertools.count(1)
         self._pending: dict[int, dict] = {}
-        self._exit_reported = False
+        self._backlog: list[dict] = []  # messages read while waiting for "ready", given out by the next poll
 
     # ------------------------------------------------------------------ lifecycle
     def command(self) -> list[str]:
@@ -97,7 +97,7 @@ class WorkerClient:
             kwargs["start_new_session"] = True  # its own process group: killpg ends the launcher and its children
         self._messages = queue.Queue()
         self._pending.clear()
-        self._exit_reported = False
+        self._backlog = []
         self.info = None
         try:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -105,7 +105,8 @@ class WorkerClient:
                                          bufsize=1, **kwargs)
         except OSError as err:
             raise WorkerError(f"could not start the LDAE worker with {self.python}: {err}") from None
-        threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True, name="ldae-worker-stdout").start()
+        # Each reader gets this process's own queue: a killed predecessor's late "exit" cannot reach it.
+        threading.Thread(target=self._read_stdout, args=(self.proc, self._messages), daemon=True, name="ldae-worker-stdout").start()
         threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True, name="ldae-worker-stderr").start()
         if wait:
             return self.wait_ready(timeout)
@@ -115,11 +116,13 @@ class WorkerClient:
         deadline = time.monotonic() + timeout
         while self.info is None:
             for msg in self.poll(0.05 if idle is None else 0.0):
-                if msg.get("type") == "error" and msg.get("id") is None:
+                if msg.get("type") == "error" and msg.get("id") is None and msg.get("kind") != "protocol":
                     self.kill()
                     raise WorkerError(msg.get("message", "the LDAE worker failed to start"))
                 if msg.get("type") == "exit":
                     raise WorkerError(self._exit_text(msg))
+                if msg.get("type") != "ready":
+                    self._backlog.append(msg)
             if self.info is not None:
                 break
             if time.monotonic() > deadline:
@@ -130,7 +133,7 @@ class WorkerClient:
                 time.sleep(0.02)
         return self.info
 
-    def _read_stdout(self, proc: subprocess.Popen) -> None:
+    def _read_stdout(self, proc: subprocess.Popen, messages: queue.Queue) -> None:
         for line in proc.stdout:
             line = line.strip()
             if not line:
@@ -140,9 +143,9 @@ class WorkerClient:
             except ValueError:
                 self._stderr_tail.append(f"[stdout] {line}")
                 continue
-            self._messages.put(msg)
+            messages.put(msg)
         rc = proc.wait()
-        self._messages.put({"type": "exit", "returncode": rc})
+        messages.put({"type": "exit", "returncode": rc})
 
     def _read_stderr(self, proc: subprocess.Popen) -> None:
         for line in proc.stderr:  # drained so the worker never blocks on a full pipe
@@ -179,6 +182,9 @@ class WorkerClient:
         When the process has ended, an ``error`` message is made for each request still pending,
         then one ``{"type": "exit"}``.
         """
+        if self._backlog:
+            out, self._backlog = self._backlog, []
+            return out
         out = []
         try:
             out.append(self._messages.get(timeout=timeout) if timeout > 0 else self._messages.get_nowait())
