@@ -153,6 +153,7 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
         self.ui.copyDiagnosticsButton.connect("clicked(bool)", self.onCopyDiagnostics)
 
+        self.ui.loadExampleScansButton.connect("clicked(bool)", self.onLoadExampleScans)
         # Edit
         self.ui.directionComboBox.connect("currentIndexChanged(int)", self.onDirectionChanged)
         self.ui.alphaSliderWidget.connect("valueIsChanging(double)", self.onAlphaChanging)
@@ -398,6 +399,16 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             job = self.logic.adapter().start_vary(p.inputVolume, p.numberOfVariations, p.seed, p.steps, **self._options())
             self._startJob(job, _("Generating variations"))
+
+    def onLoadExampleScans(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to make the example scans."), waitCursor=True):
+            first, second = self.logic.loadExampleScans()
+            self._parameterNode.inputVolume = first
+            self._parameterNode.timepointA, self._parameterNode.timepointB = first, second
+            self._parameterNode.useMonths = True
+            self._parameterNode.fractions = "3 6 9"
+            slicer.util.setSliceViewerLayers(background=first, fit=True)
+            self.updateDates()
 
     def updateDates(self, node=None) -> None:
         self.ui.datesLabel.text = self.logic.datesText(self.ui.timepointASelector.currentNode(), self.ui.timepointBSelector.currentNode())
@@ -656,6 +667,12 @@ class LDAELogic(ScriptedLoadableModuleLogic):
     def vary(self, volumeNode, n=4, seed=0, steps=10, wait=True, **options):
         """``n`` stochastic variations and their voxel-wise spread map."""
         return self.adapter().vary(volumeNode, n, seed, steps, wait=wait, idle=self._idle(), **options)
+
+    def loadExampleScans(self, scene=None):
+        """Two synthetic visits of one subject, 12 months apart (phantoms, not anatomy), to try LDAE."""
+        from LDAELib.slicer.nodes import add_example_scans
+
+        return add_example_scans(scene or slicer.mrmlScene)
 
     def promotePreview(self, volumeNode, direction, alpha, steps):
         """Keep the preview volume as a result when it was computed at full quality for this alpha."""

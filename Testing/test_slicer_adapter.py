@@ -285,3 +285,13 @@ def test_cancel_leaves_the_scene_as_it_was_and_the_next_run_works(adapter, scene
     with pytest.raises(Cancelled):
         job.wait()
     assert scene_state(scene) == state and adapter.client.proc.pid == pid and adapter.client.running
+
+
+def test_example_scans_are_two_dated_visits_in_one_study(adapter, scene):
+    first, second = mrml.add_example_scans(scene)
+    sh = mrml.sh_node(scene)
+    assert sh.GetItemParent(sh.GetItemByDataNode(first)) == sh.GetItemParent(sh.GetItemByDataNode(second))
+    assert mrml.months_between(first, second) == pytest.approx(366 / 30.4375)
+    assert first.GetImageData().GetDimensions() == (91, 109, 91)
+    (frame,) = adapter.interpolate(first, second, months=[6], steps=2)
+    assert frame.GetName() == "example_visit1→example_visit2 t=0.50"

@@ -311,6 +311,31 @@ def add_sequence(frames, values, name: str, index_name: str = "t", index_unit: s
     return seq, browser
 
 
+# ---------------------------------------------------------------------- example data
+def add_example_scans(scene) -> tuple:
+    """Two synthetic visits of one subject (``LDAELib.data.phantom``: smooth brain-like phantoms on
+    an MNI-like 2 mm grid, larger ventricles at the second visit), dated 12 months apart, in a
+    patient/study folder. For trying the module without data; they are not anatomy."""
+    from ..data.phantom import phantom_brain
+
+    sh = sh_node(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "LDAE example subject")
+    study = sh.CreateStudyItem(patient, "Synthetic visits")
+    made = []
+    for i, (scale, date) in enumerate(((1.0, "2020-01-15"), (1.5, "2021-01-15"))):
+        data, affine = phantom_brain(ventricle_scale=scale, seed=i)
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"example_visit{i + 1}"))
+        node.SetIJKToRASMatrix(numpy_to_matrix(affine))
+        slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(data.transpose(2, 1, 0)))  # I,J,K -> K,J,I
+        node.CreateDefaultDisplayNodes()
+        node.SetAttribute("LDAE.Date", date)
+        node.SetAttribute("LDAE.Example", "synthetic phantom, not anatomy")
+        item = sh.GetItemByDataNode(node) or sh.CreateItem(study, node)
+        sh.SetItemParent(item, study)
+        made.append(node)
+    return tuple(made)
+
+
 # ---------------------------------------------------------------------- views
 def show_in_slice_views(scene, background, foreground=None, opacity: float = 0.5) -> None:
     """Show volumes in every slice view through the slice composite nodes (no Qt needed)."""
