@@ -146,20 +146,60 @@ def test_bad_input_gives_one_clear_error_and_the_worker_keeps_serving(worker, sc
     assert final["type"] == "result"
 
 
-def test_raw_input_without_registration_says_what_to_do(worker, scans, tmp_path):
-    final, _ = _run(worker, _edit(scans["a"], tmp_path, key="raw", input_space="raw"))
+@pytest.fixture(scope="module")
+def in_process(tiny_bundle):
+    """A Worker object in this process (same code as the process runs), for hooks that need patching."""
+    from LDAELib.pipeline import LDAEPipeline
+    from LDAELib.slicer.worker import Worker
+    from LDAELib.weights import load_model
+
+    model = load_model(tiny_bundle)
+    messages: list = []
+    return Worker(model, LDAEPipeline(model), messages.append), messages
+
+
+def test_raw_input_goes_through_the_registration_hook_once_per_scan(in_process, scans, tmp_path, monkeypatch):
+    from LDAELib.slicer import worker as worker_module
+    from LDAELib.space import from_model_space, to_model_space
+
+    worker, messages = in_process
+    calls = []
+
+    class Cache:
+        pass
+
+    def to_native(data, affine, space, cache=None, progress=None, cancel=None):
+        calls.append(type(cache).__name__)
+        progress(1, 1, "registration: affine")
+        return to_model_space(data, affine, space)
+
+    def from_native(y, ctx):
+        calls.append("back")
+        return from_model_space(y, ctx)
+
+    monkeypatch.setattr(worker_module, "registration_api", lambda: (to_native, from_native, Cache))
+    for alpha in (1.0, 2.0):
+        messages.clear()
+        worker.handle(dict(_edit(scans["a"], tmp_path / str(alpha), alpha=alpha, key="raw", steps=2, input_space="raw"), id=alpha))
+        final = messages[-1]
+        assert final["type"] == "result", final
+        assert nib.load(final["outputs"][0]["path"]).shape == nib.load(str(scans["a"])).shape
+    assert calls == ["Cache", "back", "back"]  # registered once; each result mapped back through it
+    assert final["provenance"]["input_space"] == "raw"
+
+
+def test_raw_input_without_registration_says_what_to_do(in_process, scans, tmp_path, monkeypatch):
+    from LDAELib.errors import LDAEError
     from LDAELib.slicer import worker as worker_module
 
-    try:
-        from LDAELib import registration  # noqa: F401
-        has_registration = hasattr(registration, "to_mni")
-    except ImportError:
-        has_registration = False
-    if has_registration:
-        assert final["type"] in ("result", "error")
-    else:
-        assert final["type"] == "error" and "registered to MNI" in final["message"]
-    assert worker_module.register_to_mni.__doc__
+    def unavailable():
+        raise LDAEError("this scan is marked as not registered to MNI, but raw-scan registration is not available")
+
+    worker, messages = in_process
+    monkeypatch.setattr(worker_module, "registration_api", unavailable)
+    messages.clear()
+    worker.handle(dict(_edit(scans["b"], tmp_path, key="raw-missing", input_space="raw"), id="r"))
+    assert messages[-1]["type"] == "error" and "registered to MNI" in messages[-1]["message"]
 
 
 def test_cancel_stops_a_run_in_the_middle_and_keeps_the_worker_warm(worker, scans, tmp_path):

@@ -39,9 +39,9 @@ class Prepared:
     """One source volume, read and mapped into model space.
 
     affine: 4x4 voxel -> RAS (mm) of the source grid (nibabel convention, I,J,K voxel order).
-    x: model-space float32 array; ctx: ``space.SpaceContext`` to map outputs back.
-    back: maps an array on the grid ``ctx`` returns to the source grid (registration inverse;
-    identity unless the source was registered by this worker).
+    x: model-space float32 array.
+    to_source: maps a model-space array (I,J,K) onto the source's grid and intensity range
+    (``space.from_model_space``, or the registration's way back for a raw scan).
     """
 
     key: str
@@ -49,8 +49,7 @@ class Prepared:
     affine: np.ndarray
     shape: tuple
     x: np.ndarray
-    ctx: Any
-    back: Callable[[np.ndarray], np.ndarray] | None = None
+    to_source: Callable[[np.ndarray], np.ndarray]
     encodings: dict = field(default_factory=dict)
     """latent mode (None = mean, or the latent seed) -> pipeline ``Encoding`` (its z_T per step count)."""
 
@@ -194,6 +193,7 @@ class Worker:
         self._cancel_all = threading.Event()
         self._lock = threading.Lock()
         self.info = describe_model(model)
+        self._stage_a_cache = None
 
     # ---------------------------------------------------------------- cancel (reader thread)
     def cancel(self, request_id=None) -> None:
@@ -208,10 +208,10 @@ class Worker:
             return self._cancel_all.is_set() or request_id in self._cancelled
 
     # ---------------------------------------------------------------- inputs
-    def _prepare(self, src: dict, input_space: str) -> Prepared:
+    def _prepare(self, src: dict, input_space: str, progress=None, cancel=None) -> Prepared:
         from ..errors import LDAEError
         from ..io import read_volume
-        from ..space import model_space_identity, to_model_space
+        from ..space import from_model_space, model_space_identity, to_model_space
 
         if not isinstance(src, dict) or not src.get("path"):
             raise LDAEError("the request names no source volume file")
@@ -224,17 +224,19 @@ class Worker:
             self.sources.move_to_end(key)
             return self.sources[key]
         vol = read_volume(path)
-        data, affine, back = vol.data, vol.affine, None
-        if input_space == "raw":
-            data, affine, back = register_to_mni(data, affine)
         space = self.model.config.space
-        if input_space == "model":
-            x, ctx = model_space_identity(data, affine, space)
-        elif input_space in ("mni", "raw"):
-            x, ctx = to_model_space(data, affine, space)
+        if input_space == "raw":
+            to_native, from_native, cache_class = registration_api()
+            if self._stage_a_cache is None:
+                self._stage_a_cache = cache_class()
+            x, nctx = to_native(vol.data, vol.affine, space, cache=self._stage_a_cache, progress=progress, cancel=cancel)
+            to_source = lambda y, c=nctx: from_native(y, c)  # noqa: E731
+        elif input_space in ("model", "mni"):
+            x, ctx = (model_space_identity if input_space == "model" else to_model_space)(vol.data, vol.affine, space)
+            to_source = lambda y, c=ctx: from_model_space(y, c)  # noqa: E731
         else:
             raise LDAEError(f"unknown input space '{input_space}'; use one of {', '.join(protocol.INPUT_SPACES)}")
-        prep = Prepared(key=key, path=str(path), affine=np.asarray(vol.affine), shape=tuple(vol.data.shape), x=x, ctx=ctx, back=back)
+        prep = Prepared(key=key, path=str(path), affine=np.asarray(vol.affine), shape=tuple(vol.data.shape), x=x, to_source=to_source)
         self.sources[key] = prep
         while len(self.sources) > _SOURCE_CACHE:
             self.sources.popitem(last=False)
@@ -251,6 +253,11 @@ class Worker:
             return self.model.directions[spec]
         names = ", ".join(sorted(self.model.directions)) or "none"
         raise LDAEError(f"unknown direction {spec!r}; this model has: {names} (or choose a probe file)")
+
+    @staticmethod
+    def _stage_progress(progress):
+        """Registration reports its own steps (its bar, then the operation's)."""
+        return lambda done, total, stage: progress(done, total, f"registration: {stage}" if not stage.startswith("registration") else stage)
 
     def _encode_cost(self, prep: Prepared, steps: int | None, latent_seed) -> int:
         """Network calls still needed to encode ``prep`` (and invert it with ``steps``)."""
@@ -276,10 +283,7 @@ class Worker:
         return enc
 
     def _to_source_grid(self, images, index: int, prep: Prepared) -> np.ndarray:
-        from ..space import from_model_space
-
-        out = from_model_space(images[index, 0].detach().float().cpu().numpy(), prep.ctx)
-        return prep.back(out) if prep.back is not None else out
+        return prep.to_source(images[index, 0].detach().float().cpu().numpy())
 
     # ---------------------------------------------------------------- requests
     def handle(self, req: dict) -> None:
@@ -380,7 +384,8 @@ class Worker:
             return str(path)
 
         if op == "interpolate":
-            pa, pb = self._prepare(req.get("a"), space), self._prepare(req.get("b"), space)
+            pa = self._prepare(req.get("a"), space, self._stage_progress(progress), cancel)
+            pb = self._prepare(req.get("b"), space, self._stage_progress(progress), cancel)
             fractions = [float(f) for f in req.get("fractions") or []]
             if not fractions:
                 raise LDAEError("give at least one fraction between 0 and 1")
@@ -398,7 +403,7 @@ class Worker:
             prov = self._provenance(op, req, [{"key": req["a"].get("key")}, {"key": req["b"].get("key")}], fractions=fractions)
             return {"outputs": outputs, "provenance": prov}
 
-        prep = self._prepare(req.get("source"), space)
+        prep = self._prepare(req.get("source"), space, self._stage_progress(progress), cancel)
         if op == "encode":
             self._encoding(prep, steps, seed, _Progress(progress, self._encode_cost(prep, steps, seed)), cancel)
             return {"outputs": []}
@@ -439,26 +444,21 @@ class Worker:
         return {"outputs": outputs, "provenance": self._provenance(op, req, inputs, n=n, variation_seed=vseed)}
 
 
-def register_to_mni(data: np.ndarray, affine: np.ndarray):
-    """Stage A (raw scan -> MNI) through ``LDAELib.registration`` when it is installed.
-
-    Expected there: ``to_mni(data_ijk, affine) -> (data_mni_ijk, affine_mni, back)`` where
-    ``back(array_on_the_mni_grid) -> array_on_the_input_grid``. Returns the same triple.
-    """
+def registration_api():
+    """Stage A (raw scan -> MNI -> model space, and back) from ``LDAELib.registration``:
+    ``(to_model_space_native, from_model_space_native, StageACache)``. The way back samples the
+    model grid once at every scan voxel (no double interpolation through the MNI grid)."""
     from ..errors import LDAEError
 
     try:
-        from .. import registration
-    except ImportError:
-        registration = None
-    to_mni = getattr(registration, "to_mni", None)
-    if to_mni is None:
+        from ..registration import StageACache, from_model_space_native, to_model_space_native
+    except ImportError as err:
         raise LDAEError(
             "this scan is marked as not registered to MNI, but raw-scan registration is not available in this "
-            "version of LDAE. Register the scan to MNI space first (brain-extracted, e.g. with ANTs), or tick "
-            "'input is registered to MNI'."
-        )
-    return to_mni(data, affine)
+            f"installation ({err}). Register the scan to MNI space first (brain-extracted, e.g. with ANTs), or tick "
+            "'input is brain-extracted and registered to MNI'."
+        ) from None
+    return to_model_space_native, from_model_space_native, StageACache
 
 
 def _reader(stream, worker: Worker, requests: "queue.Queue[dict | None]", emit) -> None:
