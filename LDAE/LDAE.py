@@ -141,7 +141,10 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelSourceComboBox.addItem(_("Demo model (bundled)"), "demo")
         self.ui.modelSourceComboBox.addItem(_("Folder: the authors' weights or an LDAE bundle"), "folder")
         if self.logic.demoModelPath() is None:
-            self.ui.modelSourceComboBox.model().item(0).setEnabled(False)
+            try:
+                self.ui.modelSourceComboBox.model().item(0).setEnabled(False)  # greyed out, still explained
+            except AttributeError:
+                pass
             self.ui.modelSourceComboBox.setItemText(0, _("Demo model (not installed yet)"))
             self.ui.modelSourceComboBox.currentIndex = 1
         for device in ("auto", "cpu", "cuda"):
