@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="network precision (default float32 = the authors' numbers; bfloat16 halves weight memory; float16 on GPUs only)")
     g.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--model-space", action="store_true", help="inputs are already in model space: used exactly as stored, no resampling or rescaling")
+    g.add_argument("--registered", action="store_true", help="inputs are already brain-extracted and registered to MNI (e.g. 'ldae preprocess' "
+                   "brain_mni.nii.gz): skip stage A (bias correction, brain extraction, registration), resample into model space only")
+    g.add_argument("--model-space-output", action="store_true", help="also write each output in model space (NAME_model_space.nii.gz, MNI coordinates)")
     g.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of a bundle's files")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -62,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", parents=[common], help="model, directions, licence and this machine")
     s = sub.add_parser("demo", parents=[common], help="run the main operations end to end on bundled example scans")
     s.add_argument("output_dir")
+    s = sub.add_parser("preprocess", help="stage A on a raw scan: bias correction, brain extraction, registration to MNI "
+                       "(registered brain, brain mask, transforms, model-space volume; cached)")
+    from .registration.command import add_arguments as add_preprocess_arguments
+
+    add_preprocess_arguments(s)
     s = sub.add_parser("cohort", help="write a synthetic longitudinal cohort (MNI-space NIfTI + CSV of volumes) from real templates")
     from .data.cohort_command import add_arguments
 
@@ -139,14 +147,34 @@ def _pipeline(args, model):
 
 
 def _prepare(args, path, space_cfg):
-    """Read a NIfTI and map it into model space → (Volume, model-space array, SpaceContext)."""
+    """Read a NIfTI and map it into model space → (Volume, model-space array, context for ``_back``).
+
+    Raw scans (the default) go through stage A (cached by content), then stage B; ``--registered``
+    inputs through stage B only; ``--model-space`` inputs are used as stored."""
     from .io import read_volume
     from .space import model_space_identity, to_model_space
 
     vol = read_volume(path)
-    fn = model_space_identity if args.model_space else to_model_space
-    x, ctx = fn(vol.data, vol.affine, space_cfg)
+    if args.model_space or args.registered:
+        fn = model_space_identity if args.model_space else to_model_space
+        x, ctx = fn(vol.data, vol.affine, space_cfg)
+        return vol, x, ctx
+    from .registration import StageACache, StageASettings, to_model_space_native
+
+    bar = _Bar(args.quiet, f"stage A {Path(path).name}")
+    try:
+        x, ctx = to_model_space_native(vol.data, vol.affine, space_cfg, StageASettings(threads=args.threads), cache=StageACache(), progress=bar)
+    finally:
+        bar.close()
     return vol, x, ctx
+
+
+def _input_space(args) -> str:
+    if args.model_space:
+        return "model space (used as stored)"
+    if args.registered:
+        return "registered to MNI (stage B only)"
+    return "raw scan: stage A (N4, brain extraction, registration to MNI; LDAELib.registration), then stage B"
 
 
 def _provenance(args, model, operation: str, inputs: list, **extra) -> dict:
@@ -162,6 +190,7 @@ def _provenance(args, model, operation: str, inputs: list, **extra) -> dict:
         "seed": args.seed,
         "latent": "sampled" if args.sample_latent else "mean",
         "model_space_input": bool(args.model_space),
+        "input_space": _input_space(args),
         "device": str(args.device),
         "dtype": args.dtype,
         "inputs": [{"path": str(Path(p).resolve()), "sha256": sha256_of(p)} for p in inputs],
@@ -172,9 +201,24 @@ def _provenance(args, model, operation: str, inputs: list, **extra) -> dict:
 
 
 def _back(out_tensor, ctx):
+    from .registration import NativeContext, from_model_space_native
     from .space import from_model_space
 
-    return from_model_space(out_tensor.detach().float().cpu().numpy()[0, 0], ctx)
+    x = out_tensor.detach().float().cpu().numpy()[0, 0]
+    return from_model_space_native(x, ctx) if isinstance(ctx, NativeContext) else from_model_space(x, ctx)
+
+
+def _add_output(args, outs, path, out_tensor, ctx, like, prov) -> None:
+    """The output on the input's grid, and with --model-space-output also in model space."""
+    outs.add_volume(path, _back(out_tensor, ctx), like, prov)
+    if args.model_space_output:
+        from .io import Volume, sidecar_path
+
+        x = out_tensor.detach().float().cpu().numpy()[0, 0]
+        model_affine = getattr(ctx, "space", ctx).model_affine
+        base = sidecar_path(path)  # out.nii.gz → out.json
+        ms_path = base.with_name(base.stem + "_model_space.nii.gz")
+        outs.add_volume(ms_path, x, Volume(x, model_affine), {**prov, "space": "model space (MNI coordinates), intensities in [0, 1]"})
 
 
 def _latent_seed(args) -> int | None:
@@ -206,6 +250,10 @@ def _run(args, model=None) -> int:
         from .data.cohort_command import run
 
         return run(args, _Bar(args.quiet, "cohort"))
+    if args.command == "preprocess":
+        from .registration.command import run as run_preprocess
+
+        return run_preprocess(args, _Bar(args.quiet, "stage A"))
     if args.command == "fit-probe":
         from .directions_io import fit_probe_from_csv
 
@@ -268,7 +316,7 @@ def _run(args, model=None) -> int:
                 extra = {"description": f"LDAE {d.name} alpha={args.alpha:+g} T={args.steps}", "direction": d.name,
                          "direction_meaning": d.describe(), "alpha": args.alpha}
             with OutputSet() as outs:
-                outs.add_volume(args.output, _back(out, ctx), vol, _provenance(args, model, args.command, [args.input], **extra))
+                _add_output(args, outs, args.output, out, ctx, vol, _provenance(args, model, args.command, [args.input], **extra))
             bar.close()
             print(f"wrote {args.output}")
             return 0
@@ -283,7 +331,7 @@ def _run(args, model=None) -> int:
             with OutputSet() as outs:
                 for i, f in enumerate(fr):
                     path = Path(args.output_dir) / f"interp_t{f:.3f}.nii.gz"
-                    outs.add_volume(path, _back(out[i : i + 1], ctx_a), va, _provenance(
+                    _add_output(args, outs, path, out[i : i + 1], ctx_a, va, _provenance(
                         args, model, "interpolate", [args.input_a, args.input_b], fraction=f,
                         description=f"LDAE interpolation t={f:.2f} T={args.steps}"))
             bar.close()
@@ -297,7 +345,7 @@ def _run(args, model=None) -> int:
             with OutputSet() as outs:
                 for i in range(args.n):
                     path = Path(args.output_dir) / f"variation_{i:02d}.nii.gz"
-                    outs.add_volume(path, _back(out[i : i + 1], ctx), vol, _provenance(
+                    _add_output(args, outs, path, out[i : i + 1], ctx, vol, _provenance(
                         args, model, "vary", [args.input], index=i, seed=seed,
                         description=f"LDAE variation {i} seed={seed} T={args.steps}"))
             bar.close()
@@ -344,7 +392,8 @@ def _demo(args, model) -> int:
         nib.save(nib.Nifti1Image(data, affine), str(p))
         visits.append(p)
     model_args = ["--model", args.model] if args.model else []
-    common = [*model_args, "--steps", str(args.steps), "--device", str(args.device)] + (["-q"] if args.quiet else [])
+    # The example scans are made on the MNI grid already: stage B only.
+    common = [*model_args, "--registered", "--steps", str(args.steps), "--device", str(args.device)] + (["-q"] if args.quiet else [])
     if args.threads:
         common += ["--threads", str(args.threads)]
     runs = [("reconstruct", ["reconstruct", str(visits[0]), str(out / "reconstruction.nii.gz")])]

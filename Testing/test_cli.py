@@ -14,7 +14,8 @@ import pytest
 from LDAELib.cli import main
 from conftest import make_brain, save_nifti
 
-STEPS = ["--steps", "2", "-q"]
+# The synthetic scans are made on an MNI-like grid already: stage B only (stage A: test_registration.py).
+STEPS = ["--steps", "2", "-q", "--registered"]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_vary_and_embed_and_probe(tmp_path, scans, small_bundle, capsys):
     assert code == 0, err
     assert len(list((tmp_path / "var").glob("*.nii.gz"))) == 2
     emb = tmp_path / "emb.csv"
-    code, _, err = _run(["embed", *scans, scans[0], "--output", emb, "--model", small_bundle, "-q"], capsys)
+    code, _, err = _run(["embed", *scans, scans[0], "--output", emb, "--model", small_bundle, "-q", "--registered"], capsys)
     assert code == 0, err
     rows = emb.read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("path,e0,") and len(rows[1].split(",")) == 65
