@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .directions import Direction
-from .nets.autoencoder import AutoencoderConfig, build_autoencoder
+from .nets.autoencoder import AutoencoderConfig, build_autoencoder, use_polyphase_upsampling
 from .nets.semantic_encoder import SemanticEncoder, SemanticEncoderConfig
 from .nets.unet import ShiftUNet, UNetConfig
 from .space import ModelSpaceConfig
@@ -70,13 +70,23 @@ class LDAEModel(nn.Module):
     """AutoencoderKL + semantic encoder + ShiftUNet, in eval mode, plus named directions.
 
     ``identity`` describes where the weights came from (name, format, SHA-256 of the files) and is
-    copied into every output's provenance.
+    copied into every output's provenance. ``polyphase_decoder`` computes the decoder's
+    upsampling convolutions on the low-resolution grid (same weights, ~2× faster there, less
+    memory; equal to the direct form up to float rounding, 1.6e-6 × max on the fixture).
     """
 
-    def __init__(self, config: LDAEConfig, directions: dict[str, Direction] | None = None, identity: dict | None = None) -> None:
+    def __init__(
+        self,
+        config: LDAEConfig,
+        directions: dict[str, Direction] | None = None,
+        identity: dict | None = None,
+        polyphase_decoder: bool = True,
+    ) -> None:
         super().__init__()
         self.config = config
         self.autoencoder = build_autoencoder(config.autoencoder)
+        if polyphase_decoder:
+            use_polyphase_upsampling(self.autoencoder)
         self.semantic_encoder = SemanticEncoder.from_config(config.encoder)
         self.shift_unet = ShiftUNet(config.unet)
         self.directions: dict[str, Direction] = dict(directions or {})

@@ -118,3 +118,63 @@ def convert_old_keys(state_dict: dict[str, torch.Tensor], target_keys: set[str])
                 k = renamed
         out[k] = v
     return out
+
+
+# Each output voxel of "nearest ×2, then 3-tap conv" sees 2 low-resolution neighbours per axis:
+# even outputs (phase 0) see offsets (−1, 0) with taps (w0, w1+w2); odd outputs see (0, +1) with (w0+w1, w2).
+_PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+
+
+def polyphase_upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv3d(nearest_upsample_x2(x), weight, bias, padding=1)`` without building the upsampled input.
+
+    The 3³ kernel folds into eight 2³ kernels, one per output phase, applied on the low-resolution
+    grid: 8/27 of the multiply-adds, and the 2×-sized C-channel input is never materialised. Equal
+    to the direct form up to float rounding (the folded taps are sums of weights).
+
+    x: B×C×D×H×W, weight: O×C×3×3×3 → B×O×2D×2H×2W.
+    """
+    b, _, d, h, w = x.shape
+    o = weight.shape[0]
+    m = _PHASE_TAPS.to(weight.device, weight.dtype)
+    # kernels[p] for phase p = (a, b, c): O×C×2×2×2, stacked into one conv of 8·O output channels
+    k = torch.einsum("xyijk,aui,bvj,cwk->abcxyuvw", weight, m, m, m).reshape(8 * o, *weight.shape[1:2], 2, 2, 2)
+    y = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (1, 1, 1, 1, 1, 1)), k)  # B×8O×(D+1)×(H+1)×(W+1)
+    out = x.new_empty((b, o, 2 * d, 2 * h, 2 * w))
+    for p in range(8):
+        pa, pb, pc = (p >> 2) & 1, (p >> 1) & 1, p & 1
+        out[:, :, pa::2, pb::2, pc::2] = y[:, p * o : (p + 1) * o, pa : pa + d, pb : pb + h, pc : pc + w]
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1, 1)
+    return out
+
+
+def use_polyphase_upsampling(autoencoder: AutoencoderKL) -> AutoencoderKL:
+    """Switch the decoder's nearest-×2 + conv upsampling blocks to ``polyphase_upsample_conv``.
+
+    Weights and state-dict keys are unchanged; only the computation differs (faster, less memory).
+    """
+    from monai.networks.blocks.upsample import UpSample
+
+    for block in autoencoder.decoder.blocks:
+        if isinstance(block, UpSample) and not isinstance(block, _PolyphaseUpSample):
+            interp = getattr(block, "upsample_non_trainable", None)
+            conv = getattr(getattr(block, "postconv", None), "conv", None)
+            if interp is None or conv is None or getattr(interp, "mode", "") != "nearest" or tuple(conv.kernel_size) != (3, 3, 3):
+                continue
+            block.__class__ = _PolyphaseUpSample
+    return autoencoder
+
+
+def _polyphase_forward(self, x: torch.Tensor) -> torch.Tensor:
+    conv = self.postconv.conv
+    return polyphase_upsample_conv(x, conv.weight, conv.bias)
+
+
+def _make_polyphase_class():
+    from monai.networks.blocks.upsample import UpSample
+
+    return type("_PolyphaseUpSample", (UpSample,), {"forward": _polyphase_forward, "__doc__": "MONAI UpSample computed polyphase."})
+
+
+_PolyphaseUpSample = _make_polyphase_class()
