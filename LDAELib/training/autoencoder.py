@@ -1,0 +1,158 @@
+"""Stage (a): the AutoencoderKL, and the latents (and latent scale) that the later stages train on.
+
+Loss per batch: mean |x̂ − x| + kl_weight · KL, with x̂ = decode(μ + σ·ε) and
+KL = ½ Σ (μ² + σ² − log σ² − 1) summed over the latent of a volume, averaged over the batch (the
+MONAI generative-models convention). The authors add a perceptual (LPIPS-style) loss and a patch
+adversarial loss; we leave both out (see docs/training.md).
+
+After the stage, every training and validation volume is encoded once by the EMA autoencoder;
+μ and σ are stored in ``latents.safetensors`` and the latent scale = 1 / std of the training
+latents (sampled μ + σ·ε with a fixed seed; the authors took the std of their first training batch)
+in ``latents.json``. The diffusion stages draw z0 = scale · (μ + σ·ε) from these.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import LDAEError
+from ..nets.autoencoder import build_autoencoder
+from .checkpoint import write_json_atomic
+from .config import AutoencoderStageConfig
+from .data import TrainingData
+from .distributed import item_generator
+from .trainer import Objective
+
+STAGE_ID = 1
+
+
+class AutoencoderLoss(nn.Module):
+    """Wraps the AutoencoderKL so that DDP sees one forward: (x, eps) → (loss, parts)."""
+
+    def __init__(self, autoencoder: nn.Module, kl_weight: float) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.kl_weight = float(kl_weight)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+        mu, sigma = self.autoencoder.encode(x)
+        z = mu + sigma * eps.to(mu.dtype)
+        rec = self.autoencoder.decode(z)
+        l1 = (rec.float() - x.float()).abs().mean()
+        mu, sigma = mu.float(), sigma.float()
+        kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2).clamp_min(1e-30)) - 1).flatten(1).sum(1).mean()
+        return l1 + self.kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
+
+
+class AutoencoderObjective(Objective):
+    name, stage_id = "autoencoder", STAGE_ID
+
+    def __init__(self, model_config, config: AutoencoderStageConfig, data: TrainingData, device: torch.device) -> None:
+        self.config, self.data, self.device = config, data, torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            ae = build_autoencoder(model_config.autoencoder)
+        self.module = AutoencoderLoss(ae, config.kl_weight).to(self.device)
+        f = self.downsampling = model_config.autoencoder.downsampling
+        self.shape = tuple(model_config.space.shape)
+        self.crop = tuple(int(c) for c in config.crop) if config.crop else None
+        if self.crop is not None and (len(self.crop) != 3 or any(c % f or c < f or c > s for c, s in zip(self.crop, self.shape))):
+            raise LDAEError(f"autoencoder crop {config.crop} must be three sizes, multiples of {f}, no larger than the model grid {self.shape}")
+        self.latent_channels = model_config.autoencoder.latent_channels
+        self.items = list(data.indices["train"])
+
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def _batch_rows(self, rows: list[int], step: int, crop: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
+        xs, eps = [], []
+        size = crop or self.shape
+        f = self.downsampling
+        for r in rows:
+            g = item_generator(self.config.seed, STAGE_ID, step, r)
+            x = torch.from_numpy(self.data.volumes[r])
+            if crop is not None:  # offsets on the latent grid, so crops see the same voxel phases as whole volumes
+                o = [int(torch.randint(0, (s - c) // f + 1, (1,), generator=g)) * f for s, c in zip(self.shape, crop)]
+                x = x[o[0]:o[0] + crop[0], o[1]:o[1] + crop[1], o[2]:o[2] + crop[2]]
+            xs.append(x)
+            eps.append(torch.randn((self.latent_channels, *(c // f for c in size)), generator=g))
+        return {"x": torch.stack(xs)[:, None].to(self.device), "eps": torch.stack(eps).to(self.device)}
+
+    def batch(self, items: list[int], step: int) -> dict[str, torch.Tensor]:
+        return self._batch_rows([self.items[i] for i in items], step, self.crop)
+
+    def fixed_batches(self) -> dict:
+        n = self.config.val_volumes
+        out = {"train": self._batch_rows(self.items[:n], -1)}
+        if self.data.indices["val"]:
+            out["val"] = self._batch_rows(self.data.indices["val"][:n], -1)
+        return out
+
+
+@torch.inference_mode()
+def encode_latents(autoencoder: nn.Module, data: TrainingData, rows: list[int], device: torch.device, batch_size: int = 4, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ, σ (N×C×d×h×w float32, CPU) of the given rows, in order."""
+    autoencoder.eval()
+    mus, sigmas = [], []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        mu, sigma = autoencoder.encode(data.volumes.batch(chunk, device))
+        mus.append(mu.float().cpu())
+        sigmas.append(sigma.float().cpu())
+        if progress is not None:
+            progress(min(i + batch_size, len(rows)), len(rows))
+    return torch.cat(mus), torch.cat(sigmas)
+
+
+def latent_scale_of(mu: torch.Tensor, sigma: torch.Tensor, seed: int) -> float:
+    """1 / std of sampled latents μ + σ·ε (ε from ``seed``): the scale that makes z0 about unit variance."""
+    g = torch.Generator().manual_seed(int(seed))
+    z = mu + sigma * torch.randn(mu.shape, generator=g)
+    return float(1.0 / z.float().std().clamp_min(1e-8))
+
+
+class Latents:
+    """The encoded training/validation latents: ``mu[row]``, ``sigma[row]`` by cohort row index."""
+
+    FILE, META = "latents.safetensors", "latents.json"
+
+    def __init__(self, rows: list[int], mu: torch.Tensor, sigma: torch.Tensor, scale: float, meta: dict) -> None:
+        self.rows, self.mu, self.sigma, self.scale, self.meta = list(rows), mu, sigma, float(scale), meta
+        self._pos = {r: i for i, r in enumerate(self.rows)}
+
+    def position(self, row: int) -> int:
+        return self._pos[row]
+
+    def has(self, row: int) -> bool:
+        return row in self._pos
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+        import os
+        import tempfile
+
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".latents.", suffix=".safetensors", dir=folder)
+        os.close(fd)
+        try:
+            save_file({"mu": self.mu.contiguous(), "sigma": self.sigma.contiguous(), "rows": torch.tensor(self.rows, dtype=torch.int64)}, tmp)
+            os.replace(tmp, folder / self.FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        write_json_atomic(folder / self.META, {"latent_scale": self.scale, **self.meta})
+
+    @classmethod
+    def load(cls, folder: Path) -> "Latents | None":
+        from safetensors.torch import load_file
+
+        if not (folder / cls.META).is_file() or not (folder / cls.FILE).is_file():
+            return None
+        meta = json.loads((folder / cls.META).read_text())
+        t = load_file(str(folder / cls.FILE))
+        scale = meta.pop("latent_scale")
+        return cls(t["rows"].tolist(), t["mu"], t["sigma"], scale, meta)

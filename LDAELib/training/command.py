@@ -1,0 +1,103 @@
+"""``ldae train``: the command-line face of :class:`~.session.TrainingSession`.
+
+    ldae train all --cohort COHORT --workdir RUN                      # every stage, then the bundle
+    ldae train ddpm --cohort COHORT --workdir RUN --steps 2000        # one stage
+    ldae train --dry-run --cohort COHORT [--config recipe.yaml]        # plan and estimated time
+    torchrun --nproc_per_node 4 -m LDAELib.cli train all --cohort … --workdir …   # data-parallel
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_ERROR, EXIT_CANCELLED = 1, 130
+STAGE_CHOICES = ("all", "autoencoder", "ddpm", "representation", "probes", "bundle")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("stage", nargs="?", default="all", choices=STAGE_CHOICES,
+                        help="which stage to run (default all: every incomplete stage, then the bundle)")
+    parser.add_argument("--cohort", required=True, metavar="DIR", help="cohort folder (with cohort.csv, as 'ldae cohort' writes) or a cohort CSV")
+    parser.add_argument("--workdir", metavar="DIR", help="work folder for the split, caches, checkpoints, logs and the bundle; run the same command again to resume")
+    parser.add_argument("--config", metavar="RECIPE", help="recipe file (.yaml, .yml or .json); default: the built-in demo recipe")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe setting, e.g. --set ddpm.lr=2e-4 (repeatable)")
+    parser.add_argument("--steps", type=int, metavar="N", help="steps of the named stage (shorthand for --set STAGE.steps=N)")
+    parser.add_argument("--output", metavar="DIR", help="bundle folder written at the end (default WORKDIR/bundle)")
+    parser.add_argument("--device", default="auto", help="auto (this process's GPU if any, else CPU), cpu, cuda, cuda:1 … (default auto)")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time (measured on a few steps) and stop")
+    parser.add_argument("--no-measure", action="store_true", help="with --dry-run: print the plan without measuring the time")
+    parser.add_argument("--write-recipe", metavar="PATH", help="write the recipe in use (after --config/--set/--steps) to PATH and stop")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _recipe(args):
+    from ..errors import LDAEError
+    from .config import STAGES, Recipe, apply_overrides, load_recipe
+
+    recipe = load_recipe(args.config) if args.config else Recipe()
+    sets = list(args.set)
+    if args.steps is not None:
+        if args.stage not in STAGES:
+            raise LDAEError(f"--steps applies to one training stage ({', '.join(STAGES)}); with '{args.stage}' use --set STAGE.steps=N")
+        sets += [f"{args.stage}.steps={args.steps}", f"{args.stage}.epochs=null"]
+    return apply_overrides(recipe, sets) if sets else recipe
+
+
+def run(args) -> int:
+    import torch
+
+    from ..errors import LDAEError
+    from .config import save_recipe
+    from .distributed import setup, teardown
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = _recipe(args)
+    if args.write_recipe:
+        save_recipe(recipe, args.write_recipe)
+        print(f"wrote {args.write_recipe}")
+        return 0
+    if args.dry_run:
+        return _dry_run(args, recipe)
+    if not args.workdir:
+        raise LDAEError("ldae train needs --workdir DIR (where checkpoints, logs and the bundle go)")
+    ctx = setup(args.device)
+    try:
+        from .session import TrainingSession
+
+        session = TrainingSession(recipe, args.cohort, args.workdir, ctx, progress=not args.quiet)
+        try:
+            result = session.run(args.stage, args.output)
+        except KeyboardInterrupt:
+            if ctx.is_main:
+                print(f"ldae train: interrupted; the checkpoints in {args.workdir} are intact: run the same command again to resume", file=sys.stderr)
+            return EXIT_CANCELLED
+        if ctx.is_main and args.stage in ("all", "bundle"):
+            print(f"wrote {result}")
+        return 0
+    finally:
+        teardown(ctx)
+
+
+def _dry_run(args, recipe) -> int:
+    import os
+    import time
+
+    from .data import TrainingData
+    from .distributed import resolve_device
+    from .plan import plan
+
+    device = resolve_device(args.device)
+    data = TrainingData.open(args.cohort, recipe.data, recipe.model.space, args.workdir, write_split=False)
+    uncached = [i for s in ("train", "val") for i in data.indices[s] if not data.volumes.is_cached(i)] if args.workdir else \
+        [i for s in ("train", "val") for i in data.indices[s]]
+    stage_b = None
+    if uncached and not args.no_measure:
+        t0 = time.perf_counter()
+        data.volumes._compute(uncached[0])
+        stage_b = time.perf_counter() - t0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    text, _ = plan(recipe, data, device, world, measure=not args.no_measure, stage_B_seconds=stage_b, uncached=len(uncached))
+    print(text)
+    return 0

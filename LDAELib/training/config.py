@@ -1,0 +1,423 @@
+"""Training settings as dataclasses, and the recipe file that bundles them with the model config.
+
+A recipe is one JSON or YAML file::
+
+    name: LDAE demo model
+    model: {vae_args: …, unet_args: …, enc_args: …, space: …}   # an LDAEConfig (default small_config())
+    data: {split_seed: 0, val_fraction: 0.15, test_fraction: 0.15, …}
+    autoencoder: {steps: …, batch_size: …, lr: …, kl_weight: …, …}
+    ddpm: {steps: …, …}
+    representation: {steps: …, …}
+    probes: {l2: …, …}
+
+Every section round-trips (``to_dict`` / ``from_dict``); an unknown key is an error, so a typo in a
+recipe does not pass silently. ``batch_size`` is the *global* batch: with N processes each takes
+batch_size / N, so a recipe trains the same model on one GPU or on eight.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import LDAEError
+from ..model import LDAEConfig, small_config
+
+STAGES = ("autoencoder", "ddpm", "representation")
+"""The stages trained by gradient descent, in order (the probes and the bundle follow)."""
+
+
+def _from_dict(cls, d: dict | None, what: str):
+    d = dict(d or {})
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise LDAEError(f"unknown {what} settings {sorted(unknown)}; known: {', '.join(sorted(names))}")
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    try:
+        return cls(**kw)
+    except (TypeError, ValueError) as err:
+        raise LDAEError(f"bad {what} settings: {err}") from None
+
+
+def _to_dict(obj) -> dict:
+    return json.loads(json.dumps(asdict(obj)))  # tuples → lists
+
+
+@dataclass
+class StageConfig:
+    """What every gradient-descent stage needs.
+
+    Attributes:
+        steps: optimizer steps (ignored when ``epochs`` is set).
+        epochs: passes over the training volumes; steps = ceil(epochs × steps per epoch).
+        batch_size: global batch (all processes together); must be divisible by the process count.
+        lr: AdamW learning rate (peak, after warm-up).
+        lr_schedule: "constant" or "cosine" (cosine decay to ``lr_min_factor`` × lr at the last step).
+        warmup_steps: linear warm-up of the learning rate from 0.
+        weight_decay: AdamW weight decay.
+        grad_clip: clip the global gradient norm to this (0 = no clipping).
+        ema_decay: decay of the exponential moving average of the weights, updated every optimizer
+            step (the authors: 0.999). The EMA weights are the ones shipped.
+        ema_warmup: use min(ema_decay, (1+n)/(10+n)) after n updates, so short runs are not
+            dominated by the random initial weights.
+        seed: seeds the initial weights, the data order and every noise draw.
+        log_interval: steps between log lines (losses averaged over the interval and the processes).
+        checkpoint_interval: steps between checkpoints (0 = only at the end).
+        keep_checkpoints: how many step checkpoints to keep (the final one is always kept).
+        val_interval: steps between losses of the EMA weights on fixed validation batches
+            (0 = only at checkpoints); also measured before the first step.
+        val_volumes: how many volumes (and noise draws) the fixed validation batches hold.
+        precision: "float32", or "bfloat16" autocast (GPUs; CPUs with AVX-512 bf16 too).
+        channels_last: run the 3-D convolutions in channels-last layout (faster with bfloat16 on CPUs).
+    """
+
+    steps: int = 1000
+    epochs: float | None = None
+    batch_size: int = 4
+    lr: float = 1e-4
+    lr_schedule: str = "constant"
+    lr_min_factor: float = 0.1
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    seed: int = 0
+    log_interval: int = 10
+    checkpoint_interval: int = 200
+    keep_checkpoints: int = 2
+    val_interval: int = 0
+    val_volumes: int = 4
+    precision: str = "float32"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.steps < 1:
+            raise LDAEError(f"steps must be at least 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise LDAEError(f"epochs must be positive, got {self.epochs}")
+        if self.batch_size < 1:
+            raise LDAEError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise LDAEError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise LDAEError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise LDAEError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise LDAEError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
+        if self.log_interval < 1:
+            raise LDAEError("log_interval must be at least 1")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the stage, given how many steps make one pass over the training data."""
+        if self.epochs is None:
+            return int(self.steps)
+        return max(1, math.ceil(self.epochs * steps_per_epoch))
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based) out of ``total``."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "cosine":
+            span = max(1, total - self.warmup_steps - 1)
+            p = min(1.0, (step - self.warmup_steps) / span)
+            lo = self.lr * self.lr_min_factor
+            return lo + 0.5 * (self.lr - lo) * (1.0 + math.cos(math.pi * p))
+        return self.lr
+
+    def to_dict(self) -> dict:
+        return _to_dict(self)
+
+
+@dataclass
+class AutoencoderStageConfig(StageConfig):
+    """Stage (a), the AutoencoderKL: L1 reconstruction + ``kl_weight`` × KL (per volume, summed over the latent).
+
+    ``crop``: train on random crops of this size (voxels per axis, multiples of the autoencoder's
+    downsampling) instead of whole volumes; the network is convolutional, so it applies to whole
+    volumes unchanged, and a step costs crop/volume of a whole-volume step. None = whole volumes.
+    """
+
+    steps: int = 3000
+    batch_size: int = 2
+    lr: float = 1e-4
+    kl_weight: float = 1e-6
+    crop: tuple[int, int, int] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "AutoencoderStageConfig":
+        return _from_dict(cls, d, "autoencoder stage")
+
+
+@dataclass
+class DDPMStageConfig(StageConfig):
+    """Stage (b), the latent DDPM UNet (the ε-branch): plain MSE on ε over the 1000-step schedule.
+
+    ``latent``: "sample" draws z = μ + σ·ε afresh every step (the authors train on sampled latents),
+    "mean" uses μ (what the pipeline encodes by default).
+    """
+
+    steps: int = 5000
+    batch_size: int = 8
+    lr: float = 1e-4
+    latent: str = "sample"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.latent not in ("sample", "mean"):
+            raise LDAEError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "DDPMStageConfig":
+        return _from_dict(cls, d, "ddpm stage")
+
+
+@dataclass
+class RepresentationStageConfig(StageConfig):
+    """Stage (c), the semantic encoder and the gradient estimator (SPEC §5.4).
+
+    ε-loss on ε_θ + c_t·g (ε_θ frozen), weighted per sample by snr^snr_exponent / (1 + snr).
+    """
+
+    steps: int = 5000
+    batch_size: int = 4
+    lr: float = 1e-4
+    latent: str = "sample"
+    snr_exponent: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.latent not in ("sample", "mean"):
+            raise LDAEError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "RepresentationStageConfig":
+        return _from_dict(cls, d, "representation stage")
+
+
+@dataclass
+class ProbeConfig:
+    """Stage (d), the linear probes on EMA-encoder codes of the training subjects.
+
+    Attributes:
+        l2: ridge / logistic L2 penalty (on normalised codes).
+        batch_size: volumes per encoder call.
+        group_column, disease_value: the CSV column and the value that mark the atrophy group
+            (``disease`` direction: +alpha towards it).
+        age_column: the CSV column of the age in years (``age`` direction: +alpha older).
+    """
+
+    l2: float = 1e-2
+    batch_size: int = 8
+    group_column: str = "group"
+    disease_value: str = "disease"
+    age_column: str = "age"
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ProbeConfig":
+        return _from_dict(cls, d, "probes")
+
+    def to_dict(self) -> dict:
+        return _to_dict(self)
+
+
+@dataclass
+class DataConfig:
+    """Which volumes train, validate and test, and how they are cached.
+
+    Attributes:
+        split_seed: seeds the subject-level split (the same seed and cohort give the same split).
+        val_fraction, test_fraction: shares of *subjects* held out (rounded; all visits of a
+            subject stay together).
+        stratify: CSV column whose values are split separately (so every split has every group),
+            or "" for none.
+        disk_cache: keep model-space copies of the volumes as .npy files in the work folder.
+        memory_cache: keep the model-space volumes in memory (fastest; needs
+            volumes × 4 bytes × voxels of RAM per process).
+    """
+
+    split_seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    stratify: str = "group"
+    disk_cache: bool = True
+    memory_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise LDAEError("val_fraction and test_fraction must be in [0, 1) and leave subjects for training")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "DataConfig":
+        return _from_dict(cls, d, "data")
+
+    def to_dict(self) -> dict:
+        return _to_dict(self)
+
+
+DEMO_LICENCE = """\
+LDAE for 3D Slicer: demonstration weights
+==========================================
+
+These weights were trained with `ldae train` on a SYNTHETIC cohort written by `ldae cohort`
+(smooth deformations, intensity changes, bias fields and noise applied to the ICBM 2009a and
+Colin27 templates with the AAL labels). No patient data was used.
+
+They are released under the MIT licence of the LDAE for 3D Slicer project (see LICENSE in the
+repository). The templates they derive from come with their own notices, reproduced below when the
+cohort folder held them (NOTICE.txt written by `ldae cohort`).
+
+Intended use: demonstration and testing of the software. NOT for clinical use, diagnosis or
+research conclusions about real brains: the groups and ages are simulated labels.
+"""
+
+
+@dataclass
+class Recipe:
+    """Everything that decides a training run, besides the cohort: one file.
+
+    ``model.latent_scale`` is not used: the autoencoder stage measures the scale on the training
+    latents and the bundle's config stores that value.
+    """
+
+    name: str = "LDAE demo model"
+    model: LDAEConfig = field(default_factory=small_config)
+    data: DataConfig = field(default_factory=DataConfig)
+    autoencoder: AutoencoderStageConfig = field(default_factory=AutoencoderStageConfig)
+    ddpm: DDPMStageConfig = field(default_factory=DDPMStageConfig)
+    representation: RepresentationStageConfig = field(default_factory=RepresentationStageConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
+    licence: str = DEMO_LICENCE
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise LDAEError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "model": self.model.to_dict(),
+            "data": self.data.to_dict(),
+            "autoencoder": self.autoencoder.to_dict(),
+            "ddpm": self.ddpm.to_dict(),
+            "representation": self.representation.to_dict(),
+            "probes": self.probes.to_dict(),
+            "licence": self.licence,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        if not isinstance(d, dict):
+            raise LDAEError("a recipe must be a mapping of sections (name, model, data, autoencoder, ddpm, representation, probes)")
+        known = {"name", "model", "data", "autoencoder", "ddpm", "representation", "probes", "licence"}
+        unknown = set(d) - known
+        if unknown:
+            raise LDAEError(f"unknown recipe sections {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            model = LDAEConfig.from_dict(d["model"]) if "model" in d else small_config()
+        except (TypeError, ValueError) as err:
+            raise LDAEError(f"bad model settings in the recipe: {err}") from None
+        return cls(
+            name=str(d.get("name", "LDAE demo model")),
+            model=model,
+            data=DataConfig.from_dict(d.get("data")),
+            autoencoder=AutoencoderStageConfig.from_dict(d.get("autoencoder")),
+            ddpm=DDPMStageConfig.from_dict(d.get("ddpm")),
+            representation=RepresentationStageConfig.from_dict(d.get("representation")),
+            probes=ProbeConfig.from_dict(d.get("probes")),
+            licence=str(d.get("licence", DEMO_LICENCE)),
+        )
+
+
+def _yaml():
+    try:
+        import yaml
+    except ImportError:
+        raise LDAEError("YAML recipes need PyYAML (pip install pyyaml); or write the recipe as .json") from None
+    return yaml
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe from a .json, .yaml or .yml file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LDAEError(f"recipe file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            d = _yaml().safe_load(text)
+        else:
+            d = json.loads(text)
+    except (ValueError, Exception) as err:  # yaml.YAMLError or json.JSONDecodeError
+        if isinstance(err, LDAEError):
+            raise
+        raise LDAEError(f"{path} is not a valid recipe file ({str(err).splitlines()[0][:160]})") from None
+    return Recipe.from_dict(d or {})
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> Path:
+    """Write a recipe as JSON (.json) or YAML (.yaml/.yml), atomically."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    d = recipe.to_dict()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        text = _yaml().safe_dump(d, sort_keys=False, allow_unicode=True, width=110)
+    else:
+        text = json.dumps(d, indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("null", "none"):
+            return None
+        return text
+
+
+def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
+    """``["ddpm.steps=200", "model.unet_args.base_channel=64"]`` → a new, validated recipe."""
+    d = recipe.to_dict()
+    for a in assignments:
+        if "=" not in a:
+            raise LDAEError(f"--set takes SECTION.KEY=VALUE, got {a!r}")
+        key, value = a.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for p in parts[:-1]:
+            if not isinstance(node, dict) or p not in node:
+                raise LDAEError(f"--set {key}: there is no section {p!r} in the recipe")
+            node = node[p]
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise LDAEError(f"--set {key}: unknown setting {parts[-1]!r}")
+        node[parts[-1]] = _parse_value(value)
+    return Recipe.from_dict(d)
+
+
+def comparable(recipe_dict: dict) -> dict:
+    """The parts of a recipe that must not change within one work folder (model and data)."""
+    model = dict(recipe_dict.get("model", {}))
+    model.pop("latent_scale", None)
+    data = {k: v for k, v in recipe_dict.get("data", {}).items() if k not in ("disk_cache", "memory_cache")}
+    return {"model": model, "data": data}

@@ -1,0 +1,89 @@
+"""Stage (d): linear probes on the EMA encoder's codes of the training subjects → named directions.
+
+* ``disease``: logistic regression, label 1 = the atrophy group; +alpha moves towards it.
+* ``age``: ridge regression on the age in years; +alpha moves older. One unit of alpha is
+  calibrated by the probe itself: an edit by alpha moves the normalised code by alpha·√E·w/‖w‖,
+  which changes the probe's predicted age by alpha · target_std · √E · ‖w‖ years. That number is
+  ``Direction.alpha_unit`` ("4.2 years") and ``meta["years_per_alpha"]``. (The probe's view of the
+  edit; what the decoder makes of it is measured by the evaluation.)
+
+Codes, probes and metrics on the validation subjects (AUC of the group, MAE of the age) go to
+``probes/`` in the work folder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..directions import Direction, fit_linear_probe
+from ..errors import LDAEError
+from .config import ProbeConfig
+from .data import CohortRow, TrainingData, semantic_input
+
+
+@torch.inference_mode()
+def encode_codes(encoder: nn.Module, data: TrainingData, rows: list[int], device: torch.device, plane: str = "axial", batch_size: int = 8, progress=None) -> torch.Tensor:
+    """y_sem (N×E float32, CPU) of the given cohort rows, with the encoder in eval mode."""
+    encoder.eval()
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        out.append(encoder(semantic_input(data.volumes.batch(chunk, device), plane)).float().cpu())
+        if progress is not None:
+            progress(min(i + batch_size, len(rows)), len(rows))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def auc(scores, labels) -> float:
+    """Area under the ROC curve (ties count half); nan when one class is missing."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def _targets(rows: list[CohortRow], config: ProbeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    groups = [str(r.get(config.group_column, "")) for r in rows]
+    disease = torch.tensor([g == config.disease_value for g in groups], dtype=torch.float64)
+    age = torch.tensor([r.number(config.age_column) for r in rows], dtype=torch.float64)
+    return disease, age
+
+
+def fit_directions(codes: torch.Tensor, rows: list[CohortRow], config: ProbeConfig) -> dict[str, Direction]:
+    """The ``disease`` and ``age`` directions from training codes (N×E) and their cohort rows."""
+    disease, age = _targets(rows, config)
+    if disease.unique().numel() != 2:
+        raise LDAEError(f"the training subjects need both groups in column {config.group_column!r} (value {config.disease_value!r} and others) to fit the disease probe")
+    e = codes.shape[1]
+    d = fit_linear_probe(codes, disease, "disease", "binary", l2=config.l2, positive=f"atrophy ({config.disease_value} group)", negative="healthy")
+    d.meta.update(logit_per_alpha=float(math.sqrt(e) * d.weight.double().norm()),
+                  target=f"{config.group_column} == {config.disease_value}", trained_on="EMA semantic codes of the training subjects' visits")
+    a = fit_linear_probe(codes, age, "age", "continuous", l2=config.l2, positive="older", negative="younger")
+    years = float(a.meta["target_std"] * math.sqrt(e) * a.weight.double().norm())
+    a.alpha_unit = f"{years:.1f} years"
+    a.meta.update(years_per_alpha=years, target=config.age_column, trained_on="EMA semantic codes of the training subjects' visits",
+                  calibration="the age probe's predicted change for an edit of alpha = 1 (target_std·√E·‖w‖)")
+    return {"disease": d, "age": a}
+
+
+def predicted_age(direction: Direction, codes: torch.Tensor) -> torch.Tensor:
+    """Age (years) the continuous probe predicts for codes (N×E)."""
+    return direction.meta["target_mean"] + direction.meta["target_std"] * direction.score(codes).double()
+
+
+def probe_metrics(directions: dict[str, Direction], codes: torch.Tensor, rows: list[CohortRow], config: ProbeConfig) -> dict:
+    """AUC of the disease probe and MAE of the age probe on the given codes (e.g. validation subjects)."""
+    if len(rows) == 0:
+        return {}
+    disease, age = _targets(rows, config)
+    out = {"n": len(rows), "disease_auc": auc(directions["disease"].score(codes).numpy(), disease.numpy().astype(bool))}
+    pred = predicted_age(directions["age"], codes)
+    out["age_mae_years"] = float((pred - age).abs().mean())
+    out["age_sd_years"] = float(age.std(unbiased=False))
+    return out

@@ -1,0 +1,127 @@
+"""Stage (c): representation learning of the semantic encoder and the gradient estimator (SPEC §5.4).
+
+The ShiftUNet's ε-branch is the EMA UNet of stage (b), frozen (eval mode, no gradients); the
+autoencoder is not used here at all (its latents were stored by stage (a)). Per item:
+z_t = √ᾱ_t · z0 + √(1−ᾱ_t) · noise, y = E(x) on the axial slice stack,
+(ε, g) = ShiftUNet(z_t, t, y), and the loss is
+
+    w_t · mean (ε + c_t · g − noise)²,   c_t = −√α_t (1 − ᾱ_{t−1}) / √(1 − ᾱ_t),
+    w_t = snr_t^γ / (1 + snr_t),          snr_t = ᾱ_t / (1 − ᾱ_t),   γ = 0.1
+
+on the full 1000-step DDPM schedule (α_t = 1 − β_t, ᾱ_{−1} = 1). Only E and the gradient-estimator
+parts (``label_emb``, ``shift_middle_block``, ``shift_output_blocks``, ``shift_out``) learn; both get
+an EMA, and the EMA weights are what the bundle ships.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import LDAEError
+from ..nets.semantic_encoder import SemanticEncoder
+from ..nets.unet import ShiftUNet
+from .autoencoder import Latents
+from .config import RepresentationStageConfig
+from .data import TrainingData, semantic_input
+from .ddpm import LatentBatches, alphas_cumprod_tensor, zero_init_outputs
+from .trainer import Objective
+
+STAGE_ID = 3
+SHIFT_PARTS = ("label_emb", "shift_middle_block", "shift_output_blocks", "shift_out")
+"""Top-level ShiftUNet children that form the gradient estimator (everything else is the ε-branch)."""
+
+
+def is_shift_parameter(name: str) -> bool:
+    return name.split(".", 1)[0] in SHIFT_PARTS
+
+
+def shift_coefficients(num_timesteps: int, snr_exponent: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_t, w_t) for t = 0 … T−1 as float32 tensors, computed in float64 from the linear β schedule."""
+    betas = np.linspace(1e-4, 0.02, num_timesteps, dtype=np.float64)
+    alphas = 1.0 - betas
+    ab = np.cumprod(alphas)
+    ab_prev = np.append(1.0, ab[:-1])
+    coef = -np.sqrt(alphas) * (1.0 - ab_prev) / np.sqrt(1.0 - ab)
+    snr = ab / (1.0 - ab)
+    weight = snr**snr_exponent / (1.0 + snr)
+    return torch.from_numpy(coef.astype(np.float32)), torch.from_numpy(weight.astype(np.float32))
+
+
+class RepresentationLoss(nn.Module):
+    """(x, z0, t, noise) → (SNR-weighted ε-loss of ε + c_t·g, parts). Holds E and the ShiftUNet."""
+
+    def __init__(self, encoder: SemanticEncoder, shift_unet: ShiftUNet, num_timesteps: int, snr_exponent: float, plane: str) -> None:
+        super().__init__()
+        self.encoder, self.shift_unet, self.plane = encoder, shift_unet, plane
+        coef, weight = shift_coefficients(num_timesteps, snr_exponent)
+        self.register_buffer("alphas_cumprod", alphas_cumprod_tensor(num_timesteps), persistent=False)
+        self.register_buffer("coef", coef, persistent=False)
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
+        view = (-1, *([1] * (z0.dim() - 1)))
+        ab = self.alphas_cumprod[t].view(view)
+        zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+        y = self.encoder(semantic_input(x, self.plane))
+        eps, g = self.shift_unet(zt, t, y)
+        pred = eps.detach().float() + self.coef[t].view(view) * g.float()
+        per_item = (pred - noise.float()).pow(2).flatten(1).mean(1)
+        loss = (self.weight[t] * per_item).mean()
+        base = (eps.detach().float() - noise.float()).pow(2).flatten(1).mean(1)
+        return loss, {"mse": per_item.mean().detach(), "mse_eps_only": base.mean().detach()}
+
+
+class RepresentationObjective(Objective):
+    name, stage_id = "representation", STAGE_ID
+
+    def __init__(self, model_config, config: RepresentationStageConfig, data: TrainingData, latents: Latents,
+                 unet_state: dict[str, torch.Tensor], device: torch.device, upstream: dict) -> None:
+        self.config, self.data, self.device, self._upstream = config, data, torch.device(device), upstream
+        if model_config.unet.latent_dim != model_config.encoder.emb_dim:
+            raise LDAEError(f"unet_args.latent_dim ({model_config.unet.latent_dim}) must equal the semantic code size enc_args.emb_dim ({model_config.encoder.emb_dim})")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            encoder = SemanticEncoder.from_config(model_config.encoder)
+            shift = ShiftUNet(model_config.unet)
+        eps_keys = {k for k in shift.state_dict() if not is_shift_parameter(k)}
+        missing = eps_keys - set(unet_state)
+        if missing:
+            raise LDAEError(f"the DDPM weights do not fit this ShiftUNet (missing {sorted(missing)[:3]}…); were the stages trained with the same recipe?")
+        shift.load_state_dict({k: unet_state[k] for k in eps_keys}, strict=False)
+        for part in ("shift_middle_block", "shift_output_blocks"):
+            zero_init_outputs(getattr(shift, part))
+        nn.init.zeros_(shift.shift_out[-1].weight)
+        nn.init.zeros_(shift.shift_out[-1].bias)
+        for name, p in shift.named_parameters():
+            p.requires_grad_(is_shift_parameter(name))
+        self.module = RepresentationLoss(encoder, shift, model_config.num_timesteps, config.snr_exponent, model_config.slicing_plane).to(self.device)
+        self.items = list(data.indices["train"])
+        self.val_rows = [r for r in data.indices["val"] if latents.has(r)]
+        self.draw = LatentBatches(latents, model_config.num_timesteps, config.latent, config.seed, STAGE_ID, self.device)
+
+    def set_train_mode(self, module: nn.Module) -> None:
+        module.train()
+        for name, child in module.shift_unet.named_children():
+            if name not in SHIFT_PARTS:
+                child.eval()  # the frozen ε-branch: no dropout, as in the authors' ShiftUNet
+
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def _rows(self, rows: list[int], step: int) -> dict[str, torch.Tensor]:
+        return {"x": self.data.volumes.batch(rows, self.device), **self.draw(rows, step)}
+
+    def batch(self, items: list[int], step: int) -> dict[str, torch.Tensor]:
+        return self._rows([self.items[i] for i in items], step)
+
+    def fixed_batches(self) -> dict:
+        n = self.config.val_volumes
+        out = {"train": self._rows(self.items[:n], -1)}
+        if self.val_rows:
+            out["val"] = self._rows(self.val_rows[:n], -1)
+        return out
+
+    def upstream(self) -> dict:
+        return self._upstream

@@ -1,0 +1,343 @@
+"""One training run in a work folder: the stages in order, their hand-overs, and the bundle at the end.
+
+    <workdir>/
+      recipe.json            the recipe in use (model and data settings may not change later)
+      split.json             the subject-level split (train / val / test subjects and counts)
+      cache/                 model-space volumes as .npy (stage B done once)
+      autoencoder/ ddpm/ representation/
+          checkpoints/step-*/  log.jsonl  log.csv  final.json
+      latents/               μ, σ of the training and validation volumes; latents.json (latent scale)
+      probes/                directions.safetensors, probes.json (probe metrics on validation subjects)
+      bundle/                the final model (an LDAE bundle of EMA weights), unless --output says otherwise
+
+Each stage checks that the stage before it is complete and records the SHA-256 of the weights it
+starts from; if an earlier stage is retrained, a later stage's checkpoints are refused instead of
+being silently mixed with new weights.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import LDAEError
+from .autoencoder import AutoencoderObjective, Latents, encode_latents, latent_scale_of
+from .checkpoint import final_checkpoint, load_checkpoint, read_final, write_json_atomic
+from .config import Recipe, comparable
+from .data import TrainingData
+from .ddpm import DDPMObjective
+from .distributed import DistContext
+from .probes import encode_codes, fit_directions, probe_metrics
+from .representation import RepresentationObjective
+from .trainer import StageResult, module_fingerprint, run_stage
+
+ORDER = ("autoencoder", "ddpm", "representation", "probes", "bundle")
+
+
+def _strip(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+class TrainingSession:
+    """Runs the stages of ``recipe`` on ``cohort`` in ``workdir`` (in this process's share under torchrun).
+
+    Args:
+        progress: tqdm bars on stderr (rank 0 only).
+        echo: where one-line messages go (rank 0 only).
+    """
+
+    def __init__(self, recipe: Recipe, cohort: str | Path, workdir: str | Path, ctx: DistContext | None = None,
+                 progress: bool = True, echo: Callable[[str], None] | None = None) -> None:
+        self.recipe, self.cohort, self.workdir = recipe, Path(cohort), Path(workdir)
+        self.ctx = ctx or DistContext()
+        self.progress = progress
+        self._echo = echo or (lambda s: print(s, file=sys.stderr))
+        self._data: TrainingData | None = None
+        self._latents: Latents | None = None
+        self._check_recipe()
+
+    # ------------------------------------------------------------------ plumbing
+    def echo(self, text: str) -> None:
+        if self.ctx.is_main:
+            self._echo(text)
+
+    def _check_recipe(self) -> None:
+        path = self.workdir / "recipe.json"
+        if self.ctx.is_main:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if path.is_file():
+                try:
+                    old = json.loads(path.read_text())
+                except ValueError:
+                    old = None
+                if old is not None and comparable(old) != comparable(self.recipe.to_dict()):
+                    raise LDAEError(
+                        f"{self.workdir} was started with other model or data settings (see {path}); "
+                        "use a new --workdir for a different model, or the recipe it was started with"
+                    )
+            write_json_atomic(path, self.recipe.to_dict())
+        self.ctx.barrier()
+
+    def stage_dir(self, name: str) -> Path:
+        return self.workdir / name
+
+    @property
+    def data(self) -> TrainingData:
+        if self._data is None:
+            space = self.recipe.model.space
+            if self.ctx.is_main:
+                self._data = TrainingData.open(self.cohort, self.recipe.data, space, self.workdir)
+            self.ctx.barrier()
+            if not self.ctx.is_main:
+                self._data = TrainingData.open(self.cohort, self.recipe.data, space, self.workdir, write_split=False)
+            self.echo(f"cohort {self.cohort}: {self._data.describe()} (split in {self.workdir / 'split.json'})")
+        return self._data
+
+    def prepare_volumes(self, splits=("train", "val")) -> None:
+        """Stage B for the given splits, once (rank 0 fills the disk cache, the others then read it)."""
+        rows = [i for s in splits for i in self.data.indices[s]]
+        store = self.data.volumes
+
+        def load(show: bool) -> None:
+            todo = [i for i in rows if not store.is_cached(i)]
+            bar = None
+            if show and self.progress and todo:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(todo), desc="model space", unit="vol", file=sys.stderr, dynamic_ncols=True)
+            store.prepare(todo, (lambda d, n: bar.update(1)) if bar else None)
+            if bar:
+                bar.close()
+            store.prepare(rows)  # the rest from the disk cache into memory
+
+        if self.ctx.is_main:
+            load(True)
+        self.ctx.barrier()
+        if not self.ctx.is_main:
+            load(False)
+
+    def _require(self, stage: str, before: str) -> Path:
+        p = final_checkpoint(self.stage_dir(stage))
+        if p is None:
+            raise LDAEError(f"the {stage} stage is not complete in {self.workdir}; run 'ldae train {stage}' (or 'ldae train all') before '{before}'")
+        return p
+
+    def _run(self, objective, name: str, stop_at: int | None, extra: dict | None = None) -> StageResult:
+        cfg = self.recipe.stage(name)
+        res = run_stage(objective, cfg, self.stage_dir(name), self.ctx, progress=self.progress, stop_at=stop_at, extra_state=extra)
+        if res.skipped:
+            self.echo(f"{name}: already complete ({res.steps} steps), kept")
+        elif res.interrupted:
+            self.echo(f"{name}: stopped after {res.steps} steps; run the same command again to continue")
+        else:
+            sps = f", median {res.seconds_per_step:.3f} s/step" if res.seconds_per_step else ""
+            self.echo(f"{name}: done, {res.steps} steps{sps}; EMA weights in {res.checkpoint}")
+        return res
+
+    # ------------------------------------------------------------------ stages
+    def train_autoencoder(self, stop_at: int | None = None) -> StageResult:
+        self.prepare_volumes()
+        obj = AutoencoderObjective(self.recipe.model, self.recipe.autoencoder, self.data, self.ctx.device)
+        res = self._run(obj, "autoencoder", stop_at)
+        if not res.interrupted:
+            self.latents()
+        return res
+
+    def latents(self) -> Latents:
+        """The stored latents of the final EMA autoencoder (computed on first use)."""
+        fp = module_fingerprint(self.stage_dir("autoencoder"))
+        if not fp:
+            self._require("autoencoder", "the latents")
+        folder = self.workdir / "latents"
+        if self._latents is not None and self._latents.meta.get("autoencoder") == fp:
+            return self._latents
+        lat = Latents.load(folder)
+        if lat is None or lat.meta.get("autoencoder") != fp:
+            self.prepare_volumes()
+            if self.ctx.is_main:
+                ck = load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False)
+                from ..nets.autoencoder import build_autoencoder
+
+                ae = build_autoencoder(self.recipe.model.autoencoder)
+                ae.load_state_dict(_strip(ck.groups["ema"], "autoencoder."))
+                ae.to(self.ctx.device)
+                rows = self.data.indices["train"] + self.data.indices["val"]
+                mu, sigma = encode_latents(ae, self.data, rows, self.ctx.device)
+                n_train = len(self.data.indices["train"])
+                scale = latent_scale_of(mu[:n_train], sigma[:n_train], self.recipe.autoencoder.seed)
+                meta = {"autoencoder": fp, "n_train": n_train, "n_val": len(rows) - n_train,
+                        "latent_shape": list(mu.shape[1:]), "mu_mean": float(mu[:n_train].mean()), "sigma_mean": float(sigma[:n_train].mean()),
+                        "how": "1 / std of μ + σ·ε over all training volumes (ε seeded by the autoencoder stage's seed)"}
+                Latents(rows, mu, sigma, scale, meta).save(folder)
+                self.echo(f"latents: {len(rows)} volumes encoded; latent scale {scale:.4f} (1/std of the training latents)")
+            self.ctx.barrier()
+            lat = Latents.load(folder)
+        self._latents = lat
+        return lat
+
+    def train_ddpm(self, stop_at: int | None = None) -> StageResult:
+        self._require("autoencoder", "ddpm")
+        lat = self.latents()
+        up = {"autoencoder": lat.meta["autoencoder"]}
+        obj = DDPMObjective(self.recipe.model, self.recipe.ddpm, self.data, lat, self.ctx.device, up)
+        return self._run(obj, "ddpm", stop_at, {"latent_scale": lat.scale})
+
+    def train_representation(self, stop_at: int | None = None) -> StageResult:
+        self._require("autoencoder", "representation")
+        ddpm_ck = self._require("ddpm", "representation")
+        lat = self.latents()
+        ck = load_checkpoint(ddpm_ck, with_optimizer=False)
+        unet_state = _strip(ck.groups["ema"], "unet.")
+        up = {"autoencoder": lat.meta["autoencoder"], "ddpm": module_fingerprint(self.stage_dir("ddpm"))}
+        self.prepare_volumes()
+        obj = RepresentationObjective(self.recipe.model, self.recipe.representation, self.data, lat, unet_state, self.ctx.device, up)
+        return self._run(obj, "representation", stop_at, {"latent_scale": lat.scale})
+
+    def _ema_encoder(self):
+        from ..nets.semantic_encoder import SemanticEncoder
+
+        ck = load_checkpoint(self._require("representation", "probes"), with_optimizer=False)
+        enc = SemanticEncoder.from_config(self.recipe.model.encoder)
+        enc.load_state_dict(_strip(ck.groups["ema"], "encoder."))
+        return enc.to(self.ctx.device).eval(), ck
+
+    def fit_probes(self) -> dict:
+        """Probes on the EMA codes of the training subjects; metrics on the validation subjects."""
+        folder = self.workdir / "probes"
+        fp = module_fingerprint(self.stage_dir("representation"))
+        if not fp:
+            self._require("representation", "probes")
+        existing = self._read_probes(folder)
+        if existing is not None and existing[1].get("representation") == fp:
+            self.echo("probes: already fitted, kept")
+            return existing[1]
+        self.prepare_volumes()
+        if self.ctx.is_main:
+            enc, _ = self._ema_encoder()
+            cfg, data, plane = self.recipe.probes, self.data, self.recipe.model.slicing_plane
+            train_rows, val_rows = data.indices["train"], data.indices["val"]
+            codes = encode_codes(enc, data, train_rows, self.ctx.device, plane, cfg.batch_size)
+            dirs = fit_directions(codes, [data.rows[i] for i in train_rows], cfg)
+            metrics = {"train": probe_metrics(dirs, codes, [data.rows[i] for i in train_rows], cfg)}
+            if val_rows:
+                vcodes = encode_codes(enc, data, val_rows, self.ctx.device, plane, cfg.batch_size)
+                metrics["val"] = probe_metrics(dirs, vcodes, [data.rows[i] for i in val_rows], cfg)
+            from safetensors.torch import save_file
+
+            folder.mkdir(parents=True, exist_ok=True)
+            tensors = {}
+            for name, d in dirs.items():
+                tensors[f"{name}.weight"], tensors[f"{name}.mean"], tensors[f"{name}.std"] = d.weight, d.mean, d.std
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "directions.safetensors"))
+            record = {"representation": fp, "metrics": metrics,
+                      "directions": {n: {"bias": d.bias, "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": d.meta} for n, d in dirs.items()}}
+            write_json_atomic(folder / "probes.json", record)
+            v = metrics.get("val", {})
+            self.echo(f"probes: disease and age fitted on {len(train_rows)} training visits; 1 alpha of age ≈ {dirs['age'].alpha_unit}"
+                      + (f"; validation AUC {v['disease_auc']:.3f}, age MAE {v['age_mae_years']:.2f} y" if v else ""))
+        self.ctx.barrier()
+        return self._read_probes(folder)[1]
+
+    def _read_probes(self, folder: Path):
+        from safetensors.torch import load_file
+
+        from ..directions import Direction
+
+        if not (folder / "probes.json").is_file() or not (folder / "directions.safetensors").is_file():
+            return None
+        record = json.loads((folder / "probes.json").read_text())
+        t = load_file(str(folder / "directions.safetensors"))
+        dirs = {n: Direction(n, t[f"{n}.weight"], t[f"{n}.mean"], t[f"{n}.std"], m["bias"], m["positive"], m["negative"], m["alpha_unit"], m["meta"])
+                for n, m in record["directions"].items()}
+        return dirs, record
+
+    def export_bundle(self, output: str | Path | None = None) -> Path:
+        """Write the EMA weights, the latent scale and the directions as an LDAE bundle."""
+        from ..model import LDAEModel
+        from ..weights.bundle import BUNDLE_JSON, save_bundle
+
+        out = Path(output) if output else self.workdir / "bundle"
+        probes = self._read_probes(self.workdir / "probes")
+        if probes is None:
+            raise LDAEError(f"no probes in {self.workdir}; run 'ldae train probes' first")
+        dirs, record = probes
+        lat = self.latents()
+        stages = {s: read_final(self.stage_dir(s)) for s in ("autoencoder", "ddpm", "representation")}
+        fingerprints = {s: module_fingerprint(self.stage_dir(s)).get("sha256") for s in stages}
+        if record.get("representation", {}).get("sha256") != fingerprints["representation"]:
+            raise LDAEError("the probes were fitted on other representation weights; run 'ldae train probes' again")
+        if (out / BUNDLE_JSON).is_file():
+            meta = json.loads((out / BUNDLE_JSON).read_text())
+            if meta.get("source", {}).get("training", {}).get("fingerprints") == fingerprints:
+                self.echo(f"bundle: {out} already holds these weights, kept")
+                return out
+            raise LDAEError(f"{out} already holds another bundle; remove it or give another --output")
+        if self.ctx.is_main:
+            config = _with_latent_scale(self.recipe.model, lat.scale)
+            ae_ck = load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False)
+            rep_ck = load_checkpoint(final_checkpoint(self.stage_dir("representation")), with_optimizer=False)
+            split = json.loads((self.workdir / "split.json").read_text())
+            identity = {
+                "name": self.recipe.name,
+                "licence": self._licence_text(),
+                "training": {
+                    "tool": "ldae train (LDAELib.training)",
+                    "cohort": str(self.cohort.resolve()),
+                    "split": split.get("counts", {}),
+                    "split_settings": split.get("settings", {}),
+                    "stages": {s: {"steps": f.get("step"), "losses": f.get("losses"), "seconds_per_step": f.get("seconds_per_step")} for s, f in stages.items()},
+                    "latent_scale": lat.scale,
+                    "probe_metrics": record.get("metrics", {}),
+                    "fingerprints": fingerprints,
+                    "recipe": {k: v for k, v in self.recipe.to_dict().items() if k != "licence"},
+                    "weights": "EMA weights of every network (ShiftUNet ε-branch = EMA of the DDPM UNet)",
+                },
+            }
+            model = LDAEModel(config, dirs, identity)
+            model.autoencoder.load_state_dict(_strip(ae_ck.groups["ema"], "autoencoder."))
+            model.semantic_encoder.load_state_dict(_strip(rep_ck.groups["ema"], "encoder."))
+            model.shift_unet.load_state_dict(_strip(rep_ck.groups["ema"], "shift_unet."))
+            save_bundle(model, out, name=self.recipe.name)
+            self.echo(f"bundle: wrote {out}")
+        self.ctx.barrier()
+        return out
+
+    def _licence_text(self) -> str:
+        text = self.recipe.licence.rstrip() + "\n"
+        notice = (self.cohort if self.cohort.is_dir() else self.cohort.parent) / "NOTICE.txt"
+        if notice.is_file():
+            text += "\n" + "=" * 100 + "\nNOTICE.txt of the training cohort\n" + "=" * 100 + "\n" + notice.read_text()
+        return text
+
+    def run(self, stage: str = "all", output: str | Path | None = None, stop_at: int | None = None):
+        """Run one stage, or every stage from the first incomplete one to the bundle (``all``)."""
+        if stage == "all":
+            for s in ORDER:
+                r = self.run(s, output, stop_at)
+                if isinstance(r, StageResult) and r.interrupted:
+                    return r
+            return self.workdir / "bundle" if output is None else Path(output)
+        if stage == "autoencoder":
+            return self.train_autoencoder(stop_at)
+        if stage == "ddpm":
+            return self.train_ddpm(stop_at)
+        if stage == "representation":
+            return self.train_representation(stop_at)
+        if stage == "probes":
+            return self.fit_probes()
+        if stage == "bundle":
+            return self.export_bundle(output)
+        raise LDAEError(f"unknown stage {stage!r}; stages: {', '.join(ORDER)}, all")
+
+
+def _with_latent_scale(config, scale: float):
+    """A copy of ``config`` whose latent_scale is the measured one."""
+    from ..model import LDAEConfig
+
+    c = LDAEConfig.from_dict(config.to_dict())
+    c.latent_scale = float(scale)
+    return c

@@ -1,0 +1,393 @@
+"""Training (LDAELib.training): recipes, the subject-level split, the stages, resume, probes, checkpoints, DDP.
+
+Everything runs on a tiny model (32×40×32 grid, 3×8×10×8 latent) and a fake cohort of phantom
+brains (8 subjects × 3 visits), so the whole file takes well under a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from LDAELib.errors import LDAEError
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 30
+
+
+def tiny_recipe(steps: int = STEPS, **stage_overrides):
+    from LDAELib.model import LDAEConfig
+    from LDAELib.nets.autoencoder import AutoencoderConfig
+    from LDAELib.nets.semantic_encoder import SemanticEncoderConfig
+    from LDAELib.nets.unet import UNetConfig
+    from LDAELib.space import ModelSpaceConfig
+    from LDAELib.training.config import AutoencoderStageConfig, DataConfig, DDPMStageConfig, Recipe, RepresentationStageConfig
+
+    model = LDAEConfig(
+        autoencoder=AutoencoderConfig(num_channels=(8, 8, 8), norm_num_groups=4, num_res_blocks=1, attention_levels=(False,) * 3),
+        unet=UNetConfig(base_channel=8, channel_multiplier=(1, 2), attention_resolutions=(2,), latent_dim=16, norm_num_groups=4,
+                        dropout=0.1, num_residual_blocks_of_a_block=1),
+        encoder=SemanticEncoderConfig(widths=(4, 8, 8, 16), depths=(1, 1, 1, 1), emb_dim=16, num_heads=2, seq_len=32),
+        space=ModelSpaceConfig(spacing_mm=(6.0,) * 3, shape=(32, 40, 32)),
+    )
+    common = dict(steps=steps, batch_size=2, lr=1e-3, log_interval=5, checkpoint_interval=10, val_volumes=2)
+    common.update(stage_overrides)
+    return Recipe(name="tiny test model", model=model, data=DataConfig(val_fraction=0.25, test_fraction=0.25),
+                  autoencoder=AutoencoderStageConfig(crop=(16, 16, 16), **common), ddpm=DDPMStageConfig(**common),
+                  representation=RepresentationStageConfig(**common))
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> Path:
+    """8 phantom subjects (4 healthy, 4 with growing 'ventricles') × 3 visits, as cohort.csv + NIfTI."""
+    import nibabel as nib
+
+    from LDAELib.data.phantom import phantom_brain
+
+    root = tmp_path_factory.mktemp("cohort")
+    rows = []
+    for i in range(8):
+        group = "disease" if i % 2 else "healthy"
+        for v in range(3):
+            age = 60 + 2 * i + v
+            scale = 1.0 + 0.01 * (age - 60) + (0.2 + 0.15 * v if group == "disease" else 0.0)
+            data, affine = phantom_brain((46, 55, 46), 4.0, ventricle_scale=scale, seed=100 * i + v)
+            name = f"sub-{i:02d}_visit-{v + 1}_T1w.nii.gz"
+            nib.save(nib.Nifti1Image(data, affine), str(root / name))
+            rows.append({"subject": f"sub-{i:02d}", "visit": v + 1, "months": 12 * v, "age": age, "group": group, "path": name})
+    with open(root / "cohort.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (root / "NOTICE.txt").write_text("phantoms made by the test suite\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_cohort, tmp_path_factory):
+    """``all`` on the tiny recipe: every stage for STEPS steps, the probes and the bundle."""
+    from LDAELib.training import TrainingSession
+
+    work = tmp_path_factory.mktemp("run")
+    session = TrainingSession(tiny_recipe(), tiny_cohort, work, progress=False, echo=lambda s: None)
+    bundle = session.run("all")
+    return work, bundle
+
+
+def _ema_rows(log: Path) -> list[dict]:
+    return [r for r in map(json.loads, log.read_text().splitlines()) if r["split"] == "ema"]
+
+
+# ---------------------------------------------------------------------------------------- recipes
+def test_recipe_round_trips_through_json_and_yaml(tmp_path):
+    from LDAELib.training.config import load_recipe, save_recipe
+
+    r = tiny_recipe()
+    for name in ("recipe.json", "recipe.yaml"):
+        save_recipe(r, tmp_path / name)
+        assert load_recipe(tmp_path / name).to_dict() == r.to_dict()
+
+
+def test_recipe_refuses_unknown_settings_and_applies_overrides():
+    from LDAELib.training.config import Recipe, apply_overrides
+
+    with pytest.raises(LDAEError, match="unknown ddpm stage settings"):
+        Recipe.from_dict({"ddpm": {"stepz": 3}})
+    r = apply_overrides(tiny_recipe(), ["ddpm.steps=7", "representation.lr=3e-4", "model.unet_args.base_channel=16"])
+    assert (r.ddpm.steps, r.representation.lr, r.model.unet.base_channel) == (7, 3e-4, 16)
+    with pytest.raises(LDAEError):
+        apply_overrides(r, ["ddpm.nope=1"])
+
+
+def test_global_batch_must_split_evenly_over_processes():
+    from LDAELib.training.distributed import DistContext, StepSampler
+
+    with pytest.raises(LDAEError, match="divisible"):
+        StepSampler(10, 3, DistContext(rank=0, world_size=2), seed=0)
+
+
+# ------------------------------------------------------------------------------------------ split
+def test_split_is_subject_level_reproducible_and_written(tiny_cohort, tmp_path):
+    from LDAELib.training.config import DataConfig
+    from LDAELib.training.data import TrainingData, read_cohort, split_subjects
+
+    rows = read_cohort(tiny_cohort)
+    a = split_subjects(rows, 0, 0.25, 0.25, "group")
+    b = split_subjects(list(reversed(rows)), 0, 0.25, 0.25, "group")
+    assert a == b  # the row order does not matter, the seed decides
+    subjects = [s for part in a.values() for s in part]
+    assert len(subjects) == len(set(subjects)) == 8
+    assert [len(a[k]) for k in ("train", "val", "test")] == [4, 2, 2]
+    groups = {r.subject: r.get("group") for r in rows}
+    for part in a.values():  # stratified: both groups everywhere
+        assert {groups[s] for s in part} == {"healthy", "disease"}
+    assert any(split_subjects(rows, seed, 0.25, 0.25, "group") != a for seed in range(1, 6))
+
+    from LDAELib.model import small_config
+
+    data = TrainingData.open(tiny_cohort, DataConfig(val_fraction=0.25, test_fraction=0.25), small_config().space, tmp_path)
+    on_disk = json.loads((tmp_path / "split.json").read_text())
+    assert on_disk["subjects"] == a and on_disk["counts"]["train"] == {"subjects": 4, "visits": 12}
+    held_out = set(a["val"]) | set(a["test"])
+    assert all(data.rows[i].subject not in held_out for i in data.indices["train"])
+    with pytest.raises(LDAEError, match="another subject split"):
+        TrainingData.open(tiny_cohort, DataConfig(split_seed=1, val_fraction=0.25, test_fraction=0.25), small_config().space, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------- stages
+@pytest.mark.parametrize("stage", ["autoencoder", "ddpm", "representation"])
+def test_stage_loss_decreases(trained, stage):
+    """The EMA weights' loss on fixed batches (fixed noise) drops over the stage's few dozen steps."""
+    work, _ = trained
+    rows = _ema_rows(work / stage / "log.jsonl")
+    assert rows[0]["step"] == 0 and rows[-1]["step"] == STEPS
+    first, last = rows[0], rows[-1]
+    assert last["train_fixed_loss"] < 0.9 * first["train_fixed_loss"], (first, last)
+    assert last["val_loss"] < first["val_loss"]
+    assert (work / stage / "log.csv").read_text().startswith("step,epoch,split,metric,value,time_s")
+
+
+def test_latent_scale_is_one_over_the_std_of_the_training_latents(trained):
+    from safetensors.torch import load_file
+
+    from LDAELib.training.autoencoder import latent_scale_of
+
+    work, bundle = trained
+    meta = json.loads((work / "latents" / "latents.json").read_text())
+    t = load_file(str(work / "latents" / "latents.safetensors"))
+    n = meta["n_train"]
+    assert meta["latent_scale"] == pytest.approx(latent_scale_of(t["mu"][:n], t["sigma"][:n], 0))
+    assert json.loads((bundle / "ldae_bundle.json").read_text())["config"]["latent_scale"] == pytest.approx(meta["latent_scale"])
+
+
+def test_all_writes_a_bundle_that_loads_and_runs(trained, tiny_cohort):
+    from LDAELib.pipeline import LDAEPipeline
+    from LDAELib.training.data import read_cohort
+    from LDAELib.space import to_model_space
+    from LDAELib.io import read_volume
+    from LDAELib.weights import load_model
+
+    _, bundle = trained
+    assert (bundle / "LICENSE.txt").read_text().startswith("LDAE for 3D Slicer: demonstration weights")
+    model = load_model(bundle)
+    assert set(model.directions) == {"disease", "age"}
+    assert model.directions["age"].alpha_unit.endswith("years")
+    assert model.identity["source"]["training"]["weights"].startswith("EMA")
+    vol = read_volume(read_cohort(tiny_cohort)[0].path)
+    x, _ = to_model_space(vol.data, vol.affine, model.config.space)
+    pipe = LDAEPipeline(model)
+    out = pipe.edit(x, model.directions["disease"], [-1.0, 1.0], steps=3)
+    assert out.shape == (2, 1, 32, 40, 32) and torch.isfinite(out).all()
+
+
+def test_completed_stages_are_kept_not_retrained(trained, tiny_cohort):
+    from LDAELib.training import TrainingSession
+
+    work, bundle = trained
+    before = {p: p.stat().st_mtime_ns for p in (work / "ddpm" / "checkpoints").rglob("*") if p.is_file()}
+    messages = []
+    TrainingSession(tiny_recipe(), tiny_cohort, work, progress=False, echo=messages.append).run("all")
+    assert {p: p.stat().st_mtime_ns for p in (work / "ddpm" / "checkpoints").rglob("*") if p.is_file()} == before
+    assert any("already complete" in m for m in messages) and any("kept" in m for m in messages if m.startswith("bundle"))
+
+
+def test_a_changed_model_refuses_the_work_folder(trained, tiny_cohort):
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.config import apply_overrides
+
+    work, _ = trained
+    with pytest.raises(LDAEError, match="other model or data settings"):
+        TrainingSession(apply_overrides(tiny_recipe(), ["model.unet_args.base_channel=16"]), tiny_cohort, work, progress=False)
+
+
+# ----------------------------------------------------------------------------------------- resume
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(trained, tiny_cohort, tmp_path):
+    """Representation stage (dropout on, frozen ε-branch): stop after 8 steps, restart from step 5, finish."""
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.checkpoint import final_checkpoint, list_checkpoints, load_checkpoint
+
+    work, _ = trained
+    recipe = tiny_recipe(steps=12, checkpoint_interval=5)
+    runs = {}
+    for name in ("straight", "resumed"):
+        w = tmp_path / name
+        w.mkdir()
+        for part in ("autoencoder", "ddpm", "latents", "cache"):
+            shutil.copytree(work / part, w / part)
+        for f in ("recipe.json", "split.json"):
+            shutil.copy(work / f, w / f)
+        if name == "resumed":
+            s = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None)
+            r = s.train_representation(stop_at=8)
+            assert r.interrupted and [n for n, _ in list_checkpoints(w / "representation")] == [5]
+            assert final_checkpoint(w / "representation") is None
+        res = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None).train_representation()
+        runs[name] = load_checkpoint(final_checkpoint(w / "representation"))
+        if name == "resumed":
+            assert res.resumed_from == 5
+    a, b = runs["straight"], runs["resumed"]
+    for group in ("model", "ema"):
+        assert a.groups[group].keys() == b.groups[group].keys()
+        for k in a.groups[group]:
+            assert torch.equal(a.groups[group][k], b.groups[group][k]), (group, k)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "representation" / "log.jsonl").read_text().splitlines()]
+    straight = [json.loads(l)["step"] for l in (tmp_path / "straight" / "representation" / "log.jsonl").read_text().splitlines()]
+    assert steps == straight  # the log reads like one run
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+class _Payload:
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __reduce__(self):
+        return (Path.touch, (self.flag,))
+
+
+def _rehash(ckpt: Path) -> None:
+    from LDAELib.weights.common import sha256_file
+
+    st = json.loads((ckpt / "state.json").read_text())
+    for f in st["files"]:
+        st["files"][f] = {"sha256": sha256_file(ckpt / f), "bytes": (ckpt / f).stat().st_size}
+    (ckpt / "state.json").write_text(json.dumps(st))
+
+
+def test_checkpoints_with_pickled_code_are_refused(tmp_path):
+    from LDAELib.training.checkpoint import load_checkpoint, save_checkpoint
+
+    p = save_checkpoint(tmp_path, 3, {"model": {"w": torch.ones(2)}}, {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}, {})
+    assert load_checkpoint(p).optimizer["param_groups"][0]["lr"] == 0.1
+    flag = tmp_path / "code-ran"
+    torch.save({"state": {}, "param_groups": [], "evil": _Payload(flag)}, p / "optimizer.pt")
+    _rehash(p)
+    with pytest.raises(LDAEError, match="refused"):
+        load_checkpoint(p)
+    assert not flag.exists()
+
+
+def test_modified_checkpoint_is_refused(tmp_path):
+    from LDAELib.training.checkpoint import load_checkpoint, save_checkpoint
+
+    p = save_checkpoint(tmp_path, 1, {"model": {"w": torch.ones(4)}}, None, {})
+    with open(p / "weights.safetensors", "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\x00\x00\x80\x7f")
+    with pytest.raises(LDAEError, match="SHA-256"):
+        load_checkpoint(p)
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    from LDAELib.training import checkpoint as ck
+
+    good = ck.save_checkpoint(tmp_path, 10, {"model": {"w": torch.ones(2)}}, {"state": {}, "param_groups": []}, {})
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(tmp_path, 20, {"model": {"w": torch.zeros(2)}}, {"state": {}, "param_groups": []}, {})
+    assert ck.latest_checkpoint(tmp_path) == good
+    assert torch.equal(ck.load_checkpoint(good).groups["model"]["w"], torch.ones(2))
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+# ----------------------------------------------------------------------------------------- probes
+def test_probes_point_the_right_way_on_synthetic_codes():
+    """Codes with a disease axis and an age axis: +alpha goes towards atrophy and towards older."""
+    from LDAELib.training.config import ProbeConfig
+    from LDAELib.training.data import CohortRow
+    from LDAELib.training.probes import auc, fit_directions, predicted_age, probe_metrics
+
+    g = torch.Generator().manual_seed(0)
+    n, e = 80, 16
+    disease = torch.arange(n) % 2
+    age = 55 + 30 * torch.rand(n, generator=g)
+    codes = 0.3 * torch.randn(n, e, generator=g)
+    codes[:, 0] += 2.0 * disease
+    codes[:, 1] += (age - 70) / 10
+    rows = [CohortRow(f"s{i}", Path("x"), {"group": "disease" if int(disease[i]) else "healthy", "age": str(float(age[i]))}) for i in range(n)]
+    dirs = fit_directions(codes, rows, ProbeConfig())
+    d, a = dirs["disease"], dirs["age"]
+    assert auc(d.score(codes).numpy(), disease.numpy().astype(bool)) > 0.95
+    assert d.score(d.apply(codes, 1.0)).mean() > d.score(codes).mean()
+    assert d.weight[0] > 0 and abs(float(d.weight[0])) > abs(float(d.weight[1]))
+    change = predicted_age(a, a.apply(codes, 1.0)) - predicted_age(a, codes)
+    years = a.meta["years_per_alpha"]
+    assert years > 0 and torch.allclose(change, torch.full_like(change, years), rtol=1e-4)
+    assert a.alpha_unit == f"{years:.1f} years" and "1 alpha ≈" in a.describe()
+    assert probe_metrics(dirs, codes, rows, ProbeConfig())["age_mae_years"] < 5
+
+
+# --------------------------------------------------------------------------------- command line
+def test_dry_run_prints_the_plan_with_measured_times(tiny_cohort, tmp_path, capsys):
+    from LDAELib.training.__main__ import main
+    from LDAELib.training.config import save_recipe
+
+    save_recipe(tiny_recipe(), tmp_path / "tiny.yaml")
+    assert main(["--dry-run", "--cohort", str(tiny_cohort), "--config", str(tmp_path / "tiny.yaml"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for word in ("autoencoder", "ddpm", "representation", "probes", "total", "train 4 subjects / 12 visits"):
+        assert word in out
+    assert not (tmp_path / "split.json").exists()
+    assert main(["--write-recipe", str(tmp_path / "copy.json"), "--cohort", "x", "--config", str(tmp_path / "tiny.yaml"), "--set", "ddpm.steps=3"]) == 0
+    assert json.loads((tmp_path / "copy.json").read_text())["ddpm"]["steps"] == 3
+
+
+# ------------------------------------------------------------------------------- data parallel
+_RANK_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from safetensors.torch import save_file
+    from LDAELib.training import TrainingSession, load_recipe
+    from LDAELib.training.distributed import setup, teardown
+    torch.set_num_threads(1)
+    recipe_path, cohort, work, out = sys.argv[1:5]
+    ctx = setup("cpu")
+    res = TrainingSession(load_recipe(recipe_path), cohort, work, ctx, progress=False).train_autoencoder()
+    save_file({k: v.contiguous() for k, v in res.model.state_dict().items()}, f"{out}/rank{ctx.rank}.safetensors")
+    teardown(ctx)
+""")
+
+
+def test_two_process_ddp_matches_one_process_of_the_same_global_batch(tiny_cohort, tmp_path):
+    """torchrun with 2 CPU processes (gloo): replicas stay identical, equal a 1-process run, rank 0 checkpoints."""
+    from safetensors.torch import load_file
+
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.checkpoint import final_checkpoint, load_checkpoint
+    from LDAELib.training.config import save_recipe
+
+    recipe = tiny_recipe(steps=4, batch_size=4, checkpoint_interval=2)
+    save_recipe(recipe, tmp_path / "recipe.json")
+    (tmp_path / "rank.py").write_text(_RANK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "rank.py"), str(tmp_path / "recipe.json"), str(tiny_cohort), str(tmp_path / "ddp"), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    ck = load_checkpoint(final_checkpoint(tmp_path / "ddp" / "autoencoder"))
+    assert ck.state["world_size"] == 2 and ck.step == 4
+    assert all(torch.equal(ck.groups["model"][k], r0[k]) for k in r0)
+
+    torch.set_num_threads(1)
+    try:
+        single = TrainingSession(recipe, tiny_cohort, tmp_path / "one", progress=False, echo=lambda m: None).train_autoencoder()
+    finally:
+        torch.set_num_threads(2)
+    one = single.model.state_dict()
+    worst = max(float((one[k] - r0[k]).abs().max()) for k in r0)
+    assert worst < 1e-4, worst
