@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     from .data.cohort_command import add_arguments
 
     add_arguments(s)
+    s = sub.add_parser("train", help="train an LDAE on a cohort: autoencoder, ddpm, representation, probes, all (docs/training.md)")
+    from .training.command import add_arguments as add_train_arguments
+
+    add_train_arguments(s)
     return p
 
 
@@ -250,6 +254,10 @@ def _run(args, model=None) -> int:
         from .data.cohort_command import run
 
         return run(args, _Bar(args.quiet, "cohort"))
+    if args.command == "train":
+        from .training.command import run as train
+
+        return train(args)
     if args.command == "preprocess":
         from .registration.command import run as run_preprocess
 
