@@ -25,6 +25,7 @@ Output folder::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -76,7 +77,7 @@ class CohortConfig:
     disease_fraction: float = 0.5
     labels: bool = False
     baseline_age: tuple[float, float] = (55.0, 85.0)
-    onset_years: tuple[float, float] = (2.0, 8.0)  # disease group: years since onset at baseline
+    onset_years: tuple[float, float] = (3.0, 10.0)  # disease group: years since onset at baseline
     templates: tuple[str, ...] = TEMPLATE_NAMES
     warp_mm: tuple[float, float] = (2.0, 4.0)  # RMS per axis of the identity velocity field
     warp_control_mm: float = 8.0  # control grid of the identity field; smoothed by 1.5 of its spacings
@@ -266,11 +267,32 @@ def _affine_mm(identity: dict, jitter_rot_deg=(0.0, 0.0, 0.0), jitter_mm=(0.0, 0
     return m
 
 
-def synthesize_subject(config: CohortConfig, index: int, cancel=None):
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run a block with ``n`` torch CPU threads (None: leave as is), restoring the count after."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def synthesize_subject(config: CohortConfig, index: int, cancel=None, threads: int | None = 1):
     """Generate every visit of subject ``index`` in memory → (SubjectPlan, [Visit, …]).
 
-    ``cancel``: optional callable returning True to stop (raises Cancelled).
+    ``cancel``: optional callable returning True to stop (raises Cancelled). ``threads``: torch CPU
+    threads (default 1: the work is many small memory-bound steps, which more threads slow down
+    on a busy machine).
     """
+    with torch_threads(threads):
+        return _synthesize_subject(config, index, cancel)
+
+
+def _synthesize_subject(config: CohortConfig, index: int, cancel):
     import torch
 
     from .deform import apply_affine, control_to_grid, exp_velocity, sample, smooth_noise, voxel_grid
@@ -305,8 +327,10 @@ def synthesize_subject(config: CohortConfig, index: int, cancel=None):
         r = apply_affine(vox_map, q)
         d_atr = exp_velocity(tog.velocity(log_change))
         w = r + sample(d_atr, r, padding="border")
-        ch = sample(tog.source, apply_affine(tog.out_to_source, w)).numpy()
+        src_coords = apply_affine(tog.out_to_source, w)
+        ch = sample(tog.source, src_coords).numpy()
         m = {c: ch[i] for i, c in enumerate(CHANNELS)}
+        measured = sample(tog.measure_source, src_coords).numpy()
         brain = m["gm"] + m["wm"] + m["csf"]
         inside = brain >= 0.5
 
@@ -320,7 +344,7 @@ def synthesize_subject(config: CohortConfig, index: int, cancel=None):
         img = np.where(inside, img, 0.0).astype(np.float32)
 
         visits.append(Visit(visit=v + 1, months=months, age=age, image=img, labels=_labels(m, inside),
-                            volumes=_volumes(m, tog.voxel_ml), affine=affine.copy()))
+                            volumes=_volumes(dict(zip(CHANNELS[1:], measured)), tog.voxel_ml), affine=affine.copy()))
     return plan, visits
 
 
@@ -467,7 +491,7 @@ class CohortResult:
     prepare_seconds: float = 0.0  # reading the templates and preparing them for the grid (once per process)
 
 
-def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None) -> CohortResult:
+def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None, threads: int | None = 1) -> CohortResult:
     """Write the cohort into ``output_dir``; resumes a folder made with the same settings.
 
     Subjects are written all-or-nothing (temporary folder, then rename); subjects already complete
@@ -478,6 +502,7 @@ def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None
     Args:
         progress: optional ``progress(done, total, stage)`` after each subject.
         cancel: optional callable returning True to stop between visits (raises Cancelled).
+        threads: torch CPU threads while generating (default 1; None leaves torch's setting).
     """
     from ..io import OutputSet, ensure_folder
 
@@ -504,8 +529,9 @@ def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None
     result = CohortResult(out / "cohort.csv", [], [], [], [])
     todo = [i for i in range(config.n_subjects) if not (out / subject_id(i) / "subject.json").is_file()]
     t0 = time.perf_counter()
-    for name in sorted({template_for(i, config.templates) for i in todo}):
-        template_on_grid(name, float(config.spacing_mm))
+    with torch_threads(threads):
+        for name in sorted({template_for(i, config.templates) for i in todo}):
+            template_on_grid(name, float(config.spacing_mm))
     result.prepare_seconds = time.perf_counter() - t0
     records = []
     for i in range(config.n_subjects):
@@ -516,7 +542,7 @@ def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None
             result.reused.append(sid)
         else:
             t0 = time.perf_counter()
-            plan, visits = synthesize_subject(config, i, cancel=cancel)
+            plan, visits = synthesize_subject(config, i, cancel=cancel, threads=threads)
             records.append(_write_subject(out, config, plan, visits))
             result.generated.append(sid)
             result.seconds_per_subject.append(time.perf_counter() - t0)

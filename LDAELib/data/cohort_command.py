@@ -19,6 +19,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--spacing", type=float, default=2.0, metavar="MM", help="voxel size of the MNI grid written (default 2.0 mm: 91×109×91)")
     parser.add_argument("--disease-fraction", type=float, default=0.5, metavar="F", help="share of subjects in the disease group (default 0.5)")
     parser.add_argument("--labels", action="store_true", help="also write a label map per visit (uint8; see cohort.json)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -30,7 +31,7 @@ def run(args, progress=None) -> int:
         max_months=args.months, spacing_mm=args.spacing, disease_fraction=args.disease_fraction, labels=args.labels,
     )
     try:
-        result = generate_cohort(args.output_dir, config, progress=progress)
+        result = generate_cohort(args.output_dir, config, progress=progress, threads=args.threads)
     except KeyboardInterrupt:
         print(f"ldae cohort: interrupted; the subjects already complete in {args.output_dir} are kept: "
               "run the same command again to resume", file=sys.stderr)

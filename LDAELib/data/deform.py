@@ -122,7 +122,7 @@ def poisson_flow(source: np.ndarray, pad: int = 16) -> np.ndarray:
     lam[0, 0, 0] = 1.0
     phi_hat = src_hat / lam
     phi_hat[0, 0, 0] = 0.0
-    phi = np.fft.irfftn(phi_hat, s=src.shape)
+    phi = np.fft.irfftn(phi_hat, s=src.shape, axes=(0, 1, 2))
     grad = np.gradient(phi)
     crop = tuple(slice(pad, pad + n) for n in source.shape)
     return np.stack([g[crop] for g in grad]).astype(np.float32)

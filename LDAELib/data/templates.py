@@ -180,20 +180,33 @@ def _finish(name, t1, gm, wm, csf, affine, aal_path, sources) -> Template:
     top = float(t1.max())
     slope = (CANONICAL_T1[2] - CANONICAL_T1[1]) / (mu[2] - mu[1])
     t1c = np.interp(t1, [0.0, *mu, max(top, mu[2] + 1)], [0.0, *CANONICAL_T1, CANONICAL_T1[2] + slope * max(top - mu[2], 1)])
-    t1c = np.where(mask, t1c, 0.0).astype(np.float32)
+    t1c = np.where(mask, t1c, 0.0).astype(np.float32, copy=False)
 
     vent = _ventricles(csf, mask, affine) * csf
     aal_data, aal_affine = _load(aal_path)
-    # Nearest-neighbour resampling of AAL (Colin27's grid) onto this grid through world coordinates.
-    m = np.linalg.inv(aal_affine) @ affine
-    idx = np.indices(t1.shape, dtype=np.float32).reshape(3, -1)
-    src = m[:3, :3] @ idx + m[:3, 3:4]
-    aal = ndimage.map_coordinates(aal_data, src, order=0, mode="constant", cval=0).reshape(t1.shape).astype(np.uint8)
-    aal = np.where(mask, aal, 0).astype(np.uint8)
+    aal = np.where(mask, _nearest_on_grid(aal_data.astype(np.uint8), aal_affine, t1.shape, affine), 0).astype(np.uint8)
     hip = [((aal == AAL_HIPPOCAMPUS[k]) * gm).astype(np.float32) for k in ("hippocampus_l", "hippocampus_r")]
     channels = np.stack([t1c, gm, wm, csf, vent.astype(np.float32), *hip]).astype(np.float32)
     sources = {k: str(v) for k, v in sources.items()} | {"aal": str(aal_path)}
     return Template(name=name, channels=channels, affine=affine, aal=aal, sources=sources)
+
+
+def _nearest_on_grid(data: np.ndarray, data_affine: np.ndarray, shape, affine: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour resampling of ``data`` onto the grid (shape, affine) through world coordinates."""
+    from scipy import ndimage
+
+    m = np.linalg.inv(data_affine) @ affine
+    offset = m[:3, 3]
+    if np.allclose(m[:3, :3], np.eye(3)) and np.allclose(offset, np.round(offset)):  # same voxels, shifted
+        out = np.zeros(shape, dtype=data.dtype)
+        o = np.round(offset).astype(int)
+        src = tuple(slice(max(oi, 0), min(oi + n, d)) for oi, n, d in zip(o, shape, data.shape))
+        dst = tuple(slice(s.start - oi, s.stop - oi) for s, oi in zip(src, o))
+        out[dst] = data[src]
+        return out
+    idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    coords = m[:3, :3] @ idx + m[:3, 3:4]
+    return ndimage.map_coordinates(data, coords, order=0, mode="constant", cval=0).reshape(shape)
 
 
 def _ventricles(csf: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -207,8 +220,8 @@ def _ventricles(csf: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> np.nda
     """
     from scipy import ndimage
 
-    vox = np.abs(np.diag(affine)[:3])
-    depth = ndimage.distance_transform_edt(mask, sampling=vox)
+    vox = float(np.abs(np.diag(affine)[:3]).max())
+    depth = ndimage.distance_transform_cdt(mask, metric="chessboard") * vox  # ≤ the Euclidean depth
     cand = (csf > 0.5) & (depth > 6.0)
     world = [affine[a, a] * np.arange(csf.shape[a]) + affine[a, 3] for a in range(3)]
     lateral = (np.abs(world[0]) >= 3.0)[:, None, None] & (world[2] > -2.0)[None, None, :]
