@@ -254,16 +254,15 @@ def template_on_grid(name: str, spacing_mm: float) -> TemplateOnGrid:
     return TemplateOnGrid(load_template(name), shape, affine)
 
 
-def _affine_mm(identity: dict, jitter_rot_deg=(0.0, 0.0, 0.0), jitter_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """The subject's global map (world mm → world mm) about the brain centre, as 4×4."""
+def _affine_mm(rotation_deg, translation_mm, scale=1.0, anisotropy=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """A global map (world mm → world mm) about the brain centre, as 4×4."""
     from .deform import rotation_matrix
 
     c = np.asarray(BRAIN_CENTRE_MM)
-    rot = rotation_matrix(np.radians(np.asarray(identity["rotation_deg"]) + np.asarray(jitter_rot_deg)))
-    lin = rot @ np.diag(identity["scale"] * np.asarray(identity["anisotropy"]))
+    lin = rotation_matrix(np.radians(np.asarray(rotation_deg))) @ np.diag(scale * np.asarray(anisotropy))
     m = np.eye(4)
     m[:3, :3] = lin
-    m[:3, 3] = c - lin @ c + np.asarray(identity["translation_mm"]) + np.asarray(jitter_mm)
+    m[:3, 3] = c - lin @ c + np.asarray(translation_mm)
     return m
 
 
@@ -309,22 +308,24 @@ def _synthesize_subject(config: CohortConfig, index: int, cancel):
     # World-mm velocity → voxel units of the LAS grid (its I axis runs towards −x).
     v_id = v_id * torch.tensor([float(np.sign(affine[a, a])) for a in range(3)]).view(3, 1, 1, 1)
     base = voxel_grid(shape)
-    q = base + exp_velocity(v_id)
+    d_id = exp_velocity(v_id)
+    inv_aff = np.linalg.inv(affine)
+    subject_map = inv_aff @ _affine_mm(idn["rotation_deg"], idn["translation_mm"], idn["scale"], idn["anisotropy"]) @ affine
 
     ints = plan.intensity
     canon = [0.0, 0.25, 0.55, 0.80, 1.20]
     slope = (ints["wm"] - ints["gm"]) / 0.25
     target = [0.0, ints["csf"], ints["gm"], ints["wm"], ints["wm"] + 0.40 * slope]
-    inv_aff = np.linalg.inv(affine)
     visits = []
     for v, (months, age, log_change) in enumerate(zip(plan.months, plan.ages(), plan.log_changes(config.atrophy))):
         if cancel is not None and cancel():
             raise Cancelled()
         rng = rng_for(config.seed, index, 2, v)
-        jit_rot = rng.normal(0.0, config.visit_jitter_deg, 3)
-        jit_mm = rng.normal(0.0, config.visit_jitter_mm, 3)
-        vox_map = inv_aff @ _affine_mm(idn, jit_rot, jit_mm) @ affine
-        r = apply_affine(vox_map, q)
+        # The visit's registration residue moves the whole head rigidly (output side), so it
+        # changes no volume; then the subject's warp, its global map, and the atrophy.
+        jitter = inv_aff @ _affine_mm(rng.normal(0.0, config.visit_jitter_deg, 3), rng.normal(0.0, config.visit_jitter_mm, 3)) @ affine
+        p = apply_affine(jitter, base)
+        r = apply_affine(subject_map, p + sample(d_id, p, padding="border"))
         d_atr = exp_velocity(tog.velocity(log_change))
         w = r + sample(d_atr, r, padding="border")
         src_coords = apply_affine(tog.out_to_source, w)
