@@ -205,11 +205,14 @@ def _provenance(args, model, operation: str, inputs: list, **extra) -> dict:
 
 
 def _back(out_tensor, ctx):
-    from .registration import NativeContext, from_model_space_native
-    from .space import from_model_space
+    from .space import SpaceContext, from_model_space
 
     x = out_tensor.detach().float().cpu().numpy()[0, 0]
-    return from_model_space_native(x, ctx) if isinstance(ctx, NativeContext) else from_model_space(x, ctx)
+    if isinstance(ctx, SpaceContext):
+        return from_model_space(x, ctx)
+    from .registration import from_model_space_native  # raw inputs: through the scan's registration
+
+    return from_model_space_native(x, ctx)
 
 
 def _add_output(args, outs, path, out_tensor, ctx, like, prov) -> None:
