@@ -200,6 +200,21 @@ def test_result_files_read_back_identically(moved_head, tmp_path):
     assert isinstance(sitk.ReadTransform(str(tmp_path / "mni_to_native.h5")), sitk.Transform)
 
 
+def test_transform_files_are_read_by_slicer_as_the_same_mapping(moved_head, tmp_path):
+    slicer = pytest.importorskip("slicer", reason="slicer-core not installed")
+    write_result(tmp_path, moved_head["result"])
+    scene = slicer.vtkMRMLScene()
+    node, storage = slicer.vtkMRMLTransformNode(), slicer.vtkMRMLTransformStorageNode()
+    scene.AddNode(node), scene.AddNode(storage)
+    storage.SetFileName(str(tmp_path / "native_to_mni.h5"))
+    assert storage.ReadData(node)
+    # Slicer keeps an ITK file as the node's "from parent" transform (RAS): native → MNI points here,
+    # so an MNI-space result placed under this node overlays the scan.
+    pts = moved_head["landmarks"][:12]
+    in_slicer = np.array([node.GetTransformFromParent().TransformPoint(p.tolist()) for p in pts])
+    np.testing.assert_allclose(in_slicer, to_mni_points(moved_head["result"].registration, pts), atol=0.3)
+
+
 def test_cache_returns_stage_a_without_recomputing(moved_head, monkeypatch):
     import LDAELib.registration.native as native
 

@@ -14,6 +14,16 @@ and the checks), ``transform`` (the registration as ITK transforms), ``store`` (
 ``native`` (stage A + stage B and the way back).
 """
 
+try:
+    import SimpleITK  # noqa: F401
+except ModuleNotFoundError:  # pragma: no cover - depends on the installation
+    from ..errors import LDAEError
+
+    raise LDAEError(
+        "Registering a raw scan to MNI (stage A) needs SimpleITK: run `pip install SimpleITK`, or pass a scan "
+        "that is already brain-extracted and registered to MNI with --registered."
+    ) from None
+
 from .native import NativeContext, from_model_space_native, run_stage_a, to_mni, to_model_space_native
 from .stage_a import StageAResult, StageASettings, check_scan, register_to_mni
 from .store import StageACache, default_cache_dir, read_result, scan_key, write_result

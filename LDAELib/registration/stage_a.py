@@ -170,7 +170,7 @@ def _physical_points(mask: sitk.Image) -> np.ndarray:
 
 
 def initial_alignment(
-    tmpl: sitk.Image, tmpl_mask: sitk.Image, moving: sitk.Image, moving_head: sitk.Image, *, seed: int
+    tmpl: sitk.Image, tmpl_mask: sitk.Image, moving: sitk.Image, moving_head: sitk.Image
 ) -> sitk.Euler3DTransform:
     """Rigid MNI → scan transform to start from.
 
@@ -403,7 +403,7 @@ def _register(data: np.ndarray, affine: np.ndarray, s: StageASettings, steps: _S
     steps.end()
 
     steps.step("affine registration")
-    init = initial_alignment(tmpl["t6"], tmpl["m6"], low, head, seed=s.seed)
+    init = initial_alignment(tmpl["t6"], tmpl["m6"], low, head)
     aff = affine_registration(tmpl["t2"], tmpl["m2_margin"], work, init, s)
     inside = _brain_inside_fraction(tmpl["m6"], aff, native)
     steps.end()
