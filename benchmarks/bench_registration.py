@@ -4,8 +4,9 @@ The scans are Colin27 (``ch2.nii.gz``, with skull; Debian package mricron-data) 
 random affine motions (rotations ≤ 15°, shifts ≤ 20 mm, scaling ±8 %) and stored as 256³ 1 mm
 volumes in scanner-like orientations (axial, sagittal, coronal; some tilted). Per scan: seconds for
 the whole of stage A (no cache), the steps' seconds, brain-mask Dice against ``ch2bet`` moved the
-same way, the mean landmark error (116 AAL region centres mapped to MNI, against where stage A puts
-them for the unmoved head), and the native → model space → native correlation.
+same way, the mean landmark error (116 AAL region centres mapped to MNI, against where the same
+engine puts them for the unmoved head), and the native → model space → native correlation. Each scan
+is run twice: the head with skull, and the skull-stripped head (``ch2bet`` moved the same way).
 
 ``--ants`` also runs the authors' engine, ANTsPy (``pip install antspyx``), on the same scans:
 ``n4_bias_field_correction`` then ``registration(type_of_transform="SyN")`` of the scan to the same
@@ -96,12 +97,13 @@ def ldae_points(registration, pts):
     return np.array([np.array(tx.TransformPoint((p * RAS_TO_LPS).tolist())) * RAS_TO_LPS for p in pts])
 
 
-def run_ldae(case, reference, threads):
+def run_ldae(case, reference, threads, skull_stripped=False):
     from LDAELib.registration import MNI_AFFINE, NativeContext, StageASettings, from_model_space_native, register_to_mni
     from LDAELib.space import to_model_space
 
+    data = case["stripped"] if skull_stripped else case["data"]
     t0 = time.perf_counter()
-    res = register_to_mni(case["data"], case["affine"], StageASettings(threads=threads))
+    res = register_to_mni(data, case["affine"], StageASettings(threads=threads))
     seconds = time.perf_counter() - t0
     x, sctx = to_model_space(res.brain_mni, MNI_AFFINE)
     back = from_model_space_native(x, NativeContext(sctx, res.registration))
@@ -110,14 +112,15 @@ def run_ldae(case, reference, threads):
         "seconds": round(seconds, 1), "steps": res.seconds, "quality": res.quality,
         "dice": round(dice(res.brain_mask > 0, case["brain"]), 4),
         "landmark_mm": round(float(err.mean()), 2), "landmark_max_mm": round(float(err.max()), 2),
-        "roundtrip_corr_mask": round(corr(back, case["data"], res.brain_mask > 0), 4),
-        "roundtrip_corr_interior": round(corr(back, case["data"], case["interior"]), 4),
-        "roundtrip_corr_truth": round(corr(back, case["data"], case["brain"]), 4),
+        "roundtrip_corr_mask": round(corr(back, data, res.brain_mask > 0), 4),
+        "roundtrip_corr_interior": round(corr(back, data, case["interior"]), 4),
+        "roundtrip_corr_truth": round(corr(back, data, case["brain"]), 4),
     }
 
 
 def run_ants(case, reference, threads, skull_stripped: bool):
-    """The authors' engine on the same scan: ANTs N4 + SyN (defaults) to the same template."""
+    """The authors' engine on the same scan: ANTs N4 + SyN (defaults) to the same template.
+    ``reference``: where ANTs puts the landmarks for the unmoved head (None: return them)."""
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     import ants
     import pandas as pd
@@ -141,6 +144,8 @@ def run_ants(case, reference, threads, skull_stripped: bool):
     seconds = time.perf_counter() - t0
     pts = pd.DataFrame(case["landmarks"] * RAS_TO_LPS, columns=["x", "y", "z"])
     found = ants.apply_transforms_to_points(3, pts, reg["invtransforms"], whichtoinvert=[True, False]).values[:, :3] * RAS_TO_LPS
+    if reference is None:
+        return found
     err = np.linalg.norm(found - reference, axis=1)
     return {"seconds": round(seconds, 1), "n4_seconds": round(t_n4, 1), "dice": round(dice(mask.numpy() > 0.5, case["brain"]), 4),
             "landmark_mm": round(float(err.mean()), 2)}
@@ -166,6 +171,10 @@ def main() -> int:
     ref_res = register_to_mni(head, src_affine, StageASettings(threads=args.threads))
     reference = ldae_points(ref_res.registration, centres)
     print(f"reference (Colin27 as distributed): {sum(ref_res.seconds.values()):.1f} s, quality {ref_res.quality}", flush=True)
+    reference_stripped = ldae_points(register_to_mni(bet, src_affine, StageASettings(threads=args.threads)).registration, centres)
+    if args.ants:
+        unmoved = {"data": head, "stripped": bet, "affine": src_affine, "brain": bet > 0, "landmarks": centres}
+        ants_reference = {stripped: run_ants(unmoved, None, args.threads, stripped) for stripped in (False, True)}
 
     rows = []
     for k in range(args.scans):
@@ -177,14 +186,15 @@ def main() -> int:
             "data": move(head, src_affine, m, shape, affine), "affine": affine, "brain": brain,
             "interior": ndimage.binary_erosion(brain, iterations=2),
             "landmarks": centres @ m[:3, :3].T + m[:3, 3],
+            "stripped": move(bet, src_affine, m, shape, affine),
         }
-        row = {"seed": seed, "orientation": ORIENTATIONS[k % len(ORIENTATIONS)], "ldae": run_ldae(case, reference, args.threads)}
+        row = {"seed": seed, "orientation": ORIENTATIONS[k % len(ORIENTATIONS)], "ldae": run_ldae(case, reference, args.threads),
+               "ldae_skull_stripped": run_ldae(case, reference_stripped, args.threads, skull_stripped=True)}
         print(json.dumps(row), flush=True)
         if args.ants:
-            case["stripped"] = move(bet, src_affine, m, shape, affine)
             for stripped in (False, True):
                 key = "ants_skull_stripped" if stripped else "ants_with_skull"
-                row[key] = run_ants(case, reference, args.threads, stripped)
+                row[key] = run_ants(case, ants_reference[stripped], args.threads, stripped)
                 print(key, json.dumps(row[key]), flush=True)
         rows.append(row)
 
@@ -196,7 +206,7 @@ def main() -> int:
         "median_roundtrip_corr_mask": statistics.median(r["ldae"]["roundtrip_corr_mask"] for r in rows),
         "median_roundtrip_corr_interior": statistics.median(r["ldae"]["roundtrip_corr_interior"] for r in rows),
     }
-    for key in ("ants_with_skull", "ants_skull_stripped"):
+    for key in ("ldae_skull_stripped", "ants_with_skull", "ants_skull_stripped"):
         if rows and key in rows[0]:
             summary[key] = {m: statistics.median(r[key][m] for r in rows) for m in ("seconds", "dice", "landmark_mm")}
     print(json.dumps(summary, indent=2))
