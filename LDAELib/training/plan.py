@@ -22,7 +22,7 @@ from .data import semantic_input
 from .ddpm import DDPMLoss
 from .ema import EMA
 from .representation import RepresentationLoss, is_shift_parameter
-from .trainer import _autocast
+from .trainer import _autocast, to_channels_last_3d
 
 
 def _module_and_batch(recipe: Recipe, stage: str, batch: int, device: torch.device):
@@ -66,7 +66,7 @@ def measure_seconds_per_step(recipe: Recipe, stage: str, device: torch.device | 
         torch.manual_seed(0)
         module, inputs = _module_and_batch(recipe, stage, batch_size or cfg.batch_size, device)
         if cfg.channels_last:
-            module.to(memory_format=torch.channels_last_3d)
+            to_channels_last_3d(module)
             inputs = {k: v.contiguous(memory_format=torch.channels_last_3d) if v.dim() == 5 else v for k, v in inputs.items()}
         module.train()
         params = [p for p in module.parameters() if p.requires_grad]

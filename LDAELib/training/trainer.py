@@ -155,6 +155,14 @@ def evaluate(objective: Objective, module: nn.Module, batches: dict | None = Non
     return out
 
 
+def to_channels_last_3d(module: nn.Module) -> nn.Module:
+    """The weights of every Conv3d in channels-last layout (other layers keep theirs)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d):
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
+    return module
+
+
 def _layout(batch: dict[str, torch.Tensor], config: StageConfig) -> dict[str, torch.Tensor]:
     if not config.channels_last:
         return batch
@@ -191,7 +199,7 @@ def run_stage(
     total = config.total_steps(sampler.steps_per_epoch)
     model = objective.module
     if config.channels_last:
-        model.to(memory_format=torch.channels_last_3d)
+        to_channels_last_3d(model)
     ema = EMA(model, config.ema_decay, config.ema_warmup)
     upstream = objective.upstream()
 
