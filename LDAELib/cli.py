@@ -386,42 +386,58 @@ def _write_embeddings(path, inputs, codes, model) -> None:
 
 
 def _demo(args, model) -> int:
-    """Example scans → reconstruction, edits along every direction, interpolation; via the same commands."""
+    """The shipped example visits → reconstruction, edits along every direction, interpolation, each
+    through the same command a user would type, with PNG previews (source | result | difference)."""
     import time
 
     import nibabel as nib
+    import numpy as np
 
-    from .data.phantom import phantom_brain
+    from .previews import write_comparison_png, write_strip_png
+    from .resources import example_scans
 
     out = Path(args.output_dir)
-    inputs = out / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
-    visits = []
-    for i, scale in enumerate((1.0, 1.5)):
-        data, affine = phantom_brain(ventricle_scale=scale, seed=i)
-        p = inputs / f"subject01_visit{i + 1}.nii.gz"
-        nib.save(nib.Nifti1Image(data, affine), str(p))
-        visits.append(p)
+    scans = example_scans()
+    first, last = scans[0], scans[-1]
     model_args = ["--model", args.model] if args.model else []
-    # The example scans are made on the MNI grid already: stage B only.
+    # The example scans are stage-A output (MNI space): stage B only.
     common = [*model_args, "--registered", "--steps", str(args.steps), "--device", str(args.device)] + (["-q"] if args.quiet else [])
     if args.threads:
         common += ["--threads", str(args.threads)]
-    runs = [("reconstruct", ["reconstruct", str(visits[0]), str(out / "reconstruction.nii.gz")])]
+    src = str(first.path)
+    runs = [("reconstruct", ["reconstruct", src, str(out / "reconstruction.nii.gz")], out / "reconstruction.nii.gz")]
     for name in model.directions:
         for alpha in (-2.0, 2.0):
-            runs.append((f"edit {name} {alpha:+g}", ["edit", str(visits[0]), str(out / f"edit_{name}_{alpha:+g}.nii.gz"), "--direction", name, "--alpha", str(alpha)]))
-    runs.append(("interpolate", ["interpolate", str(visits[0]), str(visits[1]), str(out / "interpolation"), "--at", "0.25", "0.5", "0.75"]))
+            f = out / f"edit_{name}_{alpha:+g}.nii.gz"
+            runs.append((f"edit {name} {alpha:+g}", ["edit", src, str(f), "--direction", name, "--alpha", str(alpha)], f))
+    fractions = (0.25, 0.5, 0.75)
+    runs.append(("interpolate", ["interpolate", src, str(last.path), str(out / "interpolation"), "--at", *map(str, fractions)], None))
     if not model.directions:
         print("ldae demo: this model has no directions, so no edits are run", file=sys.stderr)
+    print(f"ldae demo: {first.label} and {last.label} of a synthetic {first.group} subject the model never saw "
+          f"(ventricles {first.ventricles_ml:.1f} → {last.ventricles_ml:.1f} ml)")
+    source = nib.load(str(first.path))
+    source_data, affine = np.asarray(source.dataobj, dtype=np.float32), source.affine
+    previews = out / "previews"
+    previews.mkdir(parents=True, exist_ok=True)
     parser = _parser()
-    for label, argv in runs:
+    for label, argv, result in runs:
         t0 = time.perf_counter()
         code = _run(parser.parse_args(argv + common), model)
         if code:
             return code
-        print(f"  {label}: {time.perf_counter() - t0:.1f} s")
-    print(f"demo outputs in {out} (model: {model.name})")
+        took = time.perf_counter() - t0
+        if result is not None:
+            png = previews / (result.name.replace(".nii.gz", ".png"))
+            write_comparison_png(png, source_data, np.asarray(nib.load(str(result)).dataobj, dtype=np.float32), affine)
+        else:
+            frames = sorted((out / "interpolation").glob("*.nii.gz"))
+            vols = [source_data] + [np.asarray(nib.load(str(f)).dataobj, dtype=np.float32) for f in frames]
+            vols.append(np.asarray(nib.load(str(last.path)).dataobj, dtype=np.float32))
+            png = write_strip_png(previews / "interpolation.png", vols, affine)
+        print(f"  {label}: {took:.1f} s  → {png}")
+    print(f"demo outputs in {out} (model: {model.name}); previews: rows axial/coronal/sagittal, "
+          "columns source | result | result − source (red: brighter, blue: darker)")
     return 0
 
 

@@ -291,7 +291,8 @@ def test_example_scans_are_two_dated_visits_in_one_study(adapter, scene):
     first, second = mrml.add_example_scans(scene)
     sh = mrml.sh_node(scene)
     assert sh.GetItemParent(sh.GetItemByDataNode(first)) == sh.GetItemParent(sh.GetItemByDataNode(second))
-    assert mrml.months_between(first, second) == pytest.approx(366 / 30.4375)
+    assert mrml.months_between(first, second) == pytest.approx(1096 / 30.4375)  # month 0 and month 36
     assert first.GetImageData().GetDimensions() == (91, 109, 91)
-    (frame,) = adapter.interpolate(first, second, months=[6], steps=2)
+    assert "sub-0058" in first.GetAttribute("LDAE.Example")
+    (frame,) = adapter.interpolate(first, second, months=[18], steps=2)
     assert frame.GetName() == "example_visit1→example_visit2 t=0.50"

@@ -313,23 +313,30 @@ def add_sequence(frames, values, name: str, index_name: str = "t", index_unit: s
 
 # ---------------------------------------------------------------------- example data
 def add_example_scans(scene) -> tuple:
-    """Two synthetic visits of one subject (``LDAELib.data.phantom``: smooth brain-like phantoms on
-    an MNI-like 2 mm grid, larger ventricles at the second visit), dated 12 months apart, in a
-    patient/study folder. For trying the module without data; they are not anatomy."""
-    from ..data.phantom import phantom_brain
+    """The two shipped example visits of one synthetic subject (``LDAELib.resources.example_scans``:
+    stage-A output on the MNI 2 mm grid, month 0 and month 36, held out from the demo model's
+    training), dated accordingly, in a patient/study folder. For trying the module without data."""
+    import datetime
+
+    import nibabel as nib
+
+    from ..resources import example_scans
 
     sh = sh_node(scene)
-    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "LDAE example subject")
+    scans = example_scans()
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), f"LDAE example {scans[0].subject}")
     study = sh.CreateStudyItem(patient, "Synthetic visits")
     made = []
-    for i, (scale, date) in enumerate(((1.0, "2020-01-15"), (1.5, "2021-01-15"))):
-        data, affine = phantom_brain(ventricle_scale=scale, seed=i)
+    start = datetime.date(2020, 1, 15)
+    for i, scan in enumerate(scans):
+        img = nib.load(str(scan.path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
         node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"example_visit{i + 1}"))
-        node.SetIJKToRASMatrix(numpy_to_matrix(affine))
+        node.SetIJKToRASMatrix(numpy_to_matrix(img.affine))
         slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(data.transpose(2, 1, 0)))  # I,J,K -> K,J,I
         node.CreateDefaultDisplayNodes()
-        node.SetAttribute("LDAE.Date", date)
-        node.SetAttribute("LDAE.Example", "synthetic phantom, not anatomy")
+        node.SetAttribute("LDAE.Date", (start + datetime.timedelta(days=round(scan.months * 30.4375))).isoformat())
+        node.SetAttribute("LDAE.Example", f"synthetic subject {scan.subject} visit {scan.visit} (ldae cohort), not a real scan")
         item = sh.GetItemByDataNode(node) or sh.CreateItem(study, node)
         sh.SetItemParent(item, study)
         made.append(node)

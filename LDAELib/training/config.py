@@ -260,6 +260,8 @@ class DataConfig:
         return _to_dict(self)
 
 
+DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"  # the shipped demo model's recipe
+
 DEMO_LICENCE = """\
 LDAE for 3D Slicer: demonstration weights
 ==========================================
