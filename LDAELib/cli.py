@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     from .training.command import add_arguments as add_train_arguments
 
     add_train_arguments(s)
+    s = sub.add_parser("evaluate", help="judge a trained model on its held-out test subjects: report.md, metrics.json, figures (docs/training.md)")
+    from .evaluation.command import add_arguments as add_evaluate_arguments
+
+    add_evaluate_arguments(s)
     return p
 
 
@@ -116,6 +120,10 @@ def _run(args, model=None) -> int:
         from .training.command import run as train
 
         return train(args)
+    if args.command == "evaluate":
+        from .evaluation.command import run as run_evaluate
+
+        return run_evaluate(args)
     if args.command == "preprocess":
         from .registration.command import run as run_preprocess
 

@@ -18,7 +18,8 @@ scan being measured except its voxels:
    hippocampus: voxels of the (left + right) hippocampus ROI *not* darker than it (tissue), in mL.
    The hippocampal ROI also holds neighbouring grey and white matter, so its raw number is several
    times the hippocampus; what changes with atrophy is the CSF that replaces hippocampal tissue.
-4. **Calibration on the training subjects.** A straight line truth ≈ a + b·raw is fitted on the same
+4. **Calibration on the training subjects.** A straight line truth ≈ a + b·raw (reduced major axis:
+   b = ±sd(truth)/sd(raw), so that measured differences are not shrunk) is fitted on the same
    training visits (their ``*_ml`` columns of the cohort table), giving the calibrated measure in
    mL. It is checked on the held-out test visits (raw scans) with Pearson r, the slope of the
    measure on the truth, the mean absolute error and the within-subject correlation (each
@@ -124,7 +125,7 @@ class RegionMeasure:
             "method": "ROI (union of the training subjects' labels in model space, dilated by 1 voxel) × "
                       "image-derived CSF threshold (midpoint of the scan's own CSF and grey-matter k-means levels); "
                       "ventricles = dark voxels in the ROI, hippocampus = non-dark voxels in the left+right ROI; "
-                      "calibrated by a line fitted on the training visits",
+                      "calibrated by a reduced-major-axis line fitted on the training visits",
             "roi_voxels": {k: int(v.sum()) for k, v in self.rois.items()},
             "voxel_ml": self.voxel_ml,
             "calibration": {k: {"intercept_ml": a, "slope": b} for k, (a, b) in self.calibration.items()},
@@ -208,8 +209,11 @@ def build_measure(train_rows, space, load: Callable[[object], np.ndarray], value
     for k in rois:
         m = np.array([d[k] for d in raws])
         t = np.array([truth_of(r, k) for r in rows], dtype=np.float64)
-        if len(m) >= 2 and np.ptp(m) > 0:
-            b, a = np.polyfit(m, t, 1)
+        if len(m) >= 2 and np.std(m) > 0 and np.std(t) > 0:
+            # reduced-major-axis line (slope sd(truth)/sd(raw), signed by r): unlike a least-squares fit of the
+            # truth on a noisy measure it does not shrink the measured differences towards the mean
+            b = math.copysign(float(np.std(t) / np.std(m)), pearson(m, t))
+            a = float(np.mean(t) - b * np.mean(m))
         else:
             a, b = float(np.mean(t) - np.mean(m)), 1.0
         measure.calibration[k] = (float(a), float(b))

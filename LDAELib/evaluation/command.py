@@ -1,0 +1,48 @@
+"""``ldae evaluate``: the command-line face of :func:`LDAELib.evaluation.evaluate`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from .report import DEFAULT_ALPHAS, DEFAULT_STEPS
+
+
+def add_arguments(p) -> None:
+    """The ``evaluate`` subcommand's options (argparse)."""
+    p.add_argument("--workdir", required=True, metavar="RUN", help="work folder of 'ldae train' (split.json, recipe.json, bundle/)")
+    p.add_argument("--output", "-o", required=True, metavar="REPORT_DIR", help="new folder for report.md, metrics.json and the figures")
+    p.add_argument("--model", metavar="BUNDLE", help="model to evaluate (default: RUN/bundle)")
+    p.add_argument("--cohort", metavar="COHORT", help="cohort folder or CSV (default: the one recorded in RUN/split.json)")
+    p.add_argument("--steps", type=int, nargs="+", default=list(DEFAULT_STEPS), metavar="T",
+                   help="DDIM step counts of the reconstruction table (default 10 20 50)")
+    p.add_argument("--edit-steps", type=int, default=None, metavar="T",
+                   help="DDIM steps of interpolation and edits (default 20 if in --steps, else the --steps value nearest 20)")
+    p.add_argument("--subjects", type=int, default=None, metavar="N",
+                   help="evaluate reconstruction, interpolation and edits on N test subjects (seeded, both groups); default all")
+    p.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS), metavar="A",
+                   help="edit strengths (default -3 -2 -1 0 1 2 3; 0 is always added)")
+    p.add_argument("--reverse-alpha", type=float, default=2.0, metavar="A", help="alpha of the reversibility check (+A then −A; default 2)")
+    p.add_argument("--atlas-subjects", type=int, default=16, metavar="N",
+                   help="training subjects whose label maps make the volume measure's ROIs and calibration (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subject choice and the semantic-only noise (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the bundle's files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from . import EvalSettings, evaluate
+
+    settings = EvalSettings(
+        workdir=args.workdir, output=args.output, model=args.model, cohort=args.cohort, steps=tuple(args.steps),
+        main_steps=args.edit_steps, subjects=args.subjects, alphas=tuple(args.alphas), reverse_alpha=args.reverse_alpha,
+        seed=args.seed, device=args.device, threads=args.threads, atlas_subjects=args.atlas_subjects,
+        verify=not args.no_verify, progress=not args.quiet,
+    )
+    m = evaluate(settings, command="ldae " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    met = [t for t in m["targets"] if t["met"] is not None]
+    print(f"wrote {args.output}/report.md ({sum(t['met'] for t in met)} of {len(met)} targets met; "
+          f"{m['timing']['total_s']:.0f} s)")
+    return 0
