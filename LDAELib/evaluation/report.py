@@ -208,10 +208,10 @@ def _summary(values) -> dict:
     return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
 
 
-def _bar(settings: EvalSettings, total: int, desc: str):
+def _bar(settings: EvalSettings, total: int, desc: str, unit: str = "subject"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="subject", file=sys.stderr, dynamic_ncols=True, disable=not settings.progress)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not settings.progress)
 
 
 def _jsonable(o):
@@ -243,7 +243,7 @@ def _measure_section(s, inp, load, space, rng, tests: list, timing: dict):
         timing["volume_measure_s"] = time.perf_counter() - t0
         return None, out
     values = label_values(inp.cohort_csv.parent / "cohort.json")
-    bar = _bar(s, 1, "volume measure (training labels)")
+    bar = _bar(s, 1, "volume measure (training labels)", "visit")
     bar.total = 0
 
     def prog(done, total):
@@ -420,7 +420,7 @@ def _probe_section(s, pipe, model, inp, load, timing):
     t0 = time.perf_counter()
     rows = [r for subj in inp.test_rows for r in inp.test_rows[subj]]
     out: dict = {"n_visits": len(rows), "n_subjects": len(inp.test_rows)}
-    bar = _bar(s, len(rows), "probes (semantic codes)")
+    bar = _bar(s, len(rows), "probes (semantic codes)", "visit")
     codes = []
     for r in rows:
         codes.append(pipe.embed(_t(load(r))).cpu())
