@@ -378,7 +378,7 @@ def _edits_section(s, pipe, model, selected, inp, load, measure, keep, timing):
             x = _t(load(inp.test_rows[subj][0]))
             enc = pipe.encode(x, T)
             imgs = pipe.edit(enc, d, alphas, T)
-            recon = pipe.reconstruct(enc, T)
+            recon = keep["recon"][subj][2] if subj in keep.get("recon", {}) else pipe.reconstruct(enc, T)
             comp.append(float((imgs[i0] - recon[0]).abs().max()))
             ra = float(s.reverse_alpha)
             fwd = imgs[alphas.index(ra)][None] if ra in alphas else pipe.edit(enc, d, [ra], T)
@@ -651,7 +651,7 @@ def evaluate(settings: EvalSettings, command: str = "") -> dict:
     space = model.config.space
     torch.manual_seed(int(s.seed))
     rng = np.random.default_rng(int(s.seed))
-    pipe = LDAEPipeline(model, device=dev, cache_size=64, batch_size=4)
+    pipe = LDAEPipeline(model, device=dev, cache_size=512, batch_size=4)
     load = _Loader(inp.rows, space, s.workdir)
     selected = _select_subjects(inp.test_rows, s.subjects, s.seed)
     tests = [r for subj in inp.test_rows for r in inp.test_rows[subj]]
