@@ -268,7 +268,7 @@ def _measure_section(s, inp, load, space, rng, tests: list, timing: dict):
     return measure, out
 
 
-def _reconstruction_section(s, pipe, selected, inp, load, keep, timing):
+def _reconstruction_section(s, pipe, selected, inp, load, measure, keep, timing):
     t0 = time.perf_counter()
     methods = ["autoencoder", "encoded z_T", "semantic only"]
     per = {m: {str(T): {k: [] for k in ("ssim", "psnr", "mse")} for T in s.steps} for m in methods}
@@ -296,12 +296,22 @@ def _reconstruction_section(s, pipe, selected, inp, load, keep, timing):
                 keep.setdefault("recon", {})[subj] = (x, ae, rec, sem)
         if s.main_steps not in s.steps:
             keep.setdefault("recon", {})[subj] = (x, ae, pipe.reconstruct(enc, s.main_steps), None)
+        if measure is not None:  # does decoding move the volume measure? (raw input, AE, LDAE at the main T)
+            imgs = {"input": x, "autoencoder": ae, f"LDAE T={s.main_steps}": keep["recon"][subj][2]}
+            rec_s["volumes_ml"] = {region: {"truth": truth_of(row, region), **{k: measure.measure(v)[region] for k, v in imgs.items()}}
+                                   for region in REGIONS}
         per_subject.append(rec_s)
         bar.update(1)
     bar.close()
     table = {m: {T: {k: _summary(v) for k, v in d.items()} for T, d in per[m].items()} for m in methods}
+    decoded = None
+    if measure is not None and per_subject:
+        decoded = {region: {k: {"bias_ml": _summary([p["volumes_ml"][region][k] - p["volumes_ml"][region]["truth"] for p in per_subject]),
+                                "abs_error_ml": _summary([abs(p["volumes_ml"][region][k] - p["volumes_ml"][region]["truth"]) for p in per_subject])}
+                            for k in per_subject[0]["volumes_ml"][region] if k != "truth"}
+                   for region in REGIONS}
     timing["reconstruction_s"] = time.perf_counter() - t0
-    return {"methods": methods, "steps": list(s.steps), "table": table, "per_subject": per_subject,
+    return {"volume_measure_on_decoded": decoded, "methods": methods, "steps": list(s.steps), "table": table, "per_subject": per_subject,
             "reference": "the model-space input (stage B of the raw test visit, its first visit); SSIM/PSNR with data_range 1",
             "semantic_only": f"z_T ~ N(0, I) from a generator seeded with seed·1000003 + subject index (seed {s.seed}), the scan's y_sem"}
 
@@ -559,6 +569,14 @@ def _report(m: dict, figs: dict) -> str:
         for meth in r["methods"]:
             L.append(f"| {meth} | " + " | ".join(_ms(r["table"][meth][str(T)][k], nd) for T in r["steps"]) + " |")
         L.append("")
+    if r.get("volume_measure_on_decoded"):
+        L += ["The volume measure on decoded images (each subject's first visit: the raw input, its autoencoder reconstruction and "
+              "its LDAE reconstruction), measured − true in mL: if decoding moved the measure, the bias would show here.", "",
+              "| region | image | bias mL | mean abs error mL |", "|---|---|---|---|"]
+        for region, d in r["volume_measure_on_decoded"].items():
+            for k, v in d.items():
+                L.append(f"| {region} | {k} | {_ms(v['bias_ml'], 2)} | {_ms(v['abs_error_ml'], 2)} |")
+        L.append("")
     if "recon" in figs:
         L += [f"![reconstruction]({figs['recon']})", ""]
     # interpolation
@@ -624,7 +642,7 @@ def _report(m: dict, figs: dict) -> str:
         L.append(f"* For reference, the training run's probe metrics on its validation subjects: `{json.dumps(p['validation_subjects_from_training'])}`.")
     tm = m["timing"]
     L += ["", "## Run", "", f"{fmt(tm['total_s'], 1)} s in all (" + ", ".join(f"{k[:-2]} {fmt(v, 1)} s" for k, v in tm.items() if k != "total_s")
-          + f"); {st['threads'] or torch.get_num_threads()} threads. Command: `{st.get('command', '')}`.", ""]
+          + f"); torch threads: {st['threads'] or torch.get_num_threads()}. Command: `{st.get('command', '')}`.", ""]
     return "\n".join(L)
 
 
@@ -676,7 +694,7 @@ def evaluate(settings: EvalSettings, command: str = "") -> dict:
                      "held_out_check": "test subjects are disjoint from train and val in split.json"},
             "volume_measure": measure_info,
         }
-        m["reconstruction"] = _reconstruction_section(s, pipe, selected, inp, load, keep, timing)
+        m["reconstruction"] = _reconstruction_section(s, pipe, selected, inp, load, measure, keep, timing)
         m["interpolation"] = _interpolation_section(s, pipe, selected, inp, load, measure, keep, timing)
         m["edits"] = _edits_section(s, pipe, model, selected, inp, load, measure, keep, timing)
         m["probes"] = _probe_section(s, pipe, model, inp, load, timing)
