@@ -9,7 +9,6 @@ honesty of the report (which subjects, which numbers), not the model's quality.
 from __future__ import annotations
 
 import json
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock

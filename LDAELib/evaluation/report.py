@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -327,7 +327,12 @@ def _interpolation_section(s, pipe, selected, inp, load, measure, keep, timing):
     bar = _bar(s, len(eligible), "interpolation")
     for subj in eligible:
         visits = inp.test_rows[subj]
-        months = [float(r.get("months")) for r in visits]
+        months = []
+        for i, r in enumerate(visits):
+            try:
+                months.append(float(r.get("months")))
+            except (TypeError, ValueError):  # no months column: equally spaced visits
+                months.append(float(i))
         mid_t = (months[0] + months[-1]) / 2
         m = min(range(1, len(visits) - 1), key=lambda i: (abs(months[i] - mid_t), i))
         a, b = m - 1, m + 1
