@@ -113,7 +113,8 @@ def volume_alpha_figure(path: Path, edits: dict, regions: list[str]) -> None:
             ax.set_xlabel(f"alpha ({dname})", fontsize=8)
             ax.set_ylabel(f"Δ {region} (mL)", fontsize=8)
             rho = e["spearman"][region]["pooled"]
-            ax.set_title(f"{dname}: {region}, pooled ρ = {rho:+.2f}", fontsize=8)
+            rho_s = f"{rho:+.2f}" if rho is not None and np.isfinite(rho) else "n/a"
+            ax.set_title(f"{dname}: {region}, pooled ρ = {rho_s}", fontsize=8)
             ax.tick_params(labelsize=7)
     if dirs and len(edits[dirs[0]]["volumes_ml"]) <= 8:
         axes[0, 0].legend(fontsize=6)
