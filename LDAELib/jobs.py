@@ -496,7 +496,7 @@ def read_jobs(csv_path, out_dir, defaults: argparse.Namespace) -> list[Job]:
         raise LDAEError(f"{csv_path} has no column {' and '.join(missing)}; the header needs at least: input,operation "
                         f"(optional: {', '.join(c for c in COLUMNS if c not in ('input', 'operation'))})")
     extra = [h for h in header if h not in COLUMNS]
-    if extra:
+    if extra and os.environ.get("RANK", "0") == "0":
         print(f"ldae batch: ignoring columns not used by batch: {', '.join(extra)}", file=sys.stderr)
     jobs = []
     for line, raw in records:
@@ -763,7 +763,7 @@ def run_batch(args) -> int:
                 "steps": args.steps, "device": args.device if world == 1 else f"{args.device} ({world} processes)",
                 "dtype": args.dtype, "threads_per_process": torch.get_num_threads(),
                 "per_process": [procs[k] for k in sorted(procs)],
-                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "finished": _now(),
+                "machine": _machine(args.device), "finished": _now(),
             }
             csv_path, _ = _write_report(out_dir, rows, summary)
             fails = [r for r in rows if r["status"] == "failed"]
@@ -786,6 +786,25 @@ def run_batch(args) -> int:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _machine(device: str) -> str:
+    """E.g. 'AMD EPYC 7B13, 2 CPUs (x86_64)' or the GPU's name: for the throughput's context."""
+    import platform
+
+    if str(device).startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name(torch.device(device))}, {os.cpu_count()} CPUs"
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu or 'CPU'}, {os.cpu_count()} CPUs ({platform.machine()})"
 
 
 def _now() -> str:
