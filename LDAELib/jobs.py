@@ -745,9 +745,9 @@ def run_batch(args) -> int:
         mine_summary = {"rank": rank, "rows": len(mine), "computed": computed, "seconds_rows": round(rows_s, 3),
                         "seconds_model_load": round(load_s, 3), "host": platform.node()}
         gathered = _gather(ctx, [dict(r, _proc=mine_summary) for r in results] or [{"_proc": mine_summary, "row": None}])
-        code = 0
-        if any(r.get("status") == "failed" for r in gathered):
-            code = EXIT_ERROR
+        # Only rank 0 exits non-zero for failed rows: torchrun then names it, and the others do
+        # not end (and make torchrun stop rank 0) before the report is written.
+        code = EXIT_ERROR if ctx.is_main and any(r.get("status") == "failed" for r in gathered) else 0
         if ctx.is_main:
             procs = {r["_proc"]["rank"]: r["_proc"] for r in gathered}
             rows = sorted((({k: v for k, v in r.items() if k != "_proc"}) for r in gathered if r.get("row") is not None), key=lambda r: r["row"])
@@ -772,7 +772,8 @@ def run_batch(args) -> int:
                     f"{counts['done']} done, {counts['skipped']} skipped (already complete), {counts['failed']} failed; {rate}; report {csv_path}")
             if fails:
                 line += f" (first failure: row {fails[0]['row']}: {fails[0]['error']})"
-            print(line)
+            print(line, flush=True)
+        ctx.barrier()  # everyone leaves together, once the report exists
         return code
     except KeyboardInterrupt:
         print("ldae batch: cancelled; the rows finished so far are kept: run the same command again to finish", file=sys.stderr)

@@ -73,8 +73,8 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _jobs(scans: Path) -> Path:
-    """20 rows: every operation, several operations on one scan, per-row seed and steps."""
+def _jobs(scans: Path, bad: bool = False) -> Path:
+    """20 rows: every operation, several operations on one scan, per-row seed and steps (and a bad 21st)."""
     rows = []
     for i in range(N_SCANS):
         rows.append({"input": _scan(i), "operation": "reconstruct"})
@@ -85,7 +85,9 @@ def _jobs(scans: Path) -> Path:
         {"input": _scan(3), "operation": "embed", "output": "codes/s3.csv"},
         {"input": _scan(4), "operation": "edit", "direction": "disease", "alpha": "2", "steps": "3", "output": "custom/s4_strong.nii.gz"},
     ]
-    return _write_csv(scans / "jobs.csv", rows)
+    if bad:
+        rows.append({"input": "broken.nii.gz", "operation": "reconstruct"})
+    return _write_csv(scans / ("jobs_bad.csv" if bad else "jobs.csv"), rows)
 
 
 def _batch(csv_path, out, bundle, *extra):
@@ -113,19 +115,19 @@ def test_two_torchrun_processes_give_the_same_volumes_as_one(scans, tiny_bundle,
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("this torch has no torch.distributed with gloo")
-    jobs = _jobs(scans)
+    jobs = _jobs(scans, bad=True)
     one = tmp_path / "one"
-    assert _run_in_process(_batch(jobs, one, tiny_bundle)) == 0
+    assert _run_in_process(_batch(jobs, one, tiny_bundle)) == 1
     line = capsys.readouterr().out
-    assert "20 done" in line and "scans/hour" in line
+    assert "20 done" in line and "1 failed" in line and "scans/hour" in line
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("LDAE_BATCH_STOP_AFTER", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "LDAELib.cli",
            *_batch(jobs, tmp_path / "two", tiny_bundle)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("ldae batch:") == 1  # only rank 0 reports
+    assert done.returncode == 1, done.stderr[-3000:]  # the bad row
+    assert done.stdout.count("ldae batch:") == 1 and "1 failed" in done.stdout  # only rank 0 reports
 
     a, b = _volumes(one), _volumes(tmp_path / "two")
     assert len(a) == 2 * N_SCANS + 2 + 2 + 1 and sorted(a) == sorted(b)
@@ -136,7 +138,7 @@ def test_two_torchrun_processes_give_the_same_volumes_as_one(scans, tiny_bundle,
 
     rep = _report(tmp_path / "two")
     assert rep["summary"]["processes"] == 2 and rep["summary"]["done"] == 20 and rep["summary"]["scans_per_hour"] > 0
-    assert [r["row"] for r in rep["rows"]] == list(range(1, 21))
+    assert [r["row"] for r in rep["rows"]] == list(range(1, 22)) and rep["rows"][20]["status"] == "failed"
     assert all(r["rank"] == (r["row"] - 1) % 2 for r in rep["rows"])  # rows rank, rank+K, …
     prov = json.loads((tmp_path / "two" / "custom" / "s4_strong.json").read_text())
     assert prov["operation"] == "edit" and prov["alpha"] == 2.0 and prov["steps"] == 3 and prov["batch"]["row"] == 20
