@@ -676,7 +676,7 @@ def run_batch(args) -> int:
 
     ctx, created = _join_group(args)
     rank, world = ctx.rank, ctx.world_size
-    tag = f"rank {rank}/{world}" if world > 1 else "batch"
+    tag = f"ldae batch rank {rank}/{world}" if world > 1 else "ldae batch"
     try:
         args = argparse.Namespace(**vars(args))
         args.device = str(ctx.device)
@@ -691,7 +691,7 @@ def run_batch(args) -> int:
         if not args.quiet:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(mine), desc=f"ldae batch {tag}", unit="row", file=sys.stderr, dynamic_ncols=True,
+            bar = tqdm(total=len(mine), desc=tag, unit="row", file=sys.stderr, dynamic_ncols=True,
                        position=ctx.local_rank if world > 1 else None)
 
         def say(msg: str) -> None:
@@ -779,7 +779,7 @@ def run_batch(args) -> int:
         print("ldae batch: cancelled; the rows finished so far are kept: run the same command again to finish", file=sys.stderr)
         return EXIT_CANCELLED
     except _Stopped:
-        print(f"ldae batch: {tag} stopped after {stop_after} computed rows ({STOP_ENV}); run again to finish", file=sys.stderr)
+        print(f"{tag}: stopped after {stop_after} computed rows ({STOP_ENV}); run again to finish", file=sys.stderr)
         return EXIT_STOPPED
     finally:
         if created:
