@@ -78,13 +78,17 @@ from LDAELib.directions import Direction  # noqa: E402
 from LDAELib.model import LDAEConfig, LDAEModel, small_config  # noqa: E402
 from LDAELib.pipeline import Encoding, LDAEPipeline  # noqa: E402
 
-MODES: dict[str, tuple[torch.dtype, bool]] = {
-    "float32": (torch.float32, False),
-    "float32-cl": (torch.float32, True),
-    "bfloat16": (torch.bfloat16, False),
-    "bfloat16-cl": (torch.bfloat16, True),
+MODES: dict[str, tuple[torch.dtype, bool, torch.dtype]] = {
+    "float32": (torch.float32, False, torch.float32),
+    "float32-cl": (torch.float32, True, torch.float32),
+    "float32+bf16-decode": (torch.float32, False, torch.bfloat16),
+    "bfloat16": (torch.bfloat16, False, torch.bfloat16),
+    "bfloat16-cl": (torch.bfloat16, True, torch.bfloat16),
 }
-"""mode name → (network dtype, channels_last). float32 is the reference every mode is compared with."""
+"""mode name → (network dtype, channels_last, decoder dtype); a bfloat16 decoder always runs
+channels-last. float32 is the reference every mode is compared with. ``float32+bf16-decode`` is
+what ``LDAELib.runtime.make_pipeline`` picks by default on CPUs with native bfloat16: the encoders
+and the DDIM loop exactly as float32, the decoder in bfloat16 channels-last."""
 
 KERNEL_STAGES = ("gemm", "conv_latent", "conv_image")
 NETWORK_STAGES = ("aekl_encode", "aekl_decode", "semantic", "unet_step")
@@ -305,7 +309,7 @@ def run_one(args) -> dict:
 
     stage, mode = args.one
     steps = args.steps_one
-    dtype, cl = MODES[mode]
+    dtype, cl, dec = MODES[mode]
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
@@ -321,7 +325,7 @@ def run_one(args) -> dict:
         timed = warm
     else:
         t0 = time.perf_counter()
-        pipe = LDAEPipeline(load_prepared(cfg, workdir, dtype), device, dtype, channels_last=cl)
+        pipe = LDAEPipeline(load_prepared(cfg, workdir, dtype), device, dtype, channels_last=cl, decode_dtype=dec, decoder_channels_last=cl or dec == torch.bfloat16)
         rec["load_s"] = time.perf_counter() - t0
         rec["rss_loaded_bytes"] = (_status_kib("VmRSS") or 0) * 1024
         x = phantom(cfg.space.shape).to(device)
@@ -436,9 +440,9 @@ def fixture_fidelity(args) -> dict:
         x = torch.load(src, map_location="cpu", weights_only=True)["x_image"]
         outs, nets = {}, {}
         for mode in args.modes_list:
-            dtype, cl = MODES[mode]
+            dtype, cl, dec = MODES[mode]
             model = load_model(tmp)  # a fresh copy: the pipeline converts its model in place
-            pipe = LDAEPipeline(model, args.device, dtype, channels_last=cl)
+            pipe = LDAEPipeline(model, args.device, dtype, channels_last=cl, decode_dtype=dec, decoder_channels_last=cl or dec == torch.bfloat16)
             direction = bench_direction(model.config.encoder.emb_dim)
             outs[mode] = pipe.edit(x, direction, [ALPHA], FIDELITY_STEPS).cpu()
             if mode == "float32":  # the networks' inputs for the per-network comparison

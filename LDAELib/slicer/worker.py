@@ -356,6 +356,7 @@ class Worker:
             "input_space": req.get("input_space", "mni"),
             "device": self.device,
             "dtype": self.dtype,
+            "decode_dtype": str(getattr(self.pipe, "decode_dtype", self.dtype)).replace("torch.", ""),
             "inputs": inputs,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -487,6 +488,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="bundle folder or folder of the authors' files")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, …")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--decode-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of a bundle's files")
     return p
@@ -501,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from ..errors import LDAEError
-        from ..pipeline import LDAEPipeline
+        from ..runtime import make_pipeline, resolve_precision, tune_allocator
         from ..weights import load_model
     except ImportError as err:
         emit({"type": "error", "id": None, "kind": "ImportError",
@@ -510,14 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
+        tune_allocator()
         device = choose_device(args.device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise LDAEError(f"device {device} was asked for but this torch has no CUDA device; choose cpu")
-        dtype = getattr(torch, args.dtype)
-        if dtype == torch.float16 and not device.startswith("cuda"):
-            raise LDAEError("float16 runs on GPUs only; on the CPU use bfloat16 or float32")
+        resolve_precision(device, args.dtype, args.decode_dtype)  # bad settings fail before the (slow) model load
         model = load_model(args.model, verify=not args.no_verify)
-        pipe = LDAEPipeline(model, device=device, dtype=dtype)
+        pipe = make_pipeline(model, device, args.dtype, args.decode_dtype)
     except LDAEError as err:
         emit({"type": "error", "id": None, "kind": "LDAEError", "message": str(err)})
         return 1

@@ -1,0 +1,50 @@
+"""Device, precision and allocator settings shared by the command line, the Slicer worker and batches."""
+import pytest
+import torch
+
+from conftest import load_fixture
+from LDAELib import metrics
+from LDAELib.errors import LDAEError
+from LDAELib.pipeline import LDAEPipeline
+from LDAELib.runtime import cpu_has_fast_bf16, make_pipeline, resolve_precision, tune_allocator
+
+
+def test_precision_choices_and_errors():
+    assert resolve_precision("cpu", "float32", "float32") == (torch.float32, torch.float32)
+    assert resolve_precision("cpu", "bfloat16", "auto") == (torch.bfloat16, torch.bfloat16)
+    expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    assert resolve_precision("cpu", "float32", "auto") == (torch.float32, expected)
+    with pytest.raises(LDAEError, match="GPUs only"):
+        resolve_precision("cpu", "float16", "auto")
+    with pytest.raises(LDAEError, match="GPUs only"):
+        resolve_precision("cpu", "float32", "float16")
+    with pytest.raises(LDAEError, match="unknown dtype"):
+        resolve_precision("cpu", "auto", "auto")
+    if not torch.cuda.is_available():
+        with pytest.raises(LDAEError, match="no CUDA device"):
+            make_pipeline(None, "cuda")
+
+
+def test_allocator_tuning_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("LDAE_TUNE_MALLOC", "0")
+    assert tune_allocator() is False
+
+
+def test_bfloat16_decoder_leaves_the_float32_loop_untouched(official_model):
+    """Only the decoder changes precision: the encoding (z0, y_sem, z_T) is bit-identical to float32's,
+    and the decoded edit stays close (fixture model, random weights: the hardest case we have)."""
+    import copy
+
+    x = load_fixture("pipeline_autoencode_ddim3.pt")["x_image"]
+    ref = LDAEPipeline(copy.deepcopy(official_model), "cpu", torch.float32)
+    mixed = make_pipeline(copy.deepcopy(official_model), "cpu", "float32", "bfloat16")
+    assert mixed.decode_dtype == torch.bfloat16 and mixed.dtype == torch.float32
+    assert next(mixed.model.autoencoder.decoder.parameters()).dtype == torch.bfloat16
+    assert next(mixed.model.autoencoder.encoder.parameters()).dtype == torch.float32
+    assert next(mixed.model.shift_unet.parameters()).dtype == torch.float32
+    a, b = ref.encode(x, 3), mixed.encode(x, 3)
+    assert torch.equal(a.z0, b.z0) and torch.equal(a.y_sem, b.y_sem) and torch.equal(a.z_T[3], b.z_T[3])
+    ra, rb = ref.reconstruct(a, 3)[0, 0].numpy(), mixed.reconstruct(b, 3)[0, 0].numpy()
+    assert abs(ra - rb).max() > 0  # it did run in bfloat16
+    assert metrics.ssim(rb, ra) >= 0.995
+    assert abs(ra - rb).max() <= 0.05 * (ra.max() - ra.min())
