@@ -90,6 +90,12 @@ channels-last. float32 is the reference every mode is compared with. ``float32+b
 what ``LDAELib.runtime.make_pipeline`` picks by default on CPUs with native bfloat16: the encoders
 and the DDIM loop exactly as float32, the decoder in bfloat16 channels-last."""
 
+TUNED_ALLOCATOR_MODES = {"float32+bf16-decode"}
+"""Modes measured as ``ldae`` and the Slicer worker run: with ``LDAELib.runtime.tune_allocator()``
+(glibc keeps freed memory instead of unmapping it after every call). The other modes keep glibc's
+defaults, so float32 vs float32+bf16-decode on ``unet_step`` (the same computation) shows the
+allocator's share alone."""
+
 KERNEL_STAGES = ("gemm", "conv_latent", "conv_image")
 NETWORK_STAGES = ("aekl_encode", "aekl_decode", "semantic", "unet_step")
 EDIT_STAGES = ("edit_cold", "edit_warm")
@@ -310,6 +316,10 @@ def run_one(args) -> dict:
     stage, mode = args.one
     steps = args.steps_one
     dtype, cl, dec = MODES[mode]
+    if mode in TUNED_ALLOCATOR_MODES:
+        from LDAELib.runtime import tune_allocator
+
+        tune_allocator()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
@@ -317,7 +327,8 @@ def run_one(args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     cfg = model_config(args.small)
     workdir = Path(args.workdir)
-    rec: dict = {"stage": stage, "mode": mode, "steps": steps, "threads": torch.get_num_threads()}
+    rec: dict = {"stage": stage, "mode": mode, "steps": steps, "threads": torch.get_num_threads(),
+                 "allocator": "tuned" if mode in TUNED_ALLOCATOR_MODES else "glibc default"}
     finish: Callable[[object], None] = lambda out: None
 
     if stage in KERNEL_STAGES:
