@@ -558,11 +558,19 @@ def _report(m: dict, figs: dict) -> str:
         for region, v in ms["validation"].items():
             L.append(f"| {region} | {v['n']} | {fmt(v['pearson_r'], 3)} | {fmt(v['slope'], 3)} | {fmt(v['intercept_ml'], 2)} | {fmt(v['mae_ml'], 2)} | "
                      f"{fmt(v['truth_mean_ml'], 2)} | {fmt(v['within_subject_r'], 3)} | {fmt(v['raw_pearson_r'], 3)} |")
-        hv = ms["validation"]["hippocampus"]["pearson_r"]
-        vv = ms["validation"]["ventricles"]["pearson_r"]
-        L += ["", f"Ventricles: r = {fmt(vv, 3)}. Hippocampus: r = {fmt(hv, 3)}. "
-              + ("The hippocampus measure does **not** track the truth well (r < 0.7): read the hippocampus numbers below as indicative only. "
-                 if hv is None or not (hv >= 0.7) else "")
+        verdicts = []
+        for region, v in ms["validation"].items():
+            r_ = v["pearson_r"]
+            if r_ is not None and r_ >= 0.9:
+                verdicts.append(f"the {region} measure follows the truth closely (r = {fmt(r_, 3)})")
+            elif r_ is not None and r_ >= 0.7:
+                verdicts.append(f"the {region} measure follows it only moderately (r = {fmt(r_, 3)}): read its numbers below as indicative")
+            else:
+                verdicts.append(f"the {region} measure does **not** track the truth (r = {fmt(r_, 3)}): its numbers below say little")
+        n_sub = len({v["subject"] for v in ms["validation_visits"]})
+        if n_sub < 5:
+            verdicts.append(f"with only {n_sub} test subjects these correlations are mostly between-subject noise")
+        L += ["", "Verdict: " + "; ".join(verdicts) + ". "
               + "Within-subject r is the correlation of visit-to-visit changes (each subject's mean removed), which is what edits and "
                 "interpolation need; those changes are small in this cohort, so it is lower than the between-subject r."]
     # reconstruction
