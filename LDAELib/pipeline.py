@@ -190,7 +190,14 @@ class LDAEPipeline:
             if progress:
                 progress.check()
             z = z0[i : i + 1].float() / self._scale.to(z0.device)
-            out.append(self.model.autoencoder.decode(self._net_in(z, self.decode_dtype, self.decoder_channels_last)).float().contiguous())
+            try:
+                out.append(self.model.autoencoder.decode(self._net_in(z, self.decode_dtype, self.decoder_channels_last)).float().contiguous())
+            except (MemoryError, RuntimeError) as err:
+                from .runtime import _is_cpu_oom, out_of_memory_error
+
+                if _is_cpu_oom(err):
+                    raise out_of_memory_error(self, "decode") from err
+                raise
             self.calls["decode"] += 1
             if progress:
                 progress.advance("decode")
@@ -269,12 +276,16 @@ class LDAEPipeline:
     @torch.inference_mode()
     def sample_latents(self, z_t: torch.Tensor, y: torch.Tensor, steps: int, p: _Progress) -> torch.Tensor:
         """DDIM-sample a batch (B×C×d×h×w, B×E) in chunks of ``batch_size``."""
+        from .runtime import sample_with_fallback  # CUDA out-of-memory: smaller batches, then the CPU
+
         sched = ddim_schedule(steps)
-        outs = []
-        for i in range(0, z_t.shape[0], self.batch_size):
-            outs.append(ddim_sample(self._unet, z_t[i : i + self.batch_size], y[i : i + self.batch_size], sched, progress=p.stage("sampling"), cancel=p.cancel))
+
+        def chunk(unet, z, yy):
+            out = ddim_sample(unet, z, yy, sched, progress=p.stage("sampling"), cancel=p.cancel)
             self.calls["sampling"] += 1
-        return torch.cat(outs)
+            return out
+
+        return sample_with_fallback(self, chunk, z_t, y, p)
 
     def _n_chunks(self, n: int) -> int:
         return math.ceil(n / self.batch_size)
