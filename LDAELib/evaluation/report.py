@@ -533,7 +533,7 @@ def _ms(d: dict, nd: int = 4) -> str:
 def _report(m: dict, figs: dict) -> str:
     st = m["settings"]
     L = [f"# LDAE evaluation on held-out subjects", "",
-         f"Model: **{m['model']['name']}** (`{m['model']['path']}`), work folder `{st['workdir']}`, cohort `{m['data']['cohort_csv']}`.",
+         f"Model: **{m['model']['name']}** (`{m['model']['path']}`), work folder `{m['data']['workdir']}`, cohort `{m['data']['cohort_csv']}`.",
          f"Test subjects (never seen in training, from `split.json`): {m['data']['n_test_subjects']} with {m['data']['n_test_visits']} visits; "
          f"evaluated in sections 1–3: {len(m['data']['selected_subjects'])} ({', '.join(m['data']['selected_subjects'])}). "
          f"Everything in model space ({'×'.join(map(str, m['model']['space']['shape']))} voxels at {m['model']['space']['spacing_mm'][0]:g} mm, "
@@ -701,7 +701,7 @@ def evaluate(settings: EvalSettings, command: str = "") -> dict:
             "settings": {**{k: v for k, v in asdict(s).items() if k not in ("progress",)}, "command": command},
             "model": {"name": model.name, "path": str(Path(inp.model_path).resolve()), "id": model.identity.get("id"),
                       "space": space.to_dict(), "directions": sorted(model.directions)},
-            "data": {"cohort_csv": str(inp.cohort_csv.resolve()), "n_test_subjects": len(inp.test_rows), "n_test_visits": len(tests),
+            "data": {"workdir": str(s.workdir.resolve()), "cohort_csv": str(inp.cohort_csv.resolve()), "n_test_subjects": len(inp.test_rows), "n_test_visits": len(tests),
                      "test_subjects": sorted(inp.test_rows), "selected_subjects": selected,
                      "train_subjects": len(inp.split["subjects"]["train"]), "val_subjects": len(inp.split["subjects"].get("val", [])),
                      "held_out_check": "test subjects are disjoint from train and val in split.json"},
