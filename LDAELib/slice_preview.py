@@ -322,16 +322,25 @@ class SlabPreview:
 _STATS_CACHE_ATTR = "_slice_preview_stats"
 
 
-def source_stats(pipeline, enc, cache_size: int = 4) -> GroupNormStats:
-    """GroupNorm statistics of the full decode of the scan's latent (its autoencoder reconstruction),
-    computed once per scan and decode dtype and kept on the pipeline (LRU of ``cache_size``)."""
+def source_stats(pipeline, enc, steps: int | None = None, cache_size: int = 4) -> GroupNormStats:
+    """GroupNorm statistics of a full decode of the scan: of its latent z0 (the autoencoder
+    reconstruction; one decode) or, with ``steps``, of its DDIM reconstruction at that step count
+    (``steps`` ShiftUNet calls more, closer to an edit's sampling path). Computed once per scan,
+    kind and decode dtype and kept on the pipeline (LRU of ``cache_size``)."""
     cache = getattr(pipeline, _STATS_CACHE_ATTR, None)
     if cache is None:
         cache = OrderedDict()
         setattr(pipeline, _STATS_CACHE_ATTR, cache)
-    key = (enc.key, str(pipeline.decode_dtype))
+    key = (enc.key, steps, str(pipeline.decode_dtype))
     if key not in cache:
-        cache[key] = record_stats(pipeline, enc.z0)[1]
+        if steps is None:
+            z = enc.z0
+        else:
+            from .pipeline import _Progress
+
+            pipeline._ensure(enc, steps, _Progress(steps, None, None))
+            z = pipeline.sample_latents(enc.z_T[steps], enc.y_sem, steps, _Progress(steps, None, None))
+        cache[key] = record_stats(pipeline, z)[1]
         while len(cache) > cache_size:
             cache.popitem(last=False)
     cache.move_to_end(key)
@@ -360,15 +369,17 @@ def preview_edit(pipeline, enc_or_x, direction, alpha: float | Sequence[float], 
     inversion at ``steps``), then a slab decode of model-space ``slices`` along ``axis``.
 
     slices: one index, a ``range``, or indices (the preview covers min … max).
-    stats: "source" (GroupNorm statistics of the scan's reconstruction, recorded once per scan; the
-        levels below ``exact_levels`` use the edit's own), "none" (slab statistics; rough), or
-        "exact" (a full decode of the edit: as slow as a full edit, for checking).
+    stats: "source" (GroupNorm statistics of the decode of the scan's latent, its autoencoder
+        reconstruction, recorded once per scan; the levels below ``exact_levels`` use the edit's
+        own), "reconstruction" (the same from the scan's DDIM reconstruction at ``steps``: ``steps``
+        more ShiftUNet calls once per scan), "none" (slab statistics; rough), or "exact" (a full
+        decode of the edit: as slow as a full edit, for checking).
     A decoder with attention is decoded fully and cut (``full_decode_fallback``) or refused.
     """
     from .pipeline import _Progress
 
-    if stats not in ("source", "none", "exact"):
-        raise LDAEError(f"stats must be 'source', 'none' or 'exact'; got {stats!r}")
+    if stats not in ("source", "reconstruction", "none", "exact"):
+        raise LDAEError(f"stats must be 'source', 'reconstruction', 'none' or 'exact'; got {stats!r}")
     alphas = [float(a) for a in (alpha if isinstance(alpha, (list, tuple)) else [alpha])]
     n = len(alphas)
     p = _Progress(pipeline._cost(enc_or_x, steps) + pipeline._n_chunks(n) * steps + n, progress, cancel)
@@ -392,7 +403,7 @@ def preview_edit(pipeline, enc_or_x, direction, alpha: float | Sequence[float], 
         full = pipeline.decode(z0, p)
         image = full.narrow(2 + axis, start, stop - start).contiguous()
         return SlabPreview(image, axis, start, stop, True, "full decode", z0)
-    st = source_stats(pipeline, enc) if stats == "source" else None
+    st = None if stats == "none" else source_stats(pipeline, enc, steps if stats == "reconstruction" else None)
     if st is not None:
         st = GroupNormStats({k: v.expand(n, -1) for k, v in st.mean.items()}, {k: v.expand(n, -1) for k, v in st.var.items()})
     p.check()
