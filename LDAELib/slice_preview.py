@@ -230,12 +230,36 @@ def _group_norm(module: nn.GroupNorm, x: torch.Tensor, name: str, stats: GroupNo
     return y.to(x.dtype)
 
 
-def _run_res(block, x, names, stats, full):
+def _conv(block: nn.Module, x: torch.Tensor, perm: tuple[int, ...]) -> torch.Tensor:
+    """A MONAI Convolution / Conv3d on x held with its spatial axes permuted by ``perm`` (the weight
+    is permuted the same way, so the result is the permuted convolution). Identity passes through."""
+    conv = getattr(block, "conv", block)
+    if not isinstance(conv, nn.Conv3d):
+        return block(x)
+    if perm == (0, 1, 2, 3, 4):
+        return conv(x)
+    sp_perm = [perm[k] - 2 for k in (2, 3, 4)]
+    w = conv.weight.permute(perm)
+    return F.conv3d(x, w, conv.bias, conv.stride, tuple(conv.padding[k] for k in sp_perm), conv.dilation, conv.groups)
+
+
+def _upsample(block: nn.Module, x: torch.Tensor, perm: tuple[int, ...]) -> torch.Tensor:
+    from .nets.autoencoder import polyphase_upsample_conv
+
+    if perm == (0, 1, 2, 3, 4):
+        return block(x)
+    conv = block.postconv.conv
+    if "Polyphase" in type(block).__name__:
+        return polyphase_upsample_conv(x, conv.weight.permute(perm), conv.bias)
+    return _conv(block.postconv, F.interpolate(x, scale_factor=2.0, mode="nearest"), perm)
+
+
+def _run_res(block, x, names, stats, full, perm=(0, 1, 2, 3, 4)):
     h = F.silu(_group_norm(block.norm1, x, names[block.norm1], stats, full))
-    h = block.conv1(h)
+    h = _conv(block.conv1, h, perm)
     h = F.silu(_group_norm(block.norm2, h, names[block.norm2], stats, full))
-    h = block.conv2(h)
-    return block.nin_shortcut(x) + h
+    h = _conv(block.conv2, h, perm)
+    return _conv(block.nin_shortcut, x, perm) + h
 
 
 def _crop(x: torch.Tensor, dim: int, have: tuple[int, int], want: tuple[int, int]) -> torch.Tensor:
@@ -271,11 +295,14 @@ def decode_slab(pipeline, z0: torch.Tensor, axis: int, index_range: tuple[int, i
     sizes = _sizes(ae, z0.shape[2 + axis])
     wins = required_windows(ae, axis, z0.shape[2 + axis], start, stop, exact_levels)
     names = _norm_names(ae)
-    dim = 2 + axis
+    # The slab runs with the sliced axis moved last (weights permuted alike): PyTorch picks its slow
+    # convolution instead of oneDNN for inputs whose N·C·D·H is small, i.e. when D or H is thin.
+    perm = {0: (0, 1, 4, 3, 2), 1: (0, 1, 2, 4, 3), 2: (0, 1, 2, 3, 4)}[axis]
+    dim = 4
     out = []
     for i in range(z0.shape[0]):
         st = stats.select(i) if stats is not None else None
-        z = z0[i : i + 1].float() / pipeline._scale.to(z0.device)
+        z = (z0[i : i + 1].float() / pipeline._scale.to(z0.device)).permute(perm)
         x = _crop(z, dim, (0, sizes[0]), wins[0])
         x = pipeline._net_in(x, pipeline.decode_dtype, pipeline.decoder_channels_last)
         have = wins[0]
@@ -284,13 +311,15 @@ def decode_slab(pipeline, z0: torch.Tensor, axis: int, index_range: tuple[int, i
             have = wins[j]
             full = have == (0, sizes[j])
             if kind == "res":
-                x = _run_res(block, x, names, st, full)
+                x = _run_res(block, x, names, st, full, perm)
             elif kind == "norm":
                 x = _group_norm(block, x, names[block], st, full)
-            else:  # conv, up: local; the output window follows the input's
-                x = block(x)
+            elif kind == "up":  # local; the output window follows the input's
+                x = _upsample(block, x, perm)
+            else:
+                x = _conv(block, x, perm)
             have = (have[0] * 2, have[1] * 2) if kind == "up" else have
-        out.append(_crop(x, dim, have, wins[-1]).float().contiguous())
+        out.append(_crop(x, dim, have, wins[-1]).permute(perm).float().contiguous())
     return torch.cat(out)
 
 

@@ -140,14 +140,14 @@ def test_preview_fidelity_with_source_stats(small):
 # ------------------------------------------------------------------ preview_edit
 def test_preview_edit(small):
     pl, enc, d = small
-    exact = sp.preview_edit(pl, enc, d, [1.0, 2.0], 2, axis=2, slices=range(30, 34), stats="exact")
-    full = pl.edit(enc, d, [1.0, 2.0], 2)
-    assert exact.exact and (exact.start, exact.stop) == (30, 34) and exact.image.shape == (2, 1, 64, 80, 4)
+    exact = sp.preview_edit(pl, enc, d, 2.0, 2, axis=2, slices=range(30, 34), stats="exact")
+    full = pl.edit(enc, d, 2.0, 2)
+    assert exact.exact and (exact.start, exact.stop) == (30, 34) and exact.image.shape == (1, 1, 64, 80, 4)
     assert torch.equal(exact.image, full[..., 30:34])
     calls = pl.calls["decode"]
     pv = sp.preview_edit(pl, enc, d, [1.0, 2.0], 2, axis=2, slices=[31, 33])
     assert not pv.exact and (pv.start, pv.stop) == (31, 34) and pv.image.shape == (2, 1, 64, 80, 3)
-    assert torch.equal(pv.z0, exact.z0)  # the same latent sampling
+    assert rel(pv.z0[1:], exact.z0) < 1e-3  # the same latent sampling (batched with another alpha: other rounding)
     assert pl.calls["decode"] == calls + 1  # one full decode: the source's statistics, then cached
     sp.preview_edit(pl, enc, d, 0.5, 2, axis=0, slices=10)
     assert pl.calls["decode"] == calls + 1
@@ -196,12 +196,13 @@ def test_memory_estimate_official_size():
 
 def test_memory_estimate_against_measured_peak():
     """On the small grid (64×80×64) with decoder widths (32, 64, 64) and (48, 96, 96) (activations of
-    0.3 and 0.6 GiB, large against the process's own noise), the growth of ru_maxrss during a decode
-    in a fresh process (after a tiny warm-up decode) is 0.8–2.0 × the estimated decoder activations:
-    measured 1.02–1.16 run alone, but up to 1.8 for width 64 when run after this file's other tests
-    on a loaded machine (cause not found; the allocator keeps more than the tensors need)."""
+    0.3 and 0.6 GiB, large against the process's own noise), the peak growth of the anonymous
+    resident memory (RssAnon, sampled every 2 ms) during a decode in a fresh process, after a tiny
+    warm-up decode, is 0.8–1.4 × the estimated decoder activations. (ru_maxrss also counts the
+    shared libraries' pages, which the kernel drops and re-reads on this machine: it scattered
+    1.02–1.82 × on a loaded machine.)"""
     code = textwrap.dedent("""
-        import resource, sys, torch
+        import sys, threading, time, torch
         torch.set_num_threads(1)
         from LDAELib.model import small_config
         from LDAELib.nets.autoencoder import AutoencoderConfig
@@ -214,14 +215,30 @@ def test_memory_estimate_against_measured_peak():
         pl = LDAEPipeline(random_model(cfg), "cpu")
         z = torch.randn(1, *cfg.latent_shape)
         pl.decode(torch.randn(1, cfg.latent_shape[0], 2, 2, 2))  # first-call initialisation, tiny
-        before = int(open("/proc/self/statm").read().split()[1]) * 4096
+
+        def anon():  # anonymous resident memory: tensors, not the shared libraries' pages
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+
+        before, peak, running = anon(), [0], [True]
+
+        def watch():
+            while running[0]:
+                peak[0] = max(peak[0], anon())
+                time.sleep(0.002)
+
+        th = threading.Thread(target=watch)
+        th.start()
         pl.decode(z)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        running[0] = False
+        th.join()
+        peak = max(peak[0], anon())
         print((peak - before) / estimate_peak_bytes(cfg).decoder)
     """)
     ratios = [float(subprocess.run([sys.executable, "-c", code, which], capture_output=True, text=True, timeout=120,
                                    check=True).stdout) for which in ("64", "96")]
-    assert all(0.8 <= r <= 2.0 for r in ratios), ratios
+    assert all(0.8 <= r <= 1.4 for r in ratios), ratios
 
 
 # ------------------------------------------------------------------ out-of-memory fallback
