@@ -29,7 +29,6 @@ attention (``with_decoder_nonlocal_attn`` or an attention level) are global: the
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
