@@ -1,0 +1,50 @@
+"""The shipped demo model: present, intact, small, documented, and what `ldae` uses by default."""
+import json
+
+import pytest
+
+from LDAELib.resources import default_model_path, example_scans
+
+MB = 1e6
+
+
+@pytest.fixture(scope="module")
+def demo_dir():
+    path = default_model_path()
+    assert path is not None, "LDAELib/resources/demo_model is missing"
+    return path
+
+
+def test_bundle_is_small_verified_and_has_both_directions(demo_dir):
+    from LDAELib.weights import load_model
+
+    assert sum(p.stat().st_size for p in demo_dir.iterdir()) < 50 * MB
+    model = load_model(demo_dir)  # checks every file's SHA-256 against the manifest
+    assert model.config.latent_shape == (3, 16, 20, 16)  # the official latent, on a 3 mm grid
+    assert tuple(model.config.space.shape) == (64, 80, 64)
+    assert set(model.directions) >= {"disease", "age"}
+    assert "older" in model.directions["age"].positive and "disease" in model.directions["disease"].positive
+    assert model.directions["age"].alpha_unit.endswith("years")
+
+
+def test_model_card_and_licence(demo_dir):
+    card = (demo_dir / "README.md").read_text()
+    for needed in ("Intended use", "not for clinical use", "Training", "Evaluation", "Licence"):
+        assert needed.lower() in card.lower(), needed
+    assert "NOT for clinical use" in (demo_dir / "LICENSE.txt").read_text()
+
+
+def test_example_subject_was_held_out_of_training(demo_dir):
+    """The shipped example scans belong to a test subject of the demo model's own split."""
+    split = json.loads((demo_dir / "training_split.json").read_text())["subjects"]
+    record = json.loads((demo_dir / "ldae_bundle.json").read_text())["source"]["training"]["split"]
+    assert {k: len(v) for k, v in split.items()} == {k: v["subjects"] for k, v in record.items()}
+    subject = example_scans()[0].subject
+    assert subject in split["test"] and subject not in split["train"] and subject not in split["val"]
+
+
+def test_manifest_lists_every_weight_file(demo_dir):
+    manifest = json.loads((demo_dir / "manifest.json").read_text())
+    files = manifest.get("files", manifest)
+    for p in demo_dir.glob("*.safetensors"):
+        assert p.name in json.dumps(files)
