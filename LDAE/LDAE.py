@@ -672,7 +672,7 @@ class LDAELogic(ScriptedLoadableModuleLogic):
         return self.adapter().vary(volumeNode, n, seed, steps, wait=wait, idle=self._idle(), **options)
 
     def loadExampleScans(self, scene=None):
-        """Two synthetic visits of one subject, 12 months apart (phantoms, not anatomy), to try LDAE."""
+        """The two shipped example visits of one synthetic subject, 36 months apart (held out of the demo model's training)."""
         from LDAELib.slicer.nodes import add_example_scans
 
         return add_example_scans(scene or slicer.mrmlScene)
