@@ -797,15 +797,9 @@ def _machine(device: str) -> str:
         import torch
 
         return f"{torch.cuda.get_device_name(torch.device(device))}, {os.cpu_count()} CPUs"
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu or 'CPU'}, {os.cpu_count()} CPUs ({platform.machine()})"
+    from .runtime import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} CPUs ({platform.machine()})"
 
 
 def _now() -> str:

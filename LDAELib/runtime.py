@@ -302,3 +302,17 @@ def sample_with_fallback(pipeline, sample_chunk, z_t: torch.Tensor, y: torch.Ten
         outs.append(out)
         i += bs
     return torch.cat(outs)
+
+
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (else platform.processor(), else "CPU")."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"

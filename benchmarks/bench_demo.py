@@ -32,19 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from LDAELib.resources import default_model_path, example_scans  # noqa: E402
-from LDAELib.runtime import make_pipeline, tune_allocator  # noqa: E402
+from LDAELib.runtime import cpu_name, make_pipeline, tune_allocator  # noqa: E402
 from LDAELib.space import to_model_space  # noqa: E402
 from LDAELib.weights import load_model  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def timed(fn, repeats: int) -> dict:

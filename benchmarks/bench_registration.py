@@ -43,14 +43,9 @@ ORIENTATIONS = [((0, 1, 2), (1, 1, 1), 0.0), ((1, 2, 0), (-1, -1, 1), 10.0), ((0
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from LDAELib.runtime import cpu_name
+
+    cpu = cpu_name()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GB RAM, Python {platform.python_version()}"
 

@@ -22,7 +22,8 @@ def require_matplotlib():
     return plt
 
 
-def _vol(x) -> np.ndarray:
+def as_volume(x) -> np.ndarray:
+    """A float32 3-D numpy volume from a tensor or array with leading singleton axes."""
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy()
     a = np.asarray(x, dtype=np.float32)
@@ -46,10 +47,10 @@ def roi_centre(mask: np.ndarray | None, shape) -> tuple[int, int, int]:
 def reconstruction_figure(path: Path, rows: list[tuple[str, np.ndarray]], reference: np.ndarray, centre, title: str) -> None:
     """Rows of images (input, reconstructions…) and, after each non-input row, its difference from the input."""
     plt = require_matplotlib()
-    ref = _vol(reference)
+    ref = as_volume(reference)
     panels = []
     for name, img in rows:
-        v = _vol(img)
+        v = as_volume(img)
         panels.append((name, v, False))
         if v is not ref and name != "input":
             panels.append((f"{name} − input", v - ref, True))
@@ -76,7 +77,7 @@ def strip_figure(path: Path, images: list[tuple[str, np.ndarray]], centre, title
     """One slice of each image side by side; with ``diff_to``, a second row of differences from that image."""
     plt = require_matplotlib()
     idx = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
-    vols = [(n, _vol(v)) for n, v in images]
+    vols = [(n, as_volume(v)) for n, v in images]
     nrow = 2 if diff_to is not None else 1
     fig, axes = plt.subplots(nrow, len(vols), figsize=(1.9 * len(vols), 2.3 * nrow + 0.4), squeeze=False)
     for c, (name, v) in enumerate(vols):

@@ -187,12 +187,10 @@ def _t(x) -> torch.Tensor:
 
 
 def _np(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    a = np.asarray(x, dtype=np.float32)
-    while a.ndim > 3:
-        a = a[0]
-    return a
+    """A float32 3-D numpy volume from a tensor or array with leading singleton axes."""
+    from .figures import as_volume  # matplotlib is imported only when a figure is drawn
+
+    return as_volume(x)
 
 
 def _sim(a, ref) -> dict:
