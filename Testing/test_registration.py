@@ -282,7 +282,8 @@ def test_preprocess_writes_brain_mask_transforms_and_model_space(moved_head, tmp
     mask = nib.load(str(out / "brain_mask.nii.gz"))
     assert mask.shape == moved_head["data"].shape
     np.testing.assert_allclose(mask.affine, moved_head["affine"], atol=1e-4)
-    assert nib.load(str(out / "model_space.nii.gz")).shape == (128, 160, 128)
+    # without --model, the model space is the shipped demo model's (3 mm, 64×80×64)
+    assert nib.load(str(out / "model_space.nii.gz")).shape == (64, 80, 64)
     assert json.loads((out / "stage_a.json").read_text())["key"] == moved_head["key"]
 
 
