@@ -7,8 +7,6 @@ on stderr, a JSON sidecar of provenance beside each output volume.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -95,22 +93,15 @@ def _parser() -> argparse.ArgumentParser:
 
 from .jobs import (  # noqa: E402  (the helpers live in jobs.py, shared with 'ldae batch')
     Bar as _Bar,
-    add_output as _add_output,
-    back as _back,
-    direction as _direction,
-    input_space as _input_space,
-    latent_seed as _latent_seed,
     load_model_for as _load_model,
     pipeline_for as _pipeline,
-    prepare as _prepare,
-    provenance as _provenance,
     version as _version,
 )
 
 
 def _run(args, model=None) -> int:
     from .errors import LDAEError
-    from .io import OutputSet, check_writable, ensure_folder
+    from .io import check_writable, ensure_folder
 
     if args.command == "cohort":
         from .data.cohort_command import run

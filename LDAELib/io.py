@@ -169,3 +169,18 @@ def sidecar_path(path: str | Path) -> Path:
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a hidden temporary file beside ``path`` and rename it into place, so a
+    reader never sees a half-written file and a failure leaves the old one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -25,6 +25,7 @@ from .diffusion.schedule import ddim_schedule
 from .directions import Direction
 from .errors import Cancelled, LDAEError
 from .model import LDAEModel
+from .nets.semantic_encoder import slice_stack
 
 ProgressCallback = Callable[[int, int, str], None]
 """progress(done, total, stage): done/total count network calls of the whole operation."""
@@ -165,15 +166,8 @@ class LDAEPipeline:
         return eps.float().contiguous(), g.float().contiguous()
 
     def _semantic_input(self, x: torch.Tensor) -> torch.Tensor:
-        """B×1×A×B×S → B×1×S×A×B: slices along the last (NIfTI k, axial in MNI) axis."""
-        plane = self.model.config.slicing_plane
-        if plane == "axial":
-            return x.permute(0, 1, 4, 2, 3)
-        if plane == "coronal":
-            return x.permute(0, 1, 3, 2, 4)
-        if plane == "sagittal":
-            return x
-        raise LDAEError(f"unknown slicing plane '{plane}'")
+        """B×1×A×B×S → B×1×S×A×B: the slice stack of the model's slicing plane."""
+        return slice_stack(x, self.model.config.slicing_plane)
 
     @torch.inference_mode()
     def embed(self, x) -> torch.Tensor:

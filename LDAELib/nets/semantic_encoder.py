@@ -265,3 +265,17 @@ class SemanticEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B×1×S×H×W float in [0, 1] → y_sem B×emb_dim."""
         return self.forward_with_intermediates(x)["y_sem"]
+
+
+def slice_stack(x: torch.Tensor, plane: str = "axial") -> torch.Tensor:
+    """B×1×A×B×S model-space volumes → the B×1×S×A×B stack of 2-D slices the encoder reads
+    (axial: slices along the last axis, NIfTI k, axial in MNI)."""
+    if plane == "axial":
+        return x.permute(0, 1, 4, 2, 3)
+    if plane == "coronal":
+        return x.permute(0, 1, 3, 2, 4)
+    if plane == "sagittal":
+        return x
+    from ..errors import LDAEError
+
+    raise LDAEError(f"unknown slicing plane {plane!r}; choose axial, coronal or sagittal")

@@ -365,8 +365,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write a recipe as JSON (.json) or YAML (.yaml/.yml), atomically."""
-    import os
-    import tempfile
+    from ..io import write_text_atomic
 
     path = Path(path)
     d = recipe.to_dict()
@@ -375,15 +374,7 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     else:
         text = json.dumps(d, indent=2) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)
 
 
 def _parse_value(text: str) -> Any:

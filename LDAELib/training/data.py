@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import LDAEError
+from ..io import write_text_atomic
+from ..nets.semantic_encoder import slice_stack
 from ..space import ModelSpaceConfig
 
 SPLITS = ("train", "val", "test")
@@ -112,17 +114,6 @@ def split_subjects(rows: list[CohortRow], seed: int, val_fraction: float, test_f
     return {k: sorted(v) for k, v in out.items()}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_or_check_split(path: Path, split: dict[str, list[str]], rows: list[CohortRow], settings: dict) -> None:
     """Write ``split.json``; if it exists, refuse a different split (the cohort or settings changed)."""
     visits = {k: sum(1 for r in rows if r.subject in set(v)) for k, v in split.items()}
@@ -139,7 +130,7 @@ def write_or_check_split(path: Path, split: dict[str, list[str]], rows: list[Coh
             "use a new --workdir, or the cohort and settings it was started with"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(record, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
 
 
 class VolumeStore:
@@ -221,15 +212,7 @@ class VolumeStore:
         return torch.from_numpy(np.stack([self[i] for i in indices]))[:, None].to(device)
 
 
-def semantic_input(x: torch.Tensor, plane: str = "axial") -> torch.Tensor:
-    """B×1×A×B×S model-space volumes → the semantic encoder's B×1×S×A×B slice stack (as the pipeline)."""
-    if plane == "axial":
-        return x.permute(0, 1, 4, 2, 3)
-    if plane == "coronal":
-        return x.permute(0, 1, 3, 2, 4)
-    if plane == "sagittal":
-        return x
-    raise LDAEError(f"unknown slicing plane {plane!r}")
+semantic_input = slice_stack  # the semantic encoder's slice stack, exactly as the pipeline builds it
 
 
 @dataclass
