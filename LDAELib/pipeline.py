@@ -311,13 +311,17 @@ class LDAEPipeline:
         alphas = [float(a) for a in (alphas if isinstance(alphas, (list, tuple)) else [alphas])]
         n = len(alphas)
         p = _Progress(self._cost(enc_or_x, steps) + self._n_chunks(n) * steps + n, progress, cancel)
-        enc = self._ensure(enc_or_x, steps, p, latent_seed)
-        y = enc.y_sem.expand(n, -1)
-        if direction is not None:
-            y = direction.apply(y, torch.tensor(alphas))
-        z0 = self.sample_latents(enc.z_T[steps].expand(n, -1, -1, -1, -1), y, steps, p)
+        z0, y = self._edited_latents(enc_or_x, direction, alphas, steps, p, latent_seed)
         images = self.decode(z0, p)
         return (images, z0, y) if return_latents else images
+
+    def _edited_latents(self, enc_or_x, direction, alphas: list[float], steps: int, p: _Progress, latent_seed=None):
+        """The sampled latents z0 (and codes y) of an edit at each alpha, before decoding."""
+        enc = self._ensure(enc_or_x, steps, p, latent_seed)
+        y = enc.y_sem.expand(len(alphas), -1)
+        if direction is not None:
+            y = direction.apply(y, torch.tensor(alphas))
+        return self.sample_latents(enc.z_T[steps].expand(len(alphas), -1, -1, -1, -1), y, steps, p), y
 
     @torch.inference_mode()
     def interpolate(

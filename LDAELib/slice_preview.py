@@ -412,10 +412,7 @@ def preview_edit(pipeline, enc_or_x, direction, alpha: float | Sequence[float], 
     n = len(alphas)
     p = _Progress(pipeline._cost(enc_or_x, steps) + pipeline._n_chunks(n) * steps + n, progress, cancel)
     enc = pipeline._ensure(enc_or_x, steps, p, latent_seed)
-    y = enc.y_sem.expand(n, -1)
-    if direction is not None:
-        y = direction.apply(y, torch.tensor(alphas))
-    z0 = pipeline.sample_latents(enc.z_T[steps].expand(n, -1, -1, -1, -1), y, steps, p)
+    z0, _ = pipeline._edited_latents(enc, direction, alphas, steps, p)
     f = pipeline.model.config.autoencoder.downsampling
     if axis not in (0, 1, 2):
         raise LDAEError(f"axis must be 0, 1 or 2 (model-space A, B, S); got {axis}")
