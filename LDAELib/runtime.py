@@ -231,7 +231,7 @@ def out_of_memory_error(pipeline, what: str, batch: int = 1) -> LDAEError:
     """The LDAEError for a CPU out-of-memory: how much the operation needs and what to do."""
     est = estimate_peak_bytes(pipeline.model.config, pipeline.dtype, pipeline.decode_dtype, batch)
     g = 2.0**30
-    hint = "use --dtype bfloat16 (half the memory), " if pipeline.dtype == torch.float32 else ""
+    hint = "use --dtype bfloat16 (half the weight memory, but less faithful: docs/benchmarks.md), " if pipeline.dtype == torch.float32 else ""
     return LDAEError(
         f"out of memory during the {what}: it needs about {est.total / g:.1f} GiB "
         f"({est.weights / g:.1f} GiB of weights, {max(est.decoder, est.unet) / g:.1f} GiB of working memory); "
