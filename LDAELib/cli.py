@@ -7,6 +7,7 @@ on stderr, a JSON sidecar of provenance beside each output volume.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="precision of the autoencoder's decoder, which runs once after the DDIM loop (default auto: bfloat16 where "
                    "the CPU or GPU computes it natively, 3× faster at the official size and within SSIM 0.999 of float32)")
     g.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--cache-dir", metavar="DIR", default=os.environ.get("LDAE_CACHE_DIR") or None,
+                   help="keep each scan's encoding (latent, semantic code, inverted noise) in DIR, so that the next run on the same "
+                   "scan skips the encoders and the inversion (default: $LDAE_CACHE_DIR, else off; the files are derived from the scans)")
     g.add_argument("--model-space", action="store_true", help="inputs are already in model space: used exactly as stored, no resampling or rescaling")
     g.add_argument("--registered", action="store_true", help="inputs are already brain-extracted and registered to MNI (e.g. 'ldae preprocess' "
                    "brain_mni.nii.gz): skip stage A (bias correction, brain extraction, registration), resample into model space only")

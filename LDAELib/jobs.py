@@ -91,7 +91,8 @@ def pipeline_for(args, model):
     from .runtime import make_pipeline, tune_allocator
 
     tune_allocator()
-    return make_pipeline(model, str(args.device), args.dtype, getattr(args, "decode_dtype", "auto"), threads=args.threads)
+    return make_pipeline(model, str(args.device), args.dtype, getattr(args, "decode_dtype", "auto"), threads=args.threads,
+                         cache_dir=getattr(args, "cache_dir", None))
 
 
 def prepare(args, path, space_cfg):

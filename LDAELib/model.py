@@ -99,6 +99,27 @@ class LDAEModel(nn.Module):
     def name(self) -> str:
         return str(self.identity.get("name", "unnamed LDAE model"))
 
+    def fingerprint(self) -> str:
+        """SHA-256 that tells this model's weights and configuration apart from any other's: over the
+        weight files' own SHA-256 when the model was loaded from files, else over every parameter
+        and buffer (computed once; a few seconds at the official size)."""
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None:
+            return cached
+        import hashlib
+        import json
+
+        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
+        files = self.identity.get("files") or {}
+        if files:
+            h.update(json.dumps(files, sort_keys=True).encode())
+        else:
+            for name, t in self.state_dict().items():
+                h.update(name.encode())
+                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
     def num_parameters(self) -> int:
         seen, n = set(), 0
         for p in self.parameters():

@@ -6,15 +6,20 @@ the NIfTI stores it after stage B). Mapping files to and from model space is ``s
 An ``Encoding`` keeps what is expensive to compute for one scan: the scaled latent z0, the semantic
 code y_sem and, per DDIM step count, the inverted noise z_T. The pipeline caches encodings by the
 content of the input, so a second edit or interpolation of the same scan repeats neither the
-encoders nor the inversion.
+encoders nor the inversion. With ``cache_dir`` the encodings are also kept on disk (opt-in: they are
+data derived from the scans), so a new process, or a new Slicer session, starts warm.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -48,6 +53,78 @@ class Encoding:
     y_sem: torch.Tensor
     z_T: dict[int, torch.Tensor] = field(default_factory=dict)
     latent: str = "mean"
+
+
+class EncodingStore:
+    """Encodings on disk: one safetensors file per scan (z0, y_sem and each z_T; a few hundred kB at
+    the official size), named by a hash of everything the numbers depend on (model fingerprint, scan
+    content and latent mode, compute dtype, device type). A file that does not load or does not fit
+    is ignored and rewritten; writes are atomic. ``max_files`` bounds the folder (oldest used first
+    out)."""
+
+    FORMAT = "ldae-encoding/1"
+
+    def __init__(self, folder: str | Path, max_files: int = 2000) -> None:
+        self.folder = Path(folder).expanduser()
+        self.max_files = max_files
+        self.hits = self.writes = 0
+
+    def path(self, pipeline: "LDAEPipeline", key: str) -> Path:
+        h = hashlib.sha256("|".join((pipeline.model.fingerprint(), key, pipeline.device.type)).encode()).hexdigest()
+        return self.folder / f"{h[:40]}.safetensors"
+
+    def load(self, pipeline: "LDAEPipeline", key: str) -> "Encoding | None":
+        from safetensors import safe_open
+
+        path = self.path(pipeline, key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != self.FORMAT or meta.get("key") != key or meta.get("model") != pipeline.model.fingerprint():
+                    raise ValueError("written for another scan or model")
+                z0, y = f.get_tensor("z0"), f.get_tensor("y_sem")
+                z_t = {int(n[4:]): f.get_tensor(n) for n in f.keys() if n.startswith("z_T/")}
+            cfg = pipeline.model.config
+            if z0.ndim != 5 or z0.shape[:2] != (1, cfg.autoencoder.latent_channels) or tuple(y.shape) != (1, cfg.encoder.emb_dim) \
+                    or any(v.shape != z0.shape for v in z_t.values()):
+                raise ValueError("its tensors have the wrong shapes")
+            if not all(torch.isfinite(v).all() for v in (z0, y, *z_t.values())):
+                raise ValueError("it holds NaN or infinite values")
+        except Exception as err:  # noqa: BLE001 - any unreadable file is only a cache miss
+            logging.getLogger("LDAE").warning("ignoring the cached encoding %s (%s); it will be recomputed", path.name, err)
+            return None
+        os.utime(path)
+        self.hits += 1
+        dev = pipeline.device
+        return Encoding(key=key, z0=z0.to(dev), y_sem=y.to(dev), z_T={k: v.to(dev) for k, v in z_t.items()}, latent=meta.get("latent", "mean"))
+
+    def save(self, pipeline: "LDAEPipeline", enc: "Encoding") -> None:
+        from safetensors.torch import save_file
+
+        path = self.path(pipeline, enc.key)
+        tensors = {"z0": enc.z0, "y_sem": enc.y_sem, **{f"z_T/{k}": v for k, v in enc.z_T.items()}}
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+        meta = {"format": self.FORMAT, "key": enc.key, "model": pipeline.model.fingerprint(), "model_name": pipeline.model.name,
+                "latent": enc.latent, "steps": json.dumps(sorted(enc.z_T)), "dtype": str(pipeline.dtype).replace("torch.", "")}
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+            self.writes += 1
+            self._prune()
+        except OSError as err:  # a full or read-only disk costs speed, not the result
+            logging.getLogger("LDAE").warning("could not keep the encoding on disk in %s: %s", self.folder, err)
+
+    def _prune(self) -> None:
+        files = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        for old in files[: max(0, len(files) - self.max_files)]:
+            try:
+                old.unlink()
+            except OSError:
+                pass
 
 
 class _Progress:
@@ -105,6 +182,9 @@ class LDAEPipeline:
         cache_size: how many scans' encodings are kept (LRU).
         batch_size: how many latents go through the ShiftUNet at once (edits at several alphas,
             interpolation frames, variations).
+        cache_dir: also keep encodings in this folder (``EncodingStore``), keyed by the model's
+            fingerprint, the scan's content, the latent mode, the dtype and the device type; off by
+            default, because the files are derived from the scans.
     """
 
     def __init__(
@@ -117,6 +197,7 @@ class LDAEPipeline:
         channels_last: bool = False,
         decode_dtype: torch.dtype | None = None,
         decoder_channels_last: bool | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
@@ -136,6 +217,7 @@ class LDAEPipeline:
         self.cache_size, self.batch_size = cache_size, max(1, batch_size)
         self._cache: OrderedDict[str, Encoding] = OrderedDict()
         self.calls = {"autoencoder_encode": 0, "semantic_encode": 0, "inversion": 0, "sampling": 0, "decode": 0}
+        self.store = EncodingStore(cache_dir) if cache_dir else None
         self._scale = torch.tensor(model.config.latent_scale, dtype=torch.float32)
 
     # ------------------------------------------------------------------ inputs
@@ -220,6 +302,8 @@ class LDAEPipeline:
         mode = "mean" if latent_seed is None else f"sampled(seed={latent_seed})"
         key = hashlib.sha256((content_key(xt) + mode + str(self.dtype)).encode()).hexdigest()
         enc = self._cache.get(key)
+        if enc is None and self.store is not None:
+            enc = self.store.load(self, key)
         need_enc = enc is None
         need_inv = steps is not None and (enc is None or steps not in enc.z_T)
         p = _p or _Progress(int(need_enc) * 2 + (steps or 0) * int(need_inv), progress, cancel)
@@ -242,6 +326,8 @@ class LDAEPipeline:
             enc.z_T[steps] = ddim_invert(self._unet, enc.z0, enc.y_sem, ddim_schedule(steps), progress=p.stage("inversion"), cancel=p.cancel)
             self.calls["inversion"] += 1
         self._remember(enc)
+        if self.store is not None and (need_enc or need_inv):
+            self.store.save(self, enc)
         return enc
 
     def _remember(self, enc: Encoding) -> None:
@@ -258,6 +344,8 @@ class LDAEPipeline:
             if steps not in enc_or_x.z_T:
                 enc_or_x.z_T[steps] = ddim_invert(self._unet, enc_or_x.z0, enc_or_x.y_sem, ddim_schedule(steps), progress=p.stage("inversion"), cancel=p.cancel)
                 self.calls["inversion"] += 1
+                if self.store is not None:
+                    self.store.save(self, enc_or_x)
             return enc_or_x
         return self.encode(enc_or_x, steps, latent_seed=latent_seed, _p=p)
 

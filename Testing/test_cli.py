@@ -177,3 +177,26 @@ def test_bfloat16_run_is_recorded_in_provenance(tmp_path, scans, small_bundle, c
 def test_float16_on_cpu_is_refused_with_advice(tmp_path, scans, small_bundle, capsys):
     code, _, err = _run(["reconstruct", scans[0], tmp_path / "o.nii.gz", "--model", small_bundle, "--dtype", "float16", *STEPS], capsys)
     assert code == 1 and "bfloat16" in err
+
+
+def test_cache_dir_keeps_encodings_for_the_next_run(tmp_path, scans, small_bundle, capsys, monkeypatch):
+    from LDAELib.pipeline import EncodingStore
+
+    loaded = []
+    real_load = EncodingStore.load
+
+    def spy(self, pipeline, key):
+        enc = real_load(self, pipeline, key)
+        loaded.append(enc is not None)
+        return enc
+
+    monkeypatch.setattr(EncodingStore, "load", spy)
+    cache = tmp_path / "encodings"
+    args = ["--model", small_bundle, "--direction", "disease", "--cache-dir", cache, *STEPS]
+    code, _, err = _run(["edit", scans[0], tmp_path / "one.nii.gz", "--alpha", "1", *args], capsys)
+    assert code == 0, err
+    assert loaded == [False] and len(list(cache.glob("*.safetensors"))) == 1
+    code, _, err = _run(["edit", scans[0], tmp_path / "two.nii.gz", "--alpha", "1", *args], capsys)
+    assert code == 0, err
+    assert loaded == [False, True]  # the second run started warm
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "one.nii.gz")).get_fdata(), nib.load(str(tmp_path / "two.nii.gz")).get_fdata())

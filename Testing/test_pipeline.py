@@ -145,3 +145,46 @@ def test_bfloat16_networks_stay_close_to_float32(official_model, scan):
     bf = LDAEPipeline(copy.deepcopy(official_model), dtype=torch.bfloat16).reconstruct(scan, STEPS)
     assert bf.dtype == torch.float32 and torch.isfinite(bf).all()
     assert float(torch.corrcoef(torch.stack([bf.flatten(), ref.flatten()]))[0, 1]) > 0.9
+
+
+# ------------------------------------------------------------------ encodings on disk
+def test_encodings_on_disk_make_a_new_pipeline_warm(official_model, scan, direction, tmp_path):
+    first = LDAEPipeline(official_model, cache_dir=tmp_path)
+    want = first.edit(scan, direction, 1.0, STEPS)
+    assert first.store.writes == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
+    second = LDAEPipeline(official_model, cache_dir=tmp_path)  # a new process, in effect
+    got = second.edit(scan, direction, 1.0, STEPS)
+    assert second.calls["autoencoder_encode"] == second.calls["semantic_encode"] == second.calls["inversion"] == 0
+    assert second.store.hits == 1
+    assert torch.equal(got, want)
+    # a new step count is inverted once and written back beside the first
+    second.encode(scan, STEPS + 1)
+    third = LDAEPipeline(official_model, cache_dir=tmp_path)
+    enc = third.encode(scan, STEPS + 1)
+    assert set(enc.z_T) == {STEPS, STEPS + 1} and third.calls["inversion"] == 0
+
+
+def test_a_corrupt_or_foreign_cache_file_is_only_a_miss(official_model, scan, tmp_path):
+    pipe = LDAEPipeline(official_model, cache_dir=tmp_path)
+    want = pipe.encode(scan, STEPS)
+    (path,) = tmp_path.glob("*.safetensors")
+    path.write_bytes(b"not a safetensors file")
+    again = LDAEPipeline(official_model, cache_dir=tmp_path)
+    enc = again.encode(scan, STEPS)
+    assert again.calls["autoencoder_encode"] == 1 and again.store.hits == 0
+    assert torch.equal(enc.z_T[STEPS], want.z_T[STEPS])
+    # rewritten: the next pipeline reads it
+    third = LDAEPipeline(official_model, cache_dir=tmp_path)
+    third.encode(scan, STEPS)
+    assert third.store.hits == 1 and third.calls["autoencoder_encode"] == 0
+
+
+def test_the_disk_cache_tells_models_apart(official_model, scan, tmp_path):
+    from LDAELib.model import LDAEModel
+
+    LDAEPipeline(official_model, cache_dir=tmp_path).encode(scan, STEPS)
+    other = LDAEModel(official_model.config)  # same configuration, other (random) weights
+    pipe = LDAEPipeline(other, cache_dir=tmp_path)
+    pipe.encode(scan, STEPS)
+    assert pipe.store.hits == 0 and pipe.calls["autoencoder_encode"] == 1
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2

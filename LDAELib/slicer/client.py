@@ -46,11 +46,13 @@ class WorkerClient:
             current one).
         device, dtype, threads: passed to the worker (``device="auto"`` picks CUDA when present).
         env: extra environment variables for the worker.
+        cache_dir: keep encodings on disk in this folder (``--cache-dir``; off when None).
     """
 
     def __init__(self, model_path: str | os.PathLike, *, python: str | None = None, device: str = "auto", dtype: str = "float32",
-                 threads: int | None = None, env: dict | None = None, verify: bool = True) -> None:
+                 threads: int | None = None, env: dict | None = None, verify: bool = True, cache_dir: str | os.PathLike | None = None) -> None:
         self.model_path = str(model_path)
+        self.cache_dir = str(cache_dir) if cache_dir else None
         self.python = python or sys.executable
         self.device, self.dtype, self.threads, self.verify = device, dtype, threads, verify
         self.extra_env = dict(env or {})
@@ -69,6 +71,8 @@ class WorkerClient:
             cmd += ["--threads", str(self.threads)]
         if not self.verify:
             cmd.append("--no-verify")
+        if self.cache_dir:
+            cmd += ["--cache-dir", self.cache_dir]
         return cmd
 
     def _env(self) -> dict:
