@@ -48,6 +48,7 @@ if os.path.dirname(MODULE_DIR) not in sys.path:  # LDAELib sits beside the modul
 
 SETTINGS_MODEL_FOLDER = "LDAE/ModelFolder"
 SETTINGS_DEVICE = "LDAE/Device"
+SETTINGS_KEEP_ENCODINGS = "LDAE/KeepEncodingsOnDisk"
 CUSTOM_PROBE = "Custom probe file…"
 CITATION = ("G. Lozupone et al. Latent Diffusion Autoencoders (LDAE): toward efficient and meaningful unsupervised "
             "representation learning in medical imaging. arXiv:2504.08635, 2025.")
@@ -87,6 +88,7 @@ class LDAEParameterNode:
 
     inputVolume: the scan to edit. alpha: edit strength (its sign picks the side of the direction).
     steps / previewSteps: DDIM steps for full results and for the quick preview while dragging.
+    previewVisibleSlices: while dragging, decode only the slices shown in the slice views.
     timepointA/B, fractions, useMonths: interpolation. numberOfVariations, seed: variations.
     """
 
@@ -98,6 +100,7 @@ class LDAEParameterNode:
     showDifference: bool = True
     steps: Annotated[int, WithinRange(1, 200)] = 10
     previewSteps: Annotated[int, WithinRange(1, 50)] = 3
+    previewVisibleSlices: bool = True
     timepointA: vtkMRMLScalarVolumeNode
     timepointB: vtkMRMLScalarVolumeNode
     fractions: str = "0.25 0.5 0.75"
@@ -152,6 +155,8 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.currentText = qt.QSettings().value(SETTINGS_DEVICE, "auto")
         self.ui.modelPathLineEdit.currentPath = qt.QSettings().value(SETTINGS_MODEL_FOLDER, "")
         self.ui.modelPathLineEdit.settingKey = "LDAEModelFolder"
+        self.ui.keepEncodingsCheckBox.checked = _settingBool(SETTINGS_KEEP_ENCODINGS)
+        self.ui.keepEncodingsCheckBox.connect("toggled(bool)", self.onKeepEncodingsToggled)
         self.ui.modelSourceComboBox.connect("currentIndexChanged(int)", self.updateModelSection)
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
         self.ui.copyDiagnosticsButton.connect("clicked(bool)", self.onCopyDiagnostics)
@@ -250,6 +255,11 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelStatusLabel.text = _(
                 "The demo model is not installed in this version yet. Choose a folder with the authors' weights "
                 "(autoencoderkl.pth, encoder.pth, decoder.pth and the disease probe) or an LDAE bundle, then Load model.")
+
+    def onKeepEncodingsToggled(self, checked: bool) -> None:
+        qt.QSettings().setValue(SETTINGS_KEEP_ENCODINGS, bool(checked))
+        if self.logic.isLoaded():
+            self.ui.statusLabel.text = _("Keeping encodings on disk: applies when the model is loaded next (Load model).")
 
     def onLoadModel(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to load the model."), waitCursor=True):
@@ -441,8 +451,11 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._previewJob.cancel(kill=False)  # the warm worker drops it at its next network call
         try:
             p = self._parameterNode
+            region = None
+            if p.previewVisibleSlices and steps != p.steps:  # while dragging; the release brings the whole volume
+                region = self.logic.visibleRegion()
             job = self.logic.startEdit(p.inputVolume, self.currentDirection(), alpha, steps, preview=True,
-                                       difference=p.showDifference, **self._options())
+                                       difference=p.showDifference, region=region, **self._options())
         except Exception as err:  # a preview never shows a dialog
             self.ui.statusLabel.text = _("Preview not possible: ") + str(err)
             return
@@ -549,7 +562,8 @@ class LDAELogic(ScriptedLoadableModuleLogic):
             self.ensureDependencies()
             threads = max(1, (os.cpu_count() or 2) - 1)  # leave a core to the application
             self._adapter = LDAESlicerAdapter(path, python=pythonSlicerExecutable(), device=self._device, threads=threads,
-                                              temp_dir=os.path.join(slicer.util.tempDirectory(), "LDAE"))
+                                              temp_dir=os.path.join(slicer.util.tempDirectory(), "LDAE"),
+                                              cache_dir=self.encodingCacheFolder())
             self._adapter.client.extra_env.setdefault("OMP_NUM_THREADS", str(threads))
         return self._adapter
 
@@ -652,6 +666,28 @@ class LDAELogic(ScriptedLoadableModuleLogic):
         app = getattr(slicer, "app", None)
         return app.processEvents if app is not None else None
 
+    @staticmethod
+    def visibleRegion():
+        """The slices on screen (the axial, coronal and sagittal views of the layout that are
+        shown) as a preview region for ``startEdit(..., preview=True, region=...)``; None if none."""
+        from LDAELib.slicer.nodes import visible_region
+
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return None
+        sliceNodes = []
+        for name in layoutManager.sliceViewNames():
+            widget = layoutManager.sliceWidget(name)
+            if widget is not None and widget.isVisible():
+                sliceNodes.append(widget.mrmlSliceNode())
+        return visible_region(sliceNodes)
+
+    def encodingCacheFolder(self):
+        """Where encodings are kept on disk when the user allowed it (Quality section), else None."""
+        if not _settingBool(SETTINGS_KEEP_ENCODINGS):
+            return None
+        return os.path.join(slicer.app.cachePath, "LDAE", "encodings")
+
     def startEdit(self, volumeNode, direction, alpha, steps=10, **options):
         self.adapter()
         return self._adapter.start_edit(volumeNode, direction, alpha if isinstance(alpha, (list, tuple)) else [alpha], steps, **options)
@@ -739,6 +775,12 @@ class LDAELogic(ScriptedLoadableModuleLogic):
                   "python": platform.python_version(), "model": {k: (info.get("model") or {}).get(k) for k in ("name", "id", "format", "path")},
                   "worker": info.get("diagnostics"), "worker_python": pythonSlicerExecutable()}
         return json.dumps(report, indent=2)
+
+
+def _settingBool(key: str, default: bool = False) -> bool:
+    """A yes/no application setting (QSettings gives strings back on some platforms)."""
+    value = qt.QSettings().value(key, default)
+    return value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes")
 
 
 def pythonSlicerExecutable() -> str:

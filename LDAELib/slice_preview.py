@@ -41,7 +41,8 @@ from .errors import LDAEError
 
 __all__ = [
     "GroupNormStats", "SlabPreview", "decoder_blocks", "receptive_field", "required_windows",
-    "record_stats", "decode_slab", "preview_edit", "source_stats", "has_attention", "slice_ssim",
+    "record_stats", "decode_slab", "preview_edit", "preview_slabs", "source_stats", "has_attention", "slice_ssim",
+    "PLANE_NORMALS", "visible_slab",
 ]
 
 
@@ -392,7 +393,7 @@ def _slices(slices, n: int) -> tuple[int, int]:
 def preview_edit(pipeline, enc_or_x, direction, alpha: float | Sequence[float], steps: int, axis: int,
                  slices: int | range | Sequence[int] | tuple[int, int], *, stats: str = "source",
                  exact_levels: int = 1, full_decode_fallback: bool = True, latent_seed: int | None = None,
-                 progress=None, cancel=None) -> SlabPreview:
+                 autocast: torch.dtype | None = None, progress=None, cancel=None) -> SlabPreview:
     """Preview of an edit on the slices on screen: DDIM sampling in the latent (the scan's cached
     inversion at ``steps``), then a slab decode of model-space ``slices`` along ``axis``.
 
@@ -402,39 +403,115 @@ def preview_edit(pipeline, enc_or_x, direction, alpha: float | Sequence[float], 
         own), "reconstruction" (the same from the scan's DDIM reconstruction at ``steps``: ``steps``
         more ShiftUNet calls once per scan), "none" (slab statistics; rough), or "exact" (a full
         decode of the edit: as slow as a full edit, for checking).
+    autocast: run the sampling's ShiftUNet calls under autocast to this dtype (e.g. bfloat16 on a
+        CPU that computes it natively: about twice as fast, and less faithful; see
+        ``preview_slabs``). The inversion stays in the pipeline's dtype.
     A decoder with attention is decoded fully and cut (``full_decode_fallback``) or refused.
     """
+    f = pipeline.model.config.autoencoder.downsampling
+    if axis not in (0, 1, 2):
+        raise LDAEError(f"axis must be 0, 1 or 2 (model-space A, B, S); got {axis}")
+    shape = enc_or_x.z0.shape[2:] if hasattr(enc_or_x, "z0") else pipeline._as_input(enc_or_x).shape[2:]
+    n_img = int(shape[axis]) * (f if hasattr(enc_or_x, "z0") else 1)
+    start, stop = _slices(slices, n_img)
+    if not 0 <= start < stop <= n_img:
+        raise LDAEError(f"slices {start}…{stop - 1} are outside the volume's 0…{n_img - 1} along axis {axis}")
+    return preview_slabs(pipeline, enc_or_x, direction, alpha, steps, [(axis, start, stop)], stats=stats,
+                         exact_levels=exact_levels, full_decode_fallback=full_decode_fallback, latent_seed=latent_seed,
+                         autocast=autocast, progress=progress, cancel=cancel)[0]
+
+
+@torch.inference_mode()
+def preview_slabs(pipeline, enc_or_x, direction, alpha: float | Sequence[float], steps: int,
+                  slabs: Sequence[tuple[int, int, int]], *, stats: str = "source", exact_levels: int = 1,
+                  full_decode_fallback: bool = True, latent_seed: int | None = None, autocast: torch.dtype | None = None,
+                  progress=None, cancel=None) -> list[SlabPreview]:
+    """``preview_edit`` for several slabs (axis, start, stop) at once, e.g. the axial, coronal and
+    sagittal slices on screen: one DDIM sampling, one slab decode per slab."""
     from .pipeline import _Progress
 
     if stats not in ("source", "reconstruction", "none", "exact"):
         raise LDAEError(f"stats must be 'source', 'reconstruction', 'none' or 'exact'; got {stats!r}")
+    if not slabs:
+        raise LDAEError("no slices to preview")
     alphas = [float(a) for a in (alpha if isinstance(alpha, (list, tuple)) else [alpha])]
     n = len(alphas)
-    p = _Progress(pipeline._cost(enc_or_x, steps) + pipeline._n_chunks(n) * steps + n, progress, cancel)
+    p = _Progress(pipeline._cost(enc_or_x, steps) + pipeline._n_chunks(n) * steps + n * len(slabs), progress, cancel)
     enc = pipeline._ensure(enc_or_x, steps, p, latent_seed)
-    z0, _ = pipeline._edited_latents(enc, direction, alphas, steps, p)
     f = pipeline.model.config.autoencoder.downsampling
-    if axis not in (0, 1, 2):
-        raise LDAEError(f"axis must be 0, 1 or 2 (model-space A, B, S); got {axis}")
-    n_img = z0.shape[2 + axis] * f
-    start, stop = _slices(slices, n_img)
-    if not 0 <= start < stop <= n_img:
-        raise LDAEError(f"slices {start}…{stop - 1} are outside the volume's 0…{n_img - 1} along axis {axis}")
+    for axis, start, stop in slabs:
+        if axis not in (0, 1, 2):
+            raise LDAEError(f"axis must be 0, 1 or 2 (model-space A, B, S); got {axis}")
+        n_img = enc.z0.shape[2 + axis] * f
+        if not 0 <= start < stop <= n_img:
+            raise LDAEError(f"slices {start}…{stop - 1} are outside the volume's 0…{n_img - 1} along axis {axis}")
+    if autocast is not None:
+        with torch.autocast(pipeline.device.type, dtype=autocast):
+            z0, _ = pipeline._edited_latents(enc, direction, alphas, steps, p)
+        z0 = z0.float()
+    else:
+        z0, _ = pipeline._edited_latents(enc, direction, alphas, steps, p)
     attn = has_attention(pipeline.model.autoencoder)
     if attn and not full_decode_fallback:
         raise LDAEError("this model's decoder has attention layers: a preview of a few slices would need "
                         "the whole volume decoded; use the full edit")
     if attn or stats == "exact":
         full = pipeline.decode(z0, p)
-        image = full.narrow(2 + axis, start, stop - start).contiguous()
-        return SlabPreview(image, axis, start, stop, True, "full decode", z0)
+        return [SlabPreview(full.narrow(2 + a, s, e - s).contiguous(), a, s, e, True, "full decode", z0) for a, s, e in slabs]
     st = None if stats == "none" else source_stats(pipeline, enc, steps if stats == "reconstruction" else None)
     if st is not None:
         st = GroupNormStats({k: v.expand(n, -1) for k, v in st.mean.items()}, {k: v.expand(n, -1) for k, v in st.var.items()})
-    p.check()
-    image = decode_slab(pipeline, z0, axis, (start, stop), st, exact_levels=exact_levels)
-    p.advance("decode", n)
-    return SlabPreview(image, axis, start, stop, False, stats, z0)
+    out = []
+    for axis, start, stop in slabs:
+        p.check()
+        image = decode_slab(pipeline, z0, axis, (start, stop), st, exact_levels=exact_levels)
+        p.advance("decode", n)
+        out.append(SlabPreview(image, axis, start, stop, False, stats, z0))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- on screen
+PLANE_NORMALS = {"sagittal": 0, "coronal": 1, "axial": 2}
+"""The RAS axis each slice view's plane is normal to (Slicer's Yellow, Green and Red views)."""
+
+
+def visible_slab(plane: str, point_ras, source_shape, source_affine, ras_to_model, model_shape,
+                 margin: int = 1, samples: int = 33) -> tuple[int, int, int] | None:
+    """The model-space slab (axis, start, stop) under one slice view.
+
+    A view of ``plane`` ("axial", "coronal", "sagittal") shows the plane through ``point_ras`` (its
+    slice offset) across the source volume. Points of that plane inside the source volume are
+    mapped to model-space voxel coordinates by ``ras_to_model`` (N×3 RAS mm → N×3 continuous
+    indices); the slab is the model axis along which they spread least, over their extent plus
+    ``margin`` voxels (for the trilinear resampling back). None when the plane misses the source
+    or the model's field of view."""
+    import numpy as np
+
+    if plane not in PLANE_NORMALS:
+        raise LDAEError(f"plane must be one of {', '.join(PLANE_NORMALS)}; got {plane!r}")
+    k = PLANE_NORMALS[plane]
+    aff = np.asarray(source_affine, dtype=np.float64)
+    shape = np.asarray(source_shape[:3], dtype=np.float64)
+    corners = np.array([[i, j, l] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5) for l in (-0.5, shape[2] - 0.5)])
+    ras_corners = corners @ aff[:3, :3].T + aff[:3, 3]
+    lo, hi = ras_corners.min(0), ras_corners.max(0)
+    u, v = [a for a in range(3) if a != k]
+    gu, gv = np.meshgrid(np.linspace(lo[u], hi[u], samples), np.linspace(lo[v], hi[v], samples), indexing="ij")
+    pts = np.zeros((gu.size, 3))
+    pts[:, u], pts[:, v], pts[:, k] = gu.ravel(), gv.ravel(), float(np.asarray(point_ras, dtype=np.float64)[k])
+    ijk = np.linalg.solve(aff, np.c_[pts, np.ones(len(pts))].T).T[:, :3]
+    pts = pts[np.all((ijk >= -0.5) & (ijk <= shape - 0.5), axis=1)]
+    if not len(pts):
+        return None
+    m = np.asarray(ras_to_model(pts), dtype=np.float64)
+    ms = np.asarray(model_shape[:3], dtype=np.float64)
+    m = m[np.all((m >= -0.5) & (m <= ms - 0.5), axis=1)]
+    if not len(m):
+        return None
+    axis = int(np.argmin(m.max(0) - m.min(0)))
+    start = max(0, int(np.floor(m[:, axis].min())) - margin)
+    stop = min(int(ms[axis]), int(np.floor(m[:, axis].max())) + 1 + margin + 1)
+    return axis, start, stop
 
 
 # ---------------------------------------------------------------------------------------------- fidelity

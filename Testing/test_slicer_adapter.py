@@ -296,3 +296,74 @@ def test_example_scans_are_two_dated_visits_in_one_study(adapter, scene):
     assert "sub-0058" in first.GetAttribute("LDAE.Example")
     (frame,) = adapter.interpolate(first, second, months=[18], steps=2)
     assert frame.GetName() == "example_visit1→example_visit2 t=0.50"
+
+
+# ------------------------------------------------------------------ preview of the slices on screen
+def _slice_node(scene, name, normal_axis, offset):
+    node = slicer.vtkMRMLSliceNode()
+    node.SetName(name)
+    node.SetLayoutName(name)
+    scene.AddNode(node)
+    m = np.eye(4)
+    if normal_axis == 0:  # sagittal: slice x → A, y → S, normal R
+        m[:3, :3] = [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
+    elif normal_axis == 1:  # coronal: x → R, y → S, normal A
+        m[:3, :3] = [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
+    m[normal_axis, 3] = offset
+    node.GetSliceToRAS().DeepCopy(mrml.numpy_to_matrix(m))
+    return node
+
+
+def test_visible_region_reads_the_slice_views(scene):
+    red, yellow, green = _slice_node(scene, "Red", 2, 12.5), _slice_node(scene, "Yellow", 0, -3.0), _slice_node(scene, "Green", 1, 7.0)
+    assert mrml.visible_region([red]) == {"point": [0.0, 0.0, 12.5], "planes": ["axial"]}
+    assert mrml.visible_region([red, yellow, green]) == {"point": [-3.0, 7.0, 12.5], "planes": ["axial", "sagittal", "coronal"]}
+    oblique = _slice_node(scene, "Oblique", 2, 0.0)
+    m = mrml.matrix_to_numpy(oblique.GetSliceToRAS())
+    c, s_ = np.cos(0.3), np.sin(0.3)
+    m[:3, :3] = m[:3, :3] @ np.array([[1, 0, 0], [0, c, -s_], [0, s_, c]])
+    oblique.GetSliceToRAS().DeepCopy(mrml.numpy_to_matrix(m))
+    assert mrml.visible_region([oblique]) is None
+
+
+def test_a_preview_of_the_slices_on_screen_edits_them_and_keeps_the_source_elsewhere(adapter, scene, nifti_files):
+    src = load(scene, nifti_files["visit1"], "visit1")
+    before = fingerprint(src)
+    ijk_to_ras = mrml.world_affine(src)
+    k = 20  # the axial slice on screen, in source voxels
+    s_mm = float((ijk_to_ras @ [0, 0, k, 1])[2])
+    (full,) = adapter.start_edit(src, "cn", [2.0], steps=STEPS, preview=True).wait()
+    full_data = slicer.util.arrayFromVolume(full).copy()  # K, J, I
+    job = adapter.start_edit(src, "cn", [2.0], steps=STEPS, preview=True, difference=True,
+                             region={"point": [0.0, 0.0, s_mm], "planes": ["axial"]})
+    (node, diff) = job.wait()
+    assert node is full  # the one preview node, refilled
+    assert job.result["cache"] == {"encoded": True, "inverted": True}
+    (slab,) = job.result["region"]
+    assert slab["plane"] == "axial" and slab["axis"] == 2 and slab["stop"] - slab["start"] <= 5
+    assert node.GetAttribute("LDAE.PreviewRegion").startswith("axial (model slices")
+    assert json.loads(node.GetAttribute("LDAE.Provenance"))["preview"]["slabs"] == [slab]
+    got, source = slicer.util.arrayFromVolume(node), slicer.util.arrayFromVolume(src)
+    # the slice on screen is edited, and close to the whole-volume preview of the same edit
+    assert not np.allclose(got[k], source[k])
+    rng = float(full_data[k].max() - full_data[k].min())
+    assert np.abs(got[k] - full_data[k]).mean() < 0.05 * rng
+    # slices far from it are the source's own voxels, and the difference map is zero there
+    for far in (0, 5, source.shape[0] - 1):
+        np.testing.assert_array_equal(got[far], source[far])
+        assert np.abs(slicer.util.arrayFromVolume(diff)[far]).max() == 0
+    assert adapter.promote_preview(src, "cn", 2.0, STEPS) is None  # a partial preview is never kept as a result
+    assert fingerprint(src) == before
+    # a whole-volume preview into the same node drops the region mark
+    (again,) = adapter.start_edit(src, "cn", [2.0], steps=STEPS, preview=True).wait()
+    assert again is node and node.GetAttribute("LDAE.PreviewRegion") is None
+
+
+def test_a_region_outside_the_field_of_view_is_one_clear_error(adapter, scene, nifti_files):
+    src = load(scene, nifti_files["visit1"], "visit1")
+    n_before = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    with pytest.raises(LDAEError, match="do not cross"):
+        adapter.start_edit(src, "cn", [1.0], steps=STEPS, preview=True, region={"point": [0.0, 0.0, 900.0], "planes": ["axial"]}).wait()
+    with pytest.raises(LDAEError, match="preview=True"):
+        adapter.start_edit(src, "cn", [1.0], steps=STEPS, region={"point": [0.0, 0.0, 0.0], "planes": ["axial"]})
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_before

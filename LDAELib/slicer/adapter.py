@@ -104,14 +104,16 @@ class LDAESlicerAdapter:
         temp_dir: where volumes are exchanged with the worker (default: a new temporary folder).
         client: an already made ``WorkerClient`` (tests may pass their own); otherwise one is made.
         sequences_logic: the Sequences module logic (the application's is found by itself).
+        cache_dir: keep the scans' encodings on disk in this folder, so that a new session starts
+            warm on scans it has seen (off when None: the files are derived from the scans).
     """
 
     def __init__(self, model_path=None, *, python: str | None = None, device: str = "auto", dtype: str = "float32",
                  threads: int | None = None, temp_dir: str | Path | None = None, client: WorkerClient | None = None,
-                 sequences_logic=None) -> None:
+                 sequences_logic=None, cache_dir: str | Path | None = None) -> None:
         if client is None and model_path is None:
             raise LDAEError("no model chosen: choose the demo model, the authors' weights folder or a bundle folder")
-        self.client = client or WorkerClient(model_path, python=python, device=device, dtype=dtype, threads=threads)
+        self.client = client or WorkerClient(model_path, python=python, device=device, dtype=dtype, threads=threads, cache_dir=cache_dir)
         self._own_temp = temp_dir is None
         self.temp_dir = Path(temp_dir or tempfile.mkdtemp(prefix="LDAE-"))
         self.temp_dir.mkdir(parents=True, exist_ok=True)
@@ -269,19 +271,29 @@ class LDAESlicerAdapter:
 
     # ------------------------------------------------------------------ edit / reconstruct
     def start_edit(self, volume, direction, alphas: float | Sequence[float], steps: int = 10, *, latent_seed: int | None = None,
-                   input_space: str = "mni", difference: bool = False, preview: bool = False, show: bool = True) -> Job:
+                   input_space: str = "mni", difference: bool = False, preview: bool = False, show: bool = True,
+                   region: dict | None = None, preview_dtype: str = "float32") -> Job:
         """Edit ``volume`` along ``direction`` (a name of the model, or a probe file) by each alpha.
 
         ``preview``: update one reusable "<source> LDAE preview" node instead of adding nodes.
+        ``region``: preview only the slices on screen, ``{"point": [R, A, S], "planes": ["axial", …]}``
+        (``visible_region()`` reads it from the slice views): the model decodes only the slabs under
+        them, several times faster than the whole volume; the node holds the source elsewhere and is
+        never kept as a result. ``preview_dtype`` "bfloat16" also samples that preview in bfloat16.
         ``difference``: also add result − source as a colour overlay per result.
         """
         alphas = [float(a) for a in (alphas if isinstance(alphas, (list, tuple)) else [alphas])]
         if not alphas:
             raise LDAEError("give at least one alpha")
+        if region is not None and not preview:
+            raise LDAEError("a region of the slices on screen is for previews: pass preview=True, or no region for a full result")
         dvalue, dname = self._direction(direction)
         src = self._source(volume)
         request = {"op": "edit", "source": src, "direction": dvalue, "alphas": alphas, "steps": int(steps),
                    "latent_seed": latent_seed, "input_space": input_space}
+        if region is not None:
+            request.update(region={"point": [float(v) for v in region["point"]], "planes": list(region["planes"])},
+                           preview_dtype=preview_dtype)
 
         def build(job: Job, msg: dict) -> list:
             self._check_alive(volume)
@@ -296,10 +308,14 @@ class LDAESlicerAdapter:
                     if preview:
                         node = self._preview_node(volume, data)
                         attrs["Preview"] = "true"
+                        attrs["PreviewRegion"] = ", ".join(f"{r['plane']} (model slices {r['start']}–{r['stop'] - 1})"
+                                                           for r in msg.get("region") or []) or None
                     else:
                         node = mrml.new_volume_like(volume, data, f"{volume.GetName()} LDAE {dname} α={out['alpha']:+.1f}")
                     mrml.set_provenance(node, dict(msg["provenance"], alpha=out["alpha"], source_node_id=volume.GetID(),
                                                    source_name=volume.GetName()), **attrs)
+                    if preview and not msg.get("region"):
+                        node.RemoveAttribute("LDAE.PreviewRegion")  # a reused node that showed a region before
                     made.append(node)
                     if difference:
                         made.append(self._difference(volume, node, preview))
@@ -366,7 +382,8 @@ class LDAESlicerAdapter:
             node = scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
             if node.GetAttribute("LDAE.Preview") == "true" and node.GetAttribute("LDAE.SourceNodeID") == volume.GetID():
                 previews.append(node)
-        result = next((n for n in previews if n.GetAttribute("LDAE.Operation") == "edit" and n.GetAttribute("LDAE.Direction") == dname
+        result = next((n for n in previews if n.GetAttribute("LDAE.Operation") == "edit" and not n.GetAttribute("LDAE.PreviewRegion")
+                       and n.GetAttribute("LDAE.Direction") == dname
                        and n.GetAttribute("LDAE.Alpha") == f"{float(alpha):+g}" and n.GetAttribute("LDAE.Steps") == str(int(steps))), None)
         if result is None:
             return None

@@ -64,6 +64,27 @@ def world_affine(node) -> np.ndarray:
     return matrix_to_numpy(m) @ affine
 
 
+def visible_region(slice_nodes) -> dict | None:
+    """The slices on screen as a preview region for the worker: {"point": [R, A, S], "planes": […]}.
+
+    ``slice_nodes``: the vtkMRMLSliceNode of each view shown. A view whose plane is normal to an
+    RAS axis (axial, coronal, sagittal, whatever its name) gives that plane and its offset; oblique
+    views are left out. None when no view qualifies."""
+    point, planes = [0.0, 0.0, 0.0], []
+    for node in slice_nodes:
+        if node is None:
+            continue
+        m = matrix_to_numpy(node.GetSliceToRAS())
+        normal = m[:3, 2] / (np.linalg.norm(m[:3, 2]) or 1.0)
+        k = int(np.argmax(np.abs(normal)))
+        plane = ("sagittal", "coronal", "axial")[k]
+        if abs(normal[k]) < 0.9999 or plane in planes:
+            continue
+        point[k] = float(m[k, 3])
+        planes.append(plane)
+    return {"point": point, "planes": planes} if planes else None
+
+
 def check_scalar_volume(node, what: str = "input volume") -> None:
     if node is None:
         raise LDAEError(f"choose an {what}")

@@ -12,6 +12,11 @@ Requests (Slicer process -> worker, on the worker's stdin)::
     {"op": "cancel", "id": 7}            stop request 7 at the next network call (no id: all)
     {"op": "shutdown"}
 
+An edit may carry ``"region": {"point": [R, A, S], "planes": ["axial", "coronal", "sagittal"]}``:
+a preview of the slices on screen (the views' planes through ``point``, RAS mm). Only the model
+slabs under those planes are decoded; elsewhere the output holds the source. ``"preview_dtype"``
+("float32" or "bfloat16") sets the precision of that preview's DDIM sampling (default float32).
+
 ``direction`` is a direction name of the model or {"file": "probe.safetensors"}. ``input_space``:
 "mni" (registered to MNI: resampled into model space, the default), "model" (already in model
 space: used as stored), "raw" (registered first, by LDAELib.registration, when installed).
@@ -43,6 +48,8 @@ FINAL_TYPES = ("result", "error", "cancelled")
 """Reply types that end a request."""
 
 INPUT_SPACES = ("mni", "model", "raw")
+PLANES = ("axial", "coronal", "sagittal")
+PREVIEW_DTYPES = ("float32", "bfloat16")
 
 
 def dumps(message: dict[str, Any]) -> str:

@@ -41,7 +41,8 @@ class Prepared:
     affine: 4x4 voxel -> RAS (mm) of the source grid (nibabel convention, I,J,K voxel order).
     x: model-space float32 array.
     to_source: maps a model-space array (I,J,K) onto the source's grid and intensity range
-    (``space.from_model_space``, or the registration's way back for a raw scan).
+    (``space.from_model_space``, or the registration's way back for a raw scan; keywords
+    ``rescale_intensity`` and ``order`` as theirs).
     """
 
     key: str
@@ -52,6 +53,8 @@ class Prepared:
     to_source: Callable[[np.ndarray], np.ndarray]
     encodings: dict = field(default_factory=dict)
     """latent mode (None = mean, or the latent seed) -> pipeline ``Encoding`` (its z_T per step count)."""
+    ras_to_model: Callable[[np.ndarray], np.ndarray] | None = None
+    """N×3 RAS points of the source's world → N×3 continuous model-space voxel indices."""
 
 
 class Emitter:
@@ -230,17 +233,78 @@ class Worker:
             if self._stage_a_cache is None:
                 self._stage_a_cache = cache_class()
             x, nctx = to_native(vol.data, vol.affine, space, cache=self._stage_a_cache, progress=progress, cancel=cancel)
-            to_source = lambda y, c=nctx: from_native(y, c)  # noqa: E731
+            to_source = lambda y, c=nctx, **kw: from_native(y, c, **kw)  # noqa: E731
+            ras_to_model = _registered_points(nctx)
         elif input_space in ("model", "mni"):
             x, ctx = (model_space_identity if input_space == "model" else to_model_space)(vol.data, vol.affine, space)
-            to_source = lambda y, c=ctx: from_model_space(y, c)  # noqa: E731
+            to_source = lambda y, c=ctx, **kw: from_model_space(y, c, **kw)  # noqa: E731
+            ras_to_model = _affine_points(ctx.model_affine)
         else:
             raise LDAEError(f"unknown input space '{input_space}'; use one of {', '.join(protocol.INPUT_SPACES)}")
-        prep = Prepared(key=key, path=str(path), affine=np.asarray(vol.affine), shape=tuple(vol.data.shape), x=x, to_source=to_source)
+        prep = Prepared(key=key, path=str(path), affine=np.asarray(vol.affine), shape=tuple(vol.data.shape), x=x, to_source=to_source,
+                        ras_to_model=ras_to_model)
         self.sources[key] = prep
         while len(self.sources) > _SOURCE_CACHE:
             self.sources.popitem(last=False)
         return prep
+
+    def _preview_region(self, req: dict, prep: Prepared, direction, alphas: list[float], steps: int, seed, progress, cancel,
+                        save, inputs) -> dict:
+        """An edit previewed on the slices on screen: only the model slabs under the views' planes
+        are decoded (``slice_preview``); every source voxel outside them keeps the source's value,
+        so that nothing there can be mistaken for a result."""
+        from ..errors import LDAEError
+        from ..io import read_volume
+        from ..slice_preview import preview_slabs, visible_slab
+
+        region = req["region"]
+        point = region.get("point") if isinstance(region, dict) else None
+        planes = region.get("planes") if isinstance(region, dict) else None
+        if not (isinstance(point, (list, tuple)) and len(point) == 3 and all(isinstance(v, (int, float)) for v in point)):
+            raise LDAEError("a preview region needs a point [R, A, S] in mm")
+        if not planes or any(p not in protocol.PLANES for p in planes):
+            raise LDAEError(f"a preview region needs planes among {', '.join(protocol.PLANES)}")
+        pdtype = req.get("preview_dtype") or "float32"
+        if pdtype not in protocol.PREVIEW_DTYPES:
+            raise LDAEError(f"preview_dtype must be one of {', '.join(protocol.PREVIEW_DTYPES)}")
+        found = []
+        for plane in dict.fromkeys(planes):
+            slab = visible_slab(plane, point, prep.shape, prep.affine, prep.ras_to_model, self.model.config.space.shape)
+            if slab is not None and slab not in [s for _, s in found]:
+                found.append((plane, slab))
+        if not found:
+            raise LDAEError("the slices on screen do not cross the model's field of view; move them into the brain")
+        n = len(alphas)
+        cost = self._encode_cost(prep, steps, seed) + self._sample_cost(n, steps) + n * (len(found) - 1)
+        bar = _Progress(progress, cost)
+        enc = self._encoding(prep, steps, seed, bar, cancel)
+        import torch
+
+        previews = preview_slabs(self.pipe, enc, direction, alphas, steps, [s for _, s in found],
+                                 autocast=torch.bfloat16 if pdtype == "bfloat16" else None,
+                                 progress=bar.phase(cost - self._encode_cost(prep, steps, seed)), cancel=cancel)
+        inside = np.zeros(prep.x.shape, dtype=np.float32)
+        for pv in previews:
+            index = [slice(None)] * 3
+            index[pv.axis] = slice(pv.start, pv.stop)
+            inside[tuple(index)] = 1.0
+        inside = prep.to_source(inside, rescale_intensity=False, order=0) > 0.5  # source voxels the slabs decide
+        source = np.asarray(read_volume(prep.path).data, dtype=np.float32)
+        outputs = []
+        for i, a in enumerate(alphas):
+            vol = np.array(prep.x, dtype=np.float32, copy=True)
+            for pv in previews:
+                index = [slice(None)] * 3
+                index[pv.axis] = slice(pv.start, pv.stop)
+                vol[tuple(index)] = pv.image[i, 0].detach().float().cpu().numpy()
+            data = np.where(inside, prep.to_source(vol), source).astype(np.float32)
+            desc = f"LDAE preview {direction.name} alpha={a:+g} T={steps}"
+            outputs.append({"kind": "edit", "alpha": a, "preview": True, "path": save(f"preview_{i:03d}.nii", data, prep.affine, desc)})
+        slabs = [{"plane": plane, "axis": ax, "start": s0, "stop": s1} for plane, (ax, s0, s1) in found]
+        prov = self._provenance("edit", req, inputs, direction=direction.name, direction_meaning=direction.describe(), alphas=alphas,
+                                preview={"kind": "slices on screen", "slabs": slabs, "groupnorm_stats": previews[0].stats,
+                                         "sampling_dtype": pdtype, "outside_slabs": "source"})
+        return {"outputs": outputs, "provenance": prov, "region": slabs}
 
     def _direction(self, spec):
         from ..errors import LDAEError
@@ -417,6 +481,8 @@ class Worker:
                     raise LDAEError("give at least one alpha")
             else:
                 direction, alphas = None, [0.0]
+            if op == "edit" and req.get("region") is not None:
+                return self._preview_region(req, prep, direction, alphas, steps, seed, progress, cancel, save, inputs)
             bar = _Progress(progress, self._encode_cost(prep, steps, seed) + self._sample_cost(len(alphas), steps))
             enc = self._encoding(prep, steps, seed, bar, cancel)
             images = self.pipe.edit(enc, direction, alphas, steps, progress=bar.phase(self._sample_cost(len(alphas), steps)), cancel=cancel)
@@ -443,6 +509,24 @@ class Worker:
         spread = np.std(np.stack(stack), axis=0).astype(np.float32)
         outputs.append({"kind": "spread", "path": save("spread.nii", spread, prep.affine, f"LDAE voxel-wise std of {n} variations")})
         return {"outputs": outputs, "provenance": self._provenance(op, req, inputs, n=n, variation_seed=vseed)}
+
+
+def _affine_points(model_affine: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    inv = np.linalg.inv(np.asarray(model_affine, dtype=np.float64))
+    return lambda pts: (np.c_[np.asarray(pts, dtype=np.float64), np.ones(len(pts))] @ inv.T)[:, :3]
+
+
+def _registered_points(nctx) -> Callable[[np.ndarray], np.ndarray]:
+    """Scan RAS points → model voxel indices through the scan's registration to MNI."""
+    to_model = _affine_points(nctx.space.model_affine)
+    transform = nctx.registration.native_to_mni
+
+    def points(pts: np.ndarray) -> np.ndarray:
+        lps = np.asarray(pts, dtype=np.float64) * [-1.0, -1.0, 1.0]  # ITK works in LPS
+        mni = np.array([transform.TransformPoint(tuple(map(float, p))) for p in lps]) * [-1.0, -1.0, 1.0]
+        return to_model(mni)
+
+    return points
 
 
 def registration_api():
@@ -490,6 +574,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--decode-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--cache-dir", default=None, help="keep encodings on disk in this folder (off by default)")
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of a bundle's files")
     return p
 
@@ -518,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             raise LDAEError(f"device {device} was asked for but this torch has no CUDA device; choose cpu")
         resolve_precision(device, args.dtype, args.decode_dtype)  # bad settings fail before the (slow) model load
         model = load_model(args.model, verify=not args.no_verify)
-        pipe = make_pipeline(model, device, args.dtype, args.decode_dtype)
+        pipe = make_pipeline(model, device, args.dtype, args.decode_dtype, cache_dir=args.cache_dir)
     except LDAEError as err:
         emit({"type": "error", "id": None, "kind": "LDAEError", "message": str(err)})
         return 1
