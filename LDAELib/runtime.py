@@ -70,6 +70,23 @@ def resolve_precision(device: str, dtype: str = "float32", decode_dtype: str = "
     return net, dec
 
 
+def preview_sampling_dtype(device: str, requested: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of a preview's DDIM sampling (None: the pipeline's own precision).
+
+    "auto" picks bfloat16 where the device computes it natively (as the decoder's "auto" does):
+    about twice as fast for the ShiftUNet. A preview is a quick look that the full-quality result
+    replaces, so it may trade fidelity for speed; the results themselves never do."""
+    if requested == "float32":
+        return None
+    if requested == "bfloat16":
+        return torch.bfloat16
+    if requested != "auto":
+        raise LDAEError(f"unknown preview precision {requested!r}; choose auto, float32 or bfloat16")
+    cuda = str(device).startswith("cuda")
+    fast = torch.cuda.is_bf16_supported() if cuda else cpu_has_fast_bf16()
+    return torch.bfloat16 if fast else None
+
+
 def make_pipeline(model, device: str = "cpu", dtype: str = "float32", decode_dtype: str = "auto",
                   threads: int | None = None, **kwargs):
     """An ``LDAEPipeline`` for ``model`` after checking the device and the precision (one LDAEError

@@ -48,3 +48,16 @@ def test_bfloat16_decoder_leaves_the_float32_loop_untouched(official_model):
     assert abs(ra - rb).max() > 0  # it did run in bfloat16
     assert metrics.ssim(rb, ra) >= 0.995
     assert abs(ra - rb).max() <= 0.05 * (ra.max() - ra.min())
+
+
+def test_preview_sampling_precision_is_chosen_from_the_hardware(monkeypatch):
+    from LDAELib import runtime
+
+    assert runtime.preview_sampling_dtype("cpu", "float32") is None
+    assert runtime.preview_sampling_dtype("cpu", "bfloat16") is torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert runtime.preview_sampling_dtype("cpu", "auto") is torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert runtime.preview_sampling_dtype("cpu") is None
+    with pytest.raises(LDAEError, match="preview precision"):
+        runtime.preview_sampling_dtype("cpu", "half")

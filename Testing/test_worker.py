@@ -286,3 +286,21 @@ def test_worker_exits_when_its_parent_closes_stdin(tiny_bundle):
     client.start(timeout=120)
     client.proc.stdin.close()
     assert client.proc.wait(timeout=30) == 0
+
+
+def test_scan_points_reach_model_space_through_the_registration():
+    """A raw scan's slice positions go through its registration (ITK, LPS) to MNI, then the model grid."""
+    from types import SimpleNamespace
+
+    import SimpleITK as sitk
+
+    from LDAELib.slicer.worker import _registered_points
+
+    shift = sitk.TranslationTransform(3, (2.0, -4.0, 6.0))  # scan LPS → MNI LPS: +2 L, −4 P, +6 S
+    model_affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    model_affine[:3, 3] = [-90.0, -126.0, -72.0]
+    ctx = SimpleNamespace(registration=SimpleNamespace(native_to_mni=shift), space=SimpleNamespace(model_affine=model_affine))
+    ras = np.array([[0.0, 0.0, 0.0], [10.0, 20.0, 30.0]])
+    mni_ras = ras + [-2.0, 4.0, 6.0]  # L and P flip sign in RAS
+    want = (mni_ras - model_affine[:3, 3]) / 3.0
+    np.testing.assert_allclose(_registered_points(ctx)(ras), want)

@@ -272,14 +272,15 @@ class LDAESlicerAdapter:
     # ------------------------------------------------------------------ edit / reconstruct
     def start_edit(self, volume, direction, alphas: float | Sequence[float], steps: int = 10, *, latent_seed: int | None = None,
                    input_space: str = "mni", difference: bool = False, preview: bool = False, show: bool = True,
-                   region: dict | None = None, preview_dtype: str = "float32") -> Job:
+                   region: dict | None = None, preview_dtype: str = "auto") -> Job:
         """Edit ``volume`` along ``direction`` (a name of the model, or a probe file) by each alpha.
 
         ``preview``: update one reusable "<source> LDAE preview" node instead of adding nodes.
         ``region``: preview only the slices on screen, ``{"point": [R, A, S], "planes": ["axial", …]}``
         (``visible_region()`` reads it from the slice views): the model decodes only the slabs under
         them, several times faster than the whole volume; the node holds the source elsewhere and is
-        never kept as a result. ``preview_dtype`` "bfloat16" also samples that preview in bfloat16.
+        never kept as a result. ``preview_dtype``: precision of that preview's sampling ("auto":
+        bfloat16 where the device computes it natively, about twice as fast; "float32"; "bfloat16").
         ``difference``: also add result − source as a colour overlay per result.
         """
         alphas = [float(a) for a in (alphas if isinstance(alphas, (list, tuple)) else [alphas])]

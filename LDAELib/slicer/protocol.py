@@ -15,7 +15,8 @@ Requests (Slicer process -> worker, on the worker's stdin)::
 An edit may carry ``"region": {"point": [R, A, S], "planes": ["axial", "coronal", "sagittal"]}``:
 a preview of the slices on screen (the views' planes through ``point``, RAS mm). Only the model
 slabs under those planes are decoded; elsewhere the output holds the source. ``"preview_dtype"``
-("float32" or "bfloat16") sets the precision of that preview's DDIM sampling (default float32).
+("auto", "float32" or "bfloat16") sets the precision of that preview's DDIM sampling (default
+float32; auto: bfloat16 where the device computes it natively).
 
 ``direction`` is a direction name of the model or {"file": "probe.safetensors"}. ``input_space``:
 "mni" (registered to MNI: resampled into model space, the default), "model" (already in model
@@ -49,7 +50,7 @@ FINAL_TYPES = ("result", "error", "cancelled")
 
 INPUT_SPACES = ("mni", "model", "raw")
 PLANES = ("axial", "coronal", "sagittal")
-PREVIEW_DTYPES = ("float32", "bfloat16")
+PREVIEW_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def dumps(message: dict[str, Any]) -> str:

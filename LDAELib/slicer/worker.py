@@ -278,10 +278,10 @@ class Worker:
         cost = self._encode_cost(prep, steps, seed) + self._sample_cost(n, steps) + n * (len(found) - 1)
         bar = _Progress(progress, cost)
         enc = self._encoding(prep, steps, seed, bar, cancel)
-        import torch
+        from ..runtime import preview_sampling_dtype
 
-        previews = preview_slabs(self.pipe, enc, direction, alphas, steps, [s for _, s in found],
-                                 autocast=torch.bfloat16 if pdtype == "bfloat16" else None,
+        autocast = preview_sampling_dtype(self.device, pdtype)
+        previews = preview_slabs(self.pipe, enc, direction, alphas, steps, [s for _, s in found], autocast=autocast,
                                  progress=bar.phase(cost - self._encode_cost(prep, steps, seed)), cancel=cancel)
         inside = np.zeros(prep.x.shape, dtype=np.float32)
         for pv in previews:
@@ -303,7 +303,8 @@ class Worker:
         slabs = [{"plane": plane, "axis": ax, "start": s0, "stop": s1} for plane, (ax, s0, s1) in found]
         prov = self._provenance("edit", req, inputs, direction=direction.name, direction_meaning=direction.describe(), alphas=alphas,
                                 preview={"kind": "slices on screen", "slabs": slabs, "groupnorm_stats": previews[0].stats,
-                                         "sampling_dtype": pdtype, "outside_slabs": "source"})
+                                         "sampling_dtype": "bfloat16" if autocast is not None else "float32",
+                                         "outside_slabs": "source"})
         return {"outputs": outputs, "provenance": prov, "region": slabs}
 
     def _direction(self, spec):
@@ -517,14 +518,14 @@ def _affine_points(model_affine: np.ndarray) -> Callable[[np.ndarray], np.ndarra
 
 
 def _registered_points(nctx) -> Callable[[np.ndarray], np.ndarray]:
-    """Scan RAS points → model voxel indices through the scan's registration to MNI."""
-    to_model = _affine_points(nctx.space.model_affine)
-    transform = nctx.registration.native_to_mni
+    """Scan RAS points → model voxel indices through the scan's registration to MNI (looked up
+    when first asked for: only previews of the slices on screen need it)."""
 
     def points(pts: np.ndarray) -> np.ndarray:
+        transform = nctx.registration.native_to_mni
         lps = np.asarray(pts, dtype=np.float64) * [-1.0, -1.0, 1.0]  # ITK works in LPS
         mni = np.array([transform.TransformPoint(tuple(map(float, p))) for p in lps]) * [-1.0, -1.0, 1.0]
-        return to_model(mni)
+        return _affine_points(nctx.space.model_affine)(mni)
 
     return points
 
