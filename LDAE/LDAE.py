@@ -431,7 +431,7 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not (self._parameterNode and self._parameterNode.livePreview and self._parameterNode.inputVolume and self.logic.isLoaded()):
             return
         self._dragging = True
-        self._pendingPreviewAlpha = (value, self._parameterNode.previewSteps)
+        self._pendingPreviewAlpha = (value, self._parameterNode.previewSteps, True)  # quick: slices on screen
         self._previewTimer.start()
 
     def onAlphaReleased(self, value: float) -> None:
@@ -439,20 +439,20 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Only after a drag: values set by code (scene load, parameter node) start nothing.
         wasDragging, self._dragging = self._dragging, False
         if wasDragging and self._parameterNode and self._parameterNode.livePreview and self._parameterNode.inputVolume and self.logic.isLoaded():
-            self._pendingPreviewAlpha = (value, self._parameterNode.steps)
+            self._pendingPreviewAlpha = (value, self._parameterNode.steps, False)  # full quality, whole volume
             self._previewTimer.start()
 
     def startPreview(self) -> None:
         if self._pendingPreviewAlpha is None or self._job is not None:
             return
-        alpha, steps = self._pendingPreviewAlpha
+        alpha, steps, quick = self._pendingPreviewAlpha
         self._pendingPreviewAlpha = None
         if self._previewJob is not None and not self._previewJob.done:
             self._previewJob.cancel(kill=False)  # the warm worker drops it at its next network call
         try:
             p = self._parameterNode
             region = None
-            if p.previewVisibleSlices and steps != p.steps:  # while dragging; the release brings the whole volume
+            if quick and p.previewVisibleSlices:  # while dragging; the release brings the whole volume
                 region = self.logic.visibleRegion()
             job = self.logic.startEdit(p.inputVolume, self.currentDirection(), alpha, steps, preview=True,
                                        difference=p.showDifference, region=region, **self._options())
