@@ -125,6 +125,8 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._previewJob = None
+        self._warmJob = None  # the background encode that prepares the slider
+        self._warmedKey = None
         self._pendingPreviewAlpha = None
         self._dragging = False
         self._shownWorkerPid = None
@@ -205,6 +207,7 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.prepareSlider)
 
     def onSceneStartClose(self, caller, event) -> None:
         if self._job is not None or self._previewJob is not None:
@@ -226,10 +229,12 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.prepareSlider)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.prepareSlider)
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
@@ -290,6 +295,37 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.licenceLabel.text = _("Licence: ") + licence[:600]
         self.updateDirections()
         self.updateDiagnostics()
+        self.prepareSlider()
+
+    def prepareSlider(self, caller=None, event=None) -> None:
+        """Encode the input scan in the background as soon as it is chosen and the model is loaded
+        (the inversions for full results and previews, and what the slab preview needs), so the
+        first slider move only samples and decodes. Once per scan and settings."""
+        p = self._parameterNode
+        if not (p and p.inputVolume and p.livePreview and self.logic.isLoaded() and self.logic.modelInfo()):
+            return
+        if self._job is not None or (self._warmJob is not None and not self._warmJob.done):
+            return
+        key = (p.inputVolume.GetID(), p.steps, p.previewSteps, p.inputRegistered)
+        if key == self._warmedKey:
+            return
+        self._warmedKey = key
+        try:
+            job = self.logic.adapter().start_encode(p.inputVolume, p.steps, preview_steps=p.previewSteps, **self._options())
+        except Exception as err:  # preparing is an optimisation: it never shows a dialog
+            self.ui.statusLabel.text = _("Could not prepare the slider: ") + str(err)
+            return
+        self._warmJob = job
+        self.ui.statusLabel.text = _("Preparing the slider for {0}…").format(p.inputVolume.GetName())
+        job.on_done = self.onSliderPrepared
+        self._pollTimer.start()
+
+    def onSliderPrepared(self, job) -> None:
+        if job.state == "done":
+            self.ui.statusLabel.text = _("Ready: drag the slider for a preview ({0:.0f} s to prepare).").format(job.result.get("seconds", 0))
+        elif job.state == "error":
+            self._warmedKey = None
+            self.ui.statusLabel.text = _("Could not prepare the slider: ") + str(job.error)
 
     def updateDirections(self) -> None:
         combo = self.ui.directionComboBox
@@ -494,7 +530,8 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onModelReady()
         if self.logic.startError():
             self.ui.modelStatusLabel.text = _("The model could not be loaded: ") + self.logic.startError()
-        if self._job is None and self._previewJob is None and not self.logic.isStarting():
+        if self._job is None and self._previewJob is None and (self._warmJob is None or self._warmJob.done) \
+                and not self.logic.isStarting():
             self._pollTimer.stop()
 
     def onCancel(self) -> None:
@@ -503,7 +540,8 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene. The model is loaded again on the next run.")
         self.ui.progressBar.visible = False
         self.ui.cancelButton.enabled = False
-        self._job = self._previewJob = None
+        self._job = self._previewJob = self._warmJob = None
+        self._warmedKey = None
         self._checkCanApply()
 
 

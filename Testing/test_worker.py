@@ -304,3 +304,22 @@ def test_scan_points_reach_model_space_through_the_registration():
     mni_ras = ras + [-2.0, 4.0, 6.0]  # L and P flip sign in RAS
     want = (mni_ras - model_affine[:3, 3]) / 3.0
     np.testing.assert_allclose(_registered_points(ctx)(ras), want)
+
+
+def test_encoding_for_the_slider_prepares_the_previews_of_the_slices_on_screen(worker, scans, tmp_path):
+    """After an encode with preview_steps, a preview of the slices on screen costs only its sampling
+    and slab decodes: no encoder, no inversion, no full decode (the GroupNorm statistics are kept)."""
+    src = {"path": str(scans["b"]), "key": "slider"}
+    final, progress = _run(worker, {"op": "encode", "source": src, "steps": 4, "preview_steps": 2})
+    assert final["type"] == "result", final
+    assert final["calls"]["inversion"] == 2 and final["calls"]["decode"] == 1  # T=4 and T=2; one decode for the statistics
+    assert progress[-1]["done"] == progress[-1]["total"]
+    region = {"point": [0.0, 0.0, 10.0], "planes": ["axial", "coronal"]}
+    final, _ = _run(worker, dict(_edit(scans["b"], tmp_path, key="slider", steps=2), region=region))
+    assert final["type"] == "result", final
+    assert final["calls"] == {"autoencoder_encode": 0, "semantic_encode": 0, "inversion": 0, "sampling": 1, "decode": 0}
+    assert [r["plane"] for r in final["region"]] == ["axial", "coronal"]
+    assert final["provenance"]["preview"]["outside_slabs"] == "source"
+    assert nib.load(final["outputs"][0]["path"]).shape == nib.load(str(scans["b"])).shape
+    bad, _ = _run(worker, {"op": "encode", "source": src, "steps": 4, "preview_steps": 0})
+    assert bad["type"] == "error" and "preview_steps" in bad["message"]

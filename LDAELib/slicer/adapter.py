@@ -356,9 +356,14 @@ class LDAESlicerAdapter:
 
         return self._submit("reconstruct", request, build)
 
-    def start_encode(self, volume, steps: int = 10, *, latent_seed: int | None = None, input_space: str = "mni") -> Job:
-        """Encode and invert in the background (no nodes): the first slider move is then fast."""
+    def start_encode(self, volume, steps: int = 10, *, preview_steps: int | None = None, latent_seed: int | None = None,
+                     input_space: str = "mni") -> Job:
+        """Encode and invert in the background (no nodes): the first slider move is then fast.
+        ``preview_steps``: also invert at the previews' step count and record what a preview of the
+        slices on screen needs (the GroupNorm statistics of the scan's decode)."""
         request = {"op": "encode", "source": self._source(volume), "steps": int(steps), "latent_seed": latent_seed, "input_space": input_space}
+        if preview_steps:
+            request["preview_steps"] = int(preview_steps)
         return self._submit("encode", request, lambda job, msg: [], outputs=False)
 
     def _preview_node(self, volume, data):

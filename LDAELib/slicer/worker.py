@@ -471,7 +471,23 @@ class Worker:
 
         prep = self._prepare(req.get("source"), space, self._stage_progress(progress), cancel)
         if op == "encode":
-            self._encoding(prep, steps, seed, _Progress(progress, self._encode_cost(prep, steps, seed)), cancel)
+            pstep = req.get("preview_steps")
+            if pstep is not None and (not isinstance(pstep, int) or pstep < 1):
+                raise LDAEError(f"preview_steps must be a whole number ≥ 1, got {pstep!r}")
+            cost = self._encode_cost(prep, steps, seed)
+            bar = _Progress(progress, cost + (pstep or 0) + (1 if pstep else 0))
+            enc = self._encoding(prep, steps, seed, bar, cancel)
+            if pstep:  # what the previews of the slider need: their inversion and the slab decode's statistics
+                from ..errors import Cancelled
+                from ..slice_preview import has_attention, source_stats
+
+                if pstep not in enc.z_T:
+                    enc = self._encoding(prep, pstep, seed, bar, cancel)
+                if cancel():
+                    raise Cancelled("cancelled")
+                if not has_attention(self.model.autoencoder):
+                    source_stats(self.pipe, enc)
+                bar.phase(1)(1, 1, "preview statistics")
             return {"outputs": []}
         inputs = [{"key": req["source"].get("key")}]
         if op in ("edit", "reconstruct"):
