@@ -218,3 +218,12 @@ def test_cli_writes_a_cohort(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert main(["cohort", str(out), "--subjects", "1", "--seed", "8", "--spacing", str(SPACING), "-q"]) == 1
     assert "other settings" in capsys.readouterr().err
+
+
+def test_a_grid_too_coarse_for_the_atrophy_model_is_one_clear_error(tmp_path, capsys):
+    from LDAELib.cli import main
+
+    assert main(["cohort", str(tmp_path / "coarse"), "--subjects", "1", "--spacing", "6", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "between 0.5 and 4 mm" in err and "Traceback" not in err
+    assert not (tmp_path / "coarse" / "cohort.csv").exists()

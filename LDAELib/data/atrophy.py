@@ -225,7 +225,12 @@ class TemplateOnGrid:
             else:
                 got = -np.log1p(-(volume("gm") - volume("gm", disp)) / self.volumes_ml[k])
             ratios[k] = got / amount
-        assert np.all(ratios > 0.1), f"atrophy calibration failed: {ratios}"
+        if not np.all(ratios > 0.1):
+            from ..errors import LDAEError
+
+            weak = ", ".join(f"{n} ({r:.2f})" for n, r in zip(COMPONENTS, ratios) if r <= 0.1)
+            raise LDAEError(f"the atrophy model cannot be calibrated on this grid: {weak} barely change; use a finer "
+                            "grid (--spacing 2, the default)")
         self.unit_fields = self.unit_fields / torch.as_tensor(ratios, dtype=torch.float32).view(-1, 1, 1, 1, 1)
         return ratios
 

@@ -114,8 +114,9 @@ class CohortConfig:
             raise LDAEError(f"--visits-max {self.visits_max} does not fit {self.max_months:g} months at one visit per {SCHEDULE_MONTHS:g} months (at most {slots + 1})")
         if not 0.0 <= self.disease_fraction <= 1.0:
             raise LDAEError(f"--disease-fraction must lie between 0 and 1, got {self.disease_fraction}")
-        if not 0.5 <= self.spacing_mm <= 8.0:
-            raise LDAEError(f"--spacing must lie between 0.5 and 8 mm, got {self.spacing_mm}")
+        if not 0.5 <= self.spacing_mm <= 4.0:
+            raise LDAEError(f"--spacing must lie between 0.5 and 4 mm, got {self.spacing_mm:g}: on coarser grids the hippocampus "
+                            "spans too few voxels to simulate its atrophy (default 2 mm; resample the written scans for coarser models)")
         unknown = set(self.templates) - set(TEMPLATE_NAMES)
         if unknown or not self.templates:
             raise LDAEError(f"unknown templates {sorted(unknown)}; choose from {', '.join(TEMPLATE_NAMES)}")
