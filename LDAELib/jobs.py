@@ -90,9 +90,11 @@ def decode_dtype_name(args) -> str:
 def pipeline_for(args, model):
     from .runtime import make_pipeline, tune_allocator
 
-    tune_allocator()
-    return make_pipeline(model, str(args.device), args.dtype, getattr(args, "decode_dtype", "auto"), threads=args.threads,
-                         cache_dir=getattr(args, "cache_dir", None))
+    pipe = make_pipeline(model, str(args.device), args.dtype, getattr(args, "decode_dtype", "auto"), threads=args.threads,
+                         cache_dir=getattr(args, "cache_dir", None), weight_storage=getattr(args, "weight_storage", "auto"))
+    tune_allocator()  # after the weights are in place (make_pipeline's docstring)
+    args.weight_storage_used = pipe.weight_storage  # "auto" resolved, for the provenance
+    return pipe
 
 
 def prepare(args, path, space_cfg):
@@ -143,6 +145,7 @@ def provenance(args, model, operation: str, inputs: list, **extra) -> dict:
         "device": str(args.device),
         "dtype": args.dtype,
         "decode_dtype": decode_dtype_name(args),
+        "weight_storage": getattr(args, "weight_storage_used", args.dtype),
         "inputs": [{"path": str(Path(p).resolve()), "sha256": sha256_of(p)} for p in inputs],
         "created": now_iso(),
     }

@@ -70,7 +70,7 @@ class EncodingStore:
         self.hits = self.writes = 0
 
     def path(self, pipeline: "LDAEPipeline", key: str) -> Path:
-        h = hashlib.sha256("|".join((pipeline.model.fingerprint(), key, pipeline.device.type)).encode()).hexdigest()
+        h = hashlib.sha256("|".join((pipeline.model.fingerprint(), key, pipeline.device.type, pipeline.weight_storage)).encode()).hexdigest()
         return self.folder / f"{h[:40]}.safetensors"
 
     def load(self, pipeline: "LDAEPipeline", key: str) -> "Encoding | None":
@@ -202,6 +202,7 @@ class LDAEPipeline:
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
         self.decode_dtype = decode_dtype or dtype
+        self.weight_storage = str(dtype).replace("torch.", "")  # runtime.compact_weights may make it float16
         if self.decode_dtype != dtype:
             self.model.autoencoder.post_quant_conv.to(self.decode_dtype)
             self.model.autoencoder.decoder.to(self.decode_dtype)

@@ -61,3 +61,52 @@ def test_preview_sampling_precision_is_chosen_from_the_hardware(monkeypatch):
     assert runtime.preview_sampling_dtype("cpu") is None
     with pytest.raises(LDAEError, match="preview precision"):
         runtime.preview_sampling_dtype("cpu", "half")
+
+
+def test_float16_weight_storage_halves_the_shift_unet_and_keeps_its_arithmetic():
+    """compact_weights rounds the weights once and widens them layer by layer: the same float32
+    arithmetic on float16-rounded weights, half the weight memory. (Random weights: the fixture's
+    weights happen to be exact in float16.)"""
+    import copy
+
+    from LDAELib.runtime import compact_weights
+    from LDAELib.slicer.testing import tiny_config
+    from LDAELib.weights import random_model
+
+    official_model = random_model(tiny_config(), seed=3)
+    ref = copy.deepcopy(official_model.shift_unet)
+    rounded = copy.deepcopy(official_model.shift_unet)
+    with torch.no_grad():
+        for name, p in rounded.named_parameters():
+            if name.endswith("weight") and p.ndim >= 2:
+                p.copy_(p.half().float())
+    compact = copy.deepcopy(official_model.shift_unet)
+    before = sum(t.numel() * t.element_size() for t in list(compact.parameters()) + list(compact.buffers()))
+    saved = compact_weights(compact, torch.float16)
+    after = sum(t.numel() * t.element_size() for t in list(compact.parameters()) + list(compact.buffers()))
+    assert saved > 0.45 * before and after == before - saved
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 3, 8, 8, 8, generator=g)
+    y = torch.randn(1, official_model.config.unet.latent_dim, generator=g)
+    t = torch.tensor([300])
+    with torch.inference_mode():
+        want, got, exact = rounded(z, t, y), compact(z, t, y), ref(z, t, y)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)  # identical to float32 arithmetic on the rounded weights
+    assert all(m.weight is None for m in compact.modules() if hasattr(m, "weight_stored"))  # nothing widened is kept
+    for a, b in zip(got, exact):  # and close to the unrounded weights' output (float16 keeps 11 mantissa bits)
+        assert 0 < float((a - b).abs().max() / b.abs().max()) < 5e-3
+
+
+def test_weight_storage_is_chosen_from_the_memory_available(official_model, monkeypatch):
+    from LDAELib import runtime
+
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 1 << 40)
+    assert make_pipeline(official_model, "cpu", "float32", "float32").weight_storage == "float32"
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 1 << 20)
+    import copy
+
+    pipe = make_pipeline(copy.deepcopy(official_model), "cpu", "float32", "float32")
+    assert pipe.weight_storage == "float16" and any(hasattr(m, "weight_stored") for m in pipe.model.shift_unet.modules())
+    with pytest.raises(LDAEError, match="weight storage"):
+        make_pipeline(official_model, "cpu", "float32", "float32", weight_storage="int8")

@@ -424,6 +424,7 @@ class Worker:
             "device": self.device,
             "dtype": self.dtype,
             "decode_dtype": str(getattr(self.pipe, "decode_dtype", self.dtype)).replace("torch.", ""),
+            "weight_storage": getattr(self.pipe, "weight_storage", self.dtype),
             "inputs": inputs,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -594,6 +595,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--cache-dir", default=None, help="keep encodings on disk in this folder (off by default)")
+    p.add_argument("--weight-storage", choices=["auto", "float32", "float16"], default="auto",
+                   help="keep the float32 ShiftUNet's weights in float16 (half their memory); auto: when memory is short")
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of a bundle's files")
     return p
 
@@ -616,13 +619,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        tune_allocator()
         device = choose_device(args.device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise LDAEError(f"device {device} was asked for but this torch has no CUDA device; choose cpu")
         resolve_precision(device, args.dtype, args.decode_dtype)  # bad settings fail before the (slow) model load
         model = load_model(args.model, verify=not args.no_verify)
-        pipe = make_pipeline(model, device, args.dtype, args.decode_dtype, cache_dir=args.cache_dir)
+        pipe = make_pipeline(model, device, args.dtype, args.decode_dtype, cache_dir=args.cache_dir, weight_storage=args.weight_storage)
+        tune_allocator()  # after the weights are in place (make_pipeline's docstring)
     except LDAEError as err:
         emit({"type": "error", "id": None, "kind": "LDAEError", "message": str(err)})
         return 1
