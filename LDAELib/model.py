@@ -113,8 +113,8 @@ class LDAEModel(nn.Module):
         files = self.identity.get("files") or {}
         if files:
             h.update(json.dumps(files, sort_keys=True).encode())
-        else:
-            for name, t in self.state_dict().items():
+        else:  # parameters and every buffer (compact_weights keeps weights in non-persistent ones)
+            for name, t in [*self.named_parameters(), *self.named_buffers()]:
                 h.update(name.encode())
                 h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         self._fingerprint = h.hexdigest()

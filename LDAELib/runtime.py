@@ -165,7 +165,6 @@ def make_pipeline(model, device: str = "cpu", dtype: str = "float32", decode_dty
         weight_storage = "float16" if cpu and net == torch.float32 and _short_of_memory(model.config, net, dec) else "float32"
     pipe = LDAEPipeline(model, device=device, dtype=net, decode_dtype=dec, **kwargs)
     if weight_storage == "float16" and net == torch.float32:
-        pipe.model.fingerprint()  # of the weights as loaded, before they are rounded
         compact_weights(pipe.model.shift_unet, torch.float16)
     pipe.weight_storage = weight_storage if net == torch.float32 else str(net).replace("torch.", "")
     return pipe

@@ -376,7 +376,7 @@ def source_stats(pipeline, enc, steps: int | None = None, cache_size: int = 4) -
     return cache[key]
 
 
-def _slices(slices, n: int) -> tuple[int, int]:
+def _slices(slices) -> tuple[int, int]:
     if isinstance(slices, int):
         return slices, slices + 1
     if isinstance(slices, range):
@@ -408,14 +408,7 @@ def preview_edit(pipeline, enc_or_x, direction, alpha: float | Sequence[float], 
         ``preview_slabs``). The inversion stays in the pipeline's dtype.
     A decoder with attention is decoded fully and cut (``full_decode_fallback``) or refused.
     """
-    f = pipeline.model.config.autoencoder.downsampling
-    if axis not in (0, 1, 2):
-        raise LDAEError(f"axis must be 0, 1 or 2 (model-space A, B, S); got {axis}")
-    shape = enc_or_x.z0.shape[2:] if hasattr(enc_or_x, "z0") else pipeline._as_input(enc_or_x).shape[2:]
-    n_img = int(shape[axis]) * (f if hasattr(enc_or_x, "z0") else 1)
-    start, stop = _slices(slices, n_img)
-    if not 0 <= start < stop <= n_img:
-        raise LDAEError(f"slices {start}…{stop - 1} are outside the volume's 0…{n_img - 1} along axis {axis}")
+    start, stop = _slices(slices)
     return preview_slabs(pipeline, enc_or_x, direction, alpha, steps, [(axis, start, stop)], stats=stats,
                          exact_levels=exact_levels, full_decode_fallback=full_decode_fallback, latent_seed=latent_seed,
                          autocast=autocast, progress=progress, cancel=cancel)[0]
@@ -436,15 +429,16 @@ def preview_slabs(pipeline, enc_or_x, direction, alpha: float | Sequence[float],
         raise LDAEError("no slices to preview")
     alphas = [float(a) for a in (alpha if isinstance(alpha, (list, tuple)) else [alpha])]
     n = len(alphas)
-    p = _Progress(pipeline._cost(enc_or_x, steps) + pipeline._n_chunks(n) * steps + n * len(slabs), progress, cancel)
-    enc = pipeline._ensure(enc_or_x, steps, p, latent_seed)
+    # checked before the encoding, which may be the expensive part
     f = pipeline.model.config.autoencoder.downsampling
+    shape = [s * f for s in enc_or_x.z0.shape[2:]] if hasattr(enc_or_x, "z0") else list(pipeline._as_input(enc_or_x).shape[2:])
     for axis, start, stop in slabs:
         if axis not in (0, 1, 2):
             raise LDAEError(f"axis must be 0, 1 or 2 (model-space A, B, S); got {axis}")
-        n_img = enc.z0.shape[2 + axis] * f
-        if not 0 <= start < stop <= n_img:
-            raise LDAEError(f"slices {start}…{stop - 1} are outside the volume's 0…{n_img - 1} along axis {axis}")
+        if not 0 <= start < stop <= shape[axis]:
+            raise LDAEError(f"slices {start}…{stop - 1} are outside the volume's 0…{shape[axis] - 1} along axis {axis}")
+    p = _Progress(pipeline._cost(enc_or_x, steps) + pipeline._n_chunks(n) * steps + n * len(slabs), progress, cancel)
+    enc = pipeline._ensure(enc_or_x, steps, p, latent_seed)
     if autocast is not None:
         with torch.autocast(pipeline.device.type, dtype=autocast):
             z0, _ = pipeline._edited_latents(enc, direction, alphas, steps, p)

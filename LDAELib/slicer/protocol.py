@@ -50,7 +50,6 @@ FINAL_TYPES = ("result", "error", "cancelled")
 
 INPUT_SPACES = ("mni", "model", "raw")
 PLANES = ("axial", "coronal", "sagittal")
-PREVIEW_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def dumps(message: dict[str, Any]) -> str:

@@ -55,6 +55,10 @@ class Prepared:
     """latent mode (None = mean, or the latent seed) -> pipeline ``Encoding`` (its z_T per step count)."""
     ras_to_model: Callable[[np.ndarray], np.ndarray] | None = None
     """N×3 RAS points of the source's world → N×3 continuous model-space voxel indices."""
+    source: np.ndarray | None = None
+    """The source's own voxels (float32, I,J,K): what a preview of the slices on screen shows elsewhere."""
+    slab_masks: dict = field(default_factory=dict)
+    """model slabs → boolean mask of the source voxels they decide (previews of the slices on screen)."""
 
 
 class Emitter:
@@ -242,7 +246,7 @@ class Worker:
         else:
             raise LDAEError(f"unknown input space '{input_space}'; use one of {', '.join(protocol.INPUT_SPACES)}")
         prep = Prepared(key=key, path=str(path), affine=np.asarray(vol.affine), shape=tuple(vol.data.shape), x=x, to_source=to_source,
-                        ras_to_model=ras_to_model)
+                        ras_to_model=ras_to_model, source=np.asarray(vol.data, dtype=np.float32))
         self.sources[key] = prep
         while len(self.sources) > _SOURCE_CACHE:
             self.sources.popitem(last=False)
@@ -256,7 +260,7 @@ class Worker:
         the demo model at 2–3 steps, where the scan's own decode gives 0.84 at 2 steps. Every source
         voxel outside the slabs keeps the source's value, so nothing there passes for a result."""
         from ..errors import LDAEError
-        from ..io import read_volume
+        from ..runtime import preview_sampling_dtype
         from ..slice_preview import preview_slabs, visible_slab
 
         region = req["region"]
@@ -266,9 +270,7 @@ class Worker:
             raise LDAEError("a preview region needs a point [R, A, S] in mm")
         if not planes or any(p not in protocol.PLANES for p in planes):
             raise LDAEError(f"a preview region needs planes among {', '.join(protocol.PLANES)}")
-        pdtype = req.get("preview_dtype") or "float32"
-        if pdtype not in protocol.PREVIEW_DTYPES:
-            raise LDAEError(f"preview_dtype must be one of {', '.join(protocol.PREVIEW_DTYPES)}")
+        autocast = preview_sampling_dtype(self.device, req.get("preview_dtype") or "float32")
         found = []
         for plane in dict.fromkeys(planes):
             slab = visible_slab(plane, point, prep.shape, prep.affine, prep.ras_to_model, self.model.config.space.shape)
@@ -280,26 +282,26 @@ class Worker:
         cost = self._encode_cost(prep, steps, seed) + self._sample_cost(n, steps) + n * (len(found) - 1)
         bar = _Progress(progress, cost)
         enc = self._encoding(prep, steps, seed, bar, cancel)
-        from ..runtime import preview_sampling_dtype
-
-        autocast = preview_sampling_dtype(self.device, pdtype)
         previews = preview_slabs(self.pipe, enc, direction, alphas, steps, [s for _, s in found], autocast=autocast, stats="reconstruction",
                                  progress=bar.phase(cost - self._encode_cost(prep, steps, seed)), cancel=cancel)
-        inside = np.zeros(prep.x.shape, dtype=np.float32)
+        where = []
         for pv in previews:
             index = [slice(None)] * 3
             index[pv.axis] = slice(pv.start, pv.stop)
-            inside[tuple(index)] = 1.0
-        inside = prep.to_source(inside, rescale_intensity=False, order=0) > 0.5  # source voxels the slabs decide
-        source = np.asarray(read_volume(prep.path).data, dtype=np.float32)
+            where.append(tuple(index))
+        mask_key = tuple(s for _, s in found)
+        if mask_key not in prep.slab_masks:  # the same views while dragging: computed once
+            inside = np.zeros(prep.x.shape, dtype=np.float32)
+            for index in where:
+                inside[index] = 1.0
+            prep.slab_masks = {mask_key: prep.to_source(inside, rescale_intensity=False, order=0) > 0.5}  # the source voxels the slabs decide
+        inside = prep.slab_masks[mask_key]
         outputs = []
         for i, a in enumerate(alphas):
             vol = np.array(prep.x, dtype=np.float32, copy=True)
-            for pv in previews:
-                index = [slice(None)] * 3
-                index[pv.axis] = slice(pv.start, pv.stop)
-                vol[tuple(index)] = pv.image[i, 0].detach().float().cpu().numpy()
-            data = np.where(inside, prep.to_source(vol), source).astype(np.float32)
+            for index, pv in zip(where, previews):
+                vol[index] = pv.image[i, 0].detach().float().cpu().numpy()
+            data = np.where(inside, prep.to_source(vol), prep.source)
             desc = f"LDAE preview {direction.name} alpha={a:+g} T={steps}"
             outputs.append({"kind": "edit", "alpha": a, "preview": True, "path": save(f"preview_{i:03d}.nii", data, prep.affine, desc)})
         slabs = [{"plane": plane, "axis": ax, "start": s0, "stop": s1} for plane, (ax, s0, s1) in found]
