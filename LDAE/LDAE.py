@@ -326,6 +326,8 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif job.state == "error":
             self._warmedKey = None
             self.ui.statusLabel.text = _("Could not prepare the slider: ") + str(job.error)
+            return
+        self.prepareSlider()  # the scan or the steps may have changed while this one ran
 
     def updateDirections(self) -> None:
         combo = self.ui.directionComboBox

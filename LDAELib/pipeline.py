@@ -109,7 +109,7 @@ class EncodingStore:
         meta = {"format": self.FORMAT, "key": enc.key, "model": pipeline.model.fingerprint(), "model_name": pipeline.model.name,
                 "latent": enc.latent, "steps": json.dumps(sorted(enc.z_T)), "dtype": str(pipeline.dtype).replace("torch.", "")}
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # derived from patients' scans: the user's only
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             save_file(tensors, str(tmp), metadata=meta)
             os.replace(tmp, path)
