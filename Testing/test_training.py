@@ -246,6 +246,46 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(trained, tiny_coh
     assert steps == straight  # the log reads like one run
 
 
+def test_code_regression_spreads_the_codes_and_stays_out_of_the_bundle(trained, tiny_cohort, tmp_path):
+    """The optional auxiliary head: its loss is logged and falls, codes spread more than without it,
+    and the bundle holds only the encoder and the ShiftUNet (it loads strictly)."""
+    from LDAELib.training import TrainingSession
+    from LDAELib.weights import load_model
+
+    work, _ = trained
+    spread = {}
+    for weight in (0.0, 1.0):
+        w = tmp_path / f"w{weight}"
+        w.mkdir()
+        for part in ("autoencoder", "ddpm", "latents", "cache"):
+            shutil.copytree(work / part, w / part)
+        for f in ("recipe.json", "split.json"):
+            shutil.copy(work / f, w / f)
+        recipe = tiny_recipe()
+        recipe.representation.code_regression_weight = weight
+        session = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None)
+        session.train_representation()
+        rows = [r for r in map(json.loads, (w / "representation" / "log.jsonl").read_text().splitlines()) if r["split"] == "train"]
+        spread[weight] = np.mean([r["code_sd"] for r in rows[-2:]])
+        if weight:
+            reg = [r["code_regression"] for r in rows]
+            assert reg[-1] < reg[0], reg
+            bundle = session.run("all")
+            load_model(bundle)  # strict: an extra head would be an unknown key
+        else:
+            assert all("code_regression" not in r for r in rows)
+    assert spread[1.0] > spread[0.0], spread
+
+
+def test_code_regression_settings_are_checked():
+    from LDAELib.training.config import RepresentationStageConfig
+
+    with pytest.raises(LDAEError, match="code_regression_grid"):
+        RepresentationStageConfig(code_regression_grid=(4, 0, 4))
+    with pytest.raises(LDAEError, match="code_regression_weight"):
+        RepresentationStageConfig(code_regression_weight=-1.0)
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 class _Payload:
     def __init__(self, flag: Path) -> None:

@@ -182,6 +182,12 @@ class RepresentationStageConfig(StageConfig):
     """Stage (c), the semantic encoder and the gradient estimator (SPEC §5.4).
 
     ε-loss on ε_θ + c_t·g (ε_θ frozen), weighted per sample by snr^snr_exponent / (1 + snr).
+
+    ``code_regression_weight`` (0 = the authors' objective alone) adds an auxiliary loss that is not
+    in the paper: a linear head, discarded after training, predicts the scan's autoencoder latent,
+    average-pooled to the ``code_regression_grid`` and standardised over the training scans, from y_sem.
+    It keeps the codes from collapsing to one vector when the cohort varies little and the stage is
+    short (docs/training.md, "Why the demo recipe adds a code regression").
     """
 
     steps: int = 5000
@@ -189,11 +195,18 @@ class RepresentationStageConfig(StageConfig):
     lr: float = 1e-4
     latent: str = "sample"
     snr_exponent: float = 0.1
+    code_regression_weight: float = 0.0
+    code_regression_grid: tuple[int, int, int] = (4, 5, 4)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.latent not in ("sample", "mean"):
             raise LDAEError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
+        if not self.code_regression_weight >= 0:
+            raise LDAEError(f"code_regression_weight must be 0 or positive, got {self.code_regression_weight}")
+        grid = tuple(self.code_regression_grid)
+        if len(grid) != 3 or any(int(k) != k or k < 1 for k in grid):
+            raise LDAEError(f"code_regression_grid must be three positive integers, got {self.code_regression_grid!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "RepresentationStageConfig":

@@ -11,6 +11,11 @@ z_t = √ᾱ_t · z0 + √(1−ᾱ_t) · noise, y = E(x) on the axial slice stac
 on the full 1000-step DDPM schedule (α_t = 1 − β_t, ᾱ_{−1} = 1). Only E and the gradient-estimator
 parts (``label_emb``, ``shift_middle_block``, ``shift_output_blocks``, ``shift_out``) learn; both get
 an EMA, and the EMA weights are what the bundle ships.
+
+Optionally (``code_regression_weight`` > 0; not in the paper) a linear head predicts the scan's
+mean latent, pooled to a coarse grid and standardised, from y and adds ``weight × mean squared error`` to the loss; the head is
+not shipped. Every step also logs ``code_sd``, the spread of y across the batch (mean over
+dimensions of the per-dimension SD): a value near 0 means the codes collapsed to one vector.
 """
 
 from __future__ import annotations
@@ -49,18 +54,59 @@ def shift_coefficients(num_timesteps: int, snr_exponent: float = 0.1) -> tuple[t
     return torch.from_numpy(coef.astype(np.float32)), torch.from_numpy(weight.astype(np.float32))
 
 
-class RepresentationLoss(nn.Module):
-    """(x, z0, t, noise) → (SNR-weighted ε-loss of ε + c_t·g, parts). Holds E and the ShiftUNet."""
+class CodeRegression(nn.Module):
+    """Linear head y → the pooled latent, standardised with the training scans' mean and SD (not shipped)."""
 
-    def __init__(self, encoder: SemanticEncoder, shift_unet: ShiftUNet, num_timesteps: int, snr_exponent: float, plane: str) -> None:
+    def __init__(self, code_dim: int, grid: tuple[int, int, int], mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.grid = tuple(int(k) for k in grid)
+        self.head = nn.Linear(code_dim, mean.numel())
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("mean", mean.flatten().float(), persistent=False)
+        self.register_buffer("std", std.flatten().float(), persistent=False)
+
+    def target(self, mu: torch.Tensor) -> torch.Tensor:
+        """Standardised pooled targets of mean latents (μ × scale), B×C×D×H×W → B×features."""
+        pooled = nn.functional.adaptive_avg_pool3d(mu.float(), self.grid).flatten(1)
+        return (pooled - self.mean) / self.std
+
+    def forward(self, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (self.head(y.float()) - target).pow(2).mean()
+
+    @classmethod
+    def fitted(cls, code_dim: int, grid, latents: Latents, rows: list[int]) -> "CodeRegression":
+        """A head whose standardisation uses the mean latents (μ × scale) of ``rows``."""
+        shape = tuple(latents.mu.shape[2:])
+        if any(int(k) > n for n, k in zip(shape, grid)):
+            raise LDAEError(f"code_regression_grid {tuple(grid)} is finer than the latent grid {shape}")
+        grid = tuple(int(k) for k in grid)
+        mu = torch.stack([latents.mu[latents.position(r)] for r in rows]).float() * latents.scale
+        pooled = nn.functional.adaptive_avg_pool3d(mu, grid).flatten(1)
+        return cls(code_dim, grid, pooled.mean(0), pooled.std(0).clamp_min(1e-6))
+
+
+def code_spread(y: torch.Tensor) -> torch.Tensor:
+    """Mean over dimensions of the SD of y across the batch (0 for a batch of one)."""
+    if y.shape[0] < 2:
+        return y.new_zeros(())
+    return y.detach().float().std(0).mean()
+
+
+class RepresentationLoss(nn.Module):
+    """(x, z0, t, noise) → (SNR-weighted ε-loss of ε + c_t·g [+ code regression], parts). Holds E and the ShiftUNet."""
+
+    def __init__(self, encoder: SemanticEncoder, shift_unet: ShiftUNet, num_timesteps: int, snr_exponent: float, plane: str,
+                 code_regression: CodeRegression | None = None, code_regression_weight: float = 0.0) -> None:
         super().__init__()
         self.encoder, self.shift_unet, self.plane = encoder, shift_unet, plane
+        self.code_regression, self.code_regression_weight = code_regression, float(code_regression_weight)
         coef, weight = shift_coefficients(num_timesteps, snr_exponent)
         self.register_buffer("alphas_cumprod", alphas_cumprod_tensor(num_timesteps), persistent=False)
         self.register_buffer("coef", coef, persistent=False)
         self.register_buffer("weight", weight, persistent=False)
 
-    def forward(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
+    def forward(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, code_target: torch.Tensor | None = None):
         view = (-1, *([1] * (z0.dim() - 1)))
         ab = self.alphas_cumprod[t].view(view)
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
@@ -70,7 +116,12 @@ class RepresentationLoss(nn.Module):
         per_item = (pred - noise.float()).pow(2).flatten(1).mean(1)
         loss = (self.weight[t] * per_item).mean()
         base = (eps.detach().float() - noise.float()).pow(2).flatten(1).mean(1)
-        return loss, {"mse": per_item.mean().detach(), "mse_eps_only": base.mean().detach()}
+        parts = {"mse": per_item.mean().detach(), "mse_eps_only": base.mean().detach(), "code_sd": code_spread(y)}
+        if code_target is not None and self.code_regression is not None and self.code_regression_weight > 0:
+            reg = self.code_regression(y, code_target)
+            parts["code_regression"] = reg.detach()
+            loss = loss + self.code_regression_weight * reg
+        return loss, parts
 
 
 class RepresentationObjective(Objective):
@@ -96,8 +147,14 @@ class RepresentationObjective(Objective):
         nn.init.zeros_(shift.shift_out[-1].bias)
         for name, p in shift.named_parameters():
             p.requires_grad_(is_shift_parameter(name))
-        self.module = RepresentationLoss(encoder, shift, model_config.num_timesteps, config.snr_exponent, model_config.slicing_plane).to(self.device)
         self.items = list(data.indices["train"])
+        head = None
+        if config.code_regression_weight > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + 1)
+                head = CodeRegression.fitted(model_config.encoder.emb_dim, config.code_regression_grid, latents, [r for r in self.items if latents.has(r)])
+        self.module = RepresentationLoss(encoder, shift, model_config.num_timesteps, config.snr_exponent, model_config.slicing_plane,
+                                         head, config.code_regression_weight).to(self.device)
         self.val_rows = [r for r in data.indices["val"] if latents.has(r)]
         self.draw = LatentBatches(latents, model_config.num_timesteps, config.latent, config.seed, STAGE_ID, self.device)
 
@@ -111,7 +168,15 @@ class RepresentationObjective(Objective):
         return len(self.items)
 
     def _rows(self, rows: list[int], step: int) -> dict[str, torch.Tensor]:
-        return {"x": self.data.volumes.batch(rows, self.device), **self.draw(rows, step)}
+        out = {"x": self.data.volumes.batch(rows, self.device), **self.draw(rows, step)}
+        head = self.module.code_regression
+        if head is not None:
+            # The target is the posterior mean μ, not the sampled z0: σ is large next to how much μ
+            # varies between scans, so a sampled target would be mostly noise.
+            lat = self.draw.latents
+            mu = torch.stack([lat.mu[lat.position(r)] for r in rows]).float() * lat.scale
+            out["code_target"] = head.target(mu.to(self.device))
+        return out
 
     def batch(self, items: list[int], step: int) -> dict[str, torch.Tensor]:
         return self._rows([self.items[i] for i in items], step)
