@@ -48,3 +48,26 @@ def test_manifest_lists_every_weight_file(demo_dir):
     files = manifest.get("files", manifest)
     for p in demo_dir.glob("*.safetensors"):
         assert p.name in json.dumps(files)
+
+
+def test_disease_edits_move_the_image_towards_larger_ventricles(demo_dir):
+    """Guards against collapsed semantic codes (the first shipped model's edits changed the image by
+    ~1e-5): an edit at alpha ±3 along `disease` must visibly change both example visits, and the +3
+    result must hold more CSF-dark voxels around the ventricles than the −3 result."""
+    import numpy as np
+
+    from LDAELib.io import read_volume
+    from LDAELib.pipeline import LDAEPipeline
+    from LDAELib.space import to_model_space
+    from LDAELib.weights import load_model
+
+    model = load_model(demo_dir)
+    pipe = LDAEPipeline(model)
+    for scan in example_scans():
+        v = read_volume(scan.path)
+        x, _ = to_model_space(v.data, v.affine, model.config.space)
+        out = pipe.edit(x, model.directions["disease"], [-3.0, 3.0], steps=10).numpy()[:, 0]
+        assert np.abs(out[1] - out[0]).mean() > 1e-3, scan.path.name
+        centre = out[:, 22:42, 25:55, 25:45]  # the lateral ventricles in the 64×80×64 model grid
+        dark = (centre < 0.25).sum(axis=(1, 2, 3))
+        assert dark[1] > dark[0], (scan.path.name, dark)

@@ -83,7 +83,9 @@ class CodeRegression(nn.Module):
         grid = tuple(int(k) for k in grid)
         mu = torch.stack([latents.mu[latents.position(r)] for r in rows]).float() * latents.scale
         pooled = nn.functional.adaptive_avg_pool3d(mu, grid).flatten(1)
-        return cls(code_dim, grid, pooled.mean(0), pooled.std(0).clamp_min(1e-6))
+        std = pooled.std(0)
+        # A floor, so a block of near-constant background cannot dominate the standardised loss.
+        return cls(code_dim, grid, pooled.mean(0), std.clamp_min(max(1e-6, 0.1 * float(std.median()))))
 
 
 def code_spread(y: torch.Tensor) -> torch.Tensor:
