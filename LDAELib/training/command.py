@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 EXIT_ERROR, EXIT_CANCELLED = 1, 130
-STAGE_CHOICES = ("all", "autoencoder", "decoder", "ddpm", "representation", "probes", "bundle")
+STAGE_CHOICES = ("all", "autoencoder", "ddpm", "representation", "probes", "bundle")
 
 
 def add_arguments(parser) -> None:

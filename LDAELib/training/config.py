@@ -6,7 +6,6 @@ A recipe is one JSON or YAML file::
     model: {vae_args: …, unet_args: …, enc_args: …, space: …}   # an LDAEConfig (default small_config())
     data: {split_seed: 0, val_fraction: 0.15, test_fraction: 0.15, …}
     autoencoder: {steps: …, batch_size: …, lr: …, kl_weight: …, …}
-    decoder: {steps: 0, …}                                # optional: the decoder alone, encoder frozen
     ddpm: {steps: …, …}
     representation: {steps: …, …}
     probes: {l2: …, …}
@@ -22,14 +21,13 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from ..errors import LDAEError
 from ..model import LDAEConfig, small_config
 
-STAGES = ("autoencoder", "decoder", "ddpm", "representation")
-"""The stages trained by gradient descent, in order (the probes and the bundle follow); "decoder" is
-optional (0 steps by default)."""
+STAGES = ("autoencoder", "ddpm", "representation")
+"""The stages trained by gradient descent, in order (the probes and the bundle follow)."""
 
 
 def _from_dict(cls, d: dict | None, what: str):
@@ -97,11 +95,9 @@ class StageConfig:
     precision: str = "float32"
     channels_last: bool = False
 
-    _min_steps: ClassVar[int] = 1  # 0 for optional stages: 0 steps = the stage is skipped
-
     def __post_init__(self) -> None:
-        if self.epochs is None and self.steps < self._min_steps:
-            raise LDAEError(f"steps must be at least {self._min_steps}, got {self.steps}")
+        if self.epochs is None and self.steps < 1:
+            raise LDAEError(f"steps must be at least 1, got {self.steps}")
         if self.epochs is not None and not self.epochs > 0:
             raise LDAEError(f"epochs must be positive, got {self.epochs}")
         if self.batch_size < 1:
@@ -156,39 +152,6 @@ class AutoencoderStageConfig(StageConfig):
     @classmethod
     def from_dict(cls, d: dict | None) -> "AutoencoderStageConfig":
         return _from_dict(cls, d, "autoencoder stage")
-
-
-@dataclass
-class DecoderStageConfig(StageConfig):
-    """Stage (a′), optional and not in the paper: the autoencoder's decoder alone, encoder frozen.
-
-    It trains ``post_quant_conv`` and the decoder on the stored latents with the L1 loss of stage (a),
-    from the EMA autoencoder. The encoder, the latents and the latent scale do not change, so the
-    diffusion stages do not depend on it; the bundle takes its decoder. ``steps: 0`` skips it.
-
-    ``crop``: random crops in image voxels (multiples of the downsampling), cut on the latent grid;
-    None = whole volumes. ``latent``: "mean" decodes μ (what the pipeline decodes), "sample" μ + σ·ε.
-    """
-
-    _min_steps: ClassVar[int] = 0
-    steps: int = 0
-    batch_size: int = 4
-    lr: float = 1e-4
-    crop: tuple[int, int, int] | None = None
-    latent: str = "sample"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.latent not in ("sample", "mean"):
-            raise LDAEError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.epochs is not None or self.steps > 0
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "DecoderStageConfig":
-        return _from_dict(cls, d, "decoder stage")
 
 
 @dataclass
@@ -341,7 +304,6 @@ class Recipe:
     model: LDAEConfig = field(default_factory=small_config)
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderStageConfig = field(default_factory=AutoencoderStageConfig)
-    decoder: DecoderStageConfig = field(default_factory=DecoderStageConfig)
     ddpm: DDPMStageConfig = field(default_factory=DDPMStageConfig)
     representation: RepresentationStageConfig = field(default_factory=RepresentationStageConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
@@ -358,7 +320,6 @@ class Recipe:
             "model": self.model.to_dict(),
             "data": self.data.to_dict(),
             "autoencoder": self.autoencoder.to_dict(),
-            "decoder": self.decoder.to_dict(),
             "ddpm": self.ddpm.to_dict(),
             "representation": self.representation.to_dict(),
             "probes": self.probes.to_dict(),
@@ -368,8 +329,8 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         if not isinstance(d, dict):
-            raise LDAEError("a recipe must be a mapping of sections (name, model, data, autoencoder, decoder, ddpm, representation, probes)")
-        known = {"name", "model", "data", "autoencoder", "decoder", "ddpm", "representation", "probes", "licence"}
+            raise LDAEError("a recipe must be a mapping of sections (name, model, data, autoencoder, ddpm, representation, probes)")
+        known = {"name", "model", "data", "autoencoder", "ddpm", "representation", "probes", "licence"}
         unknown = set(d) - known
         if unknown:
             raise LDAEError(f"unknown recipe sections {sorted(unknown)}; known: {', '.join(sorted(known))}")
@@ -382,7 +343,6 @@ class Recipe:
             model=model,
             data=DataConfig.from_dict(d.get("data")),
             autoencoder=AutoencoderStageConfig.from_dict(d.get("autoencoder")),
-            decoder=DecoderStageConfig.from_dict(d.get("decoder")),
             ddpm=DDPMStageConfig.from_dict(d.get("ddpm")),
             representation=RepresentationStageConfig.from_dict(d.get("representation")),
             probes=ProbeConfig.from_dict(d.get("probes")),

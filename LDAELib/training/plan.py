@@ -20,7 +20,6 @@ from .autoencoder import AutoencoderLoss
 from .config import STAGES, Recipe
 from .data import semantic_input
 from .ddpm import DDPMLoss
-from .decoder import DecoderLoss, is_decoder_parameter
 from .ema import EMA
 from .representation import RepresentationLoss, is_shift_parameter
 from .trainer import _autocast, to_channels_last_3d
@@ -38,15 +37,6 @@ def _module_and_batch(recipe: Recipe, stage: str, batch: int, device: torch.devi
             shape = tuple(recipe.autoencoder.crop)
             lat = (lat[0], *(c // m.autoencoder.downsampling for c in shape))
         inputs = {"x": torch.rand((batch, 1, *shape), generator=g), "eps": torch.randn((batch, *lat), generator=g)}
-    elif stage == "decoder":
-        ae = build_autoencoder(m.autoencoder)
-        for name, p in ae.named_parameters():
-            p.requires_grad_(is_decoder_parameter(name))
-        module = DecoderLoss(ae)
-        if recipe.decoder.crop:
-            shape = tuple(recipe.decoder.crop)
-            lat = (lat[0], *(c // m.autoencoder.downsampling for c in shape))
-        inputs = {"z": torch.randn((batch, *lat), generator=g), "x": torch.rand((batch, 1, *shape), generator=g)}
     elif stage == "ddpm":
         module = DDPMLoss(UNet(m.unet), m.num_timesteps)
         inputs = {"z0": torch.randn((batch, *lat), generator=g), "t": t, "noise": torch.randn((batch, *lat), generator=g)}
@@ -169,10 +159,6 @@ def plan(recipe: Recipe, data=None, device: torch.device | str = "cpu", world_si
         numbers["stage_B"] = {"volumes": uncached, "seconds_per_volume": stage_B_seconds, "seconds": t}
     for s in STAGES:
         cfg = recipe.stage(s)
-        if s == "decoder" and not recipe.decoder.enabled:
-            lines.append(f"  {s:<16}{'skipped (decoder.steps = 0)':>41}")
-            numbers["stages"][s] = {"steps": 0}
-            continue
         per_rank = max(1, cfg.batch_size // max(1, world_size))
         spe = (n_train // world_size) // per_rank if n_train else None
         steps = cfg.total_steps(spe) if spe else (cfg.steps if cfg.epochs is None else None)

@@ -4,7 +4,7 @@
       recipe.json            the recipe in use (model and data settings may not change later)
       split.json             the subject-level split (train / val / test subjects and counts)
       cache/                 model-space volumes as .npy (stage B done once)
-      autoencoder/ decoder/ ddpm/ representation/      (decoder/ only when the recipe trains it)
+      autoencoder/ ddpm/ representation/
           checkpoints/step-*/  log.jsonl  log.csv  final.json
       latents/               μ, σ of the training and validation volumes; latents.json (latent scale)
       probes/                directions.safetensors, probes.json (probe metrics on validation subjects)
@@ -30,13 +30,12 @@ from .checkpoint import final_checkpoint, load_checkpoint, read_final, write_jso
 from .config import Recipe, comparable
 from .data import TrainingData
 from .ddpm import DDPMObjective
-from .decoder import DecoderObjective
 from .distributed import DistContext
 from .probes import encode_codes, fit_directions, probe_metrics
 from .representation import RepresentationObjective
 from .trainer import StageResult, module_fingerprint, run_stage
 
-ORDER = ("autoencoder", "decoder", "ddpm", "representation", "probes", "bundle")
+ORDER = ("autoencoder", "ddpm", "representation", "probes", "bundle")
 
 
 def _strip(sd: dict, prefix: str) -> dict:
@@ -180,19 +179,6 @@ class TrainingSession:
         self._latents = lat
         return lat
 
-    def train_decoder(self, stop_at: int | None = None) -> StageResult | None:
-        """The optional decoder stage (None when the recipe gives it 0 steps)."""
-        if not self.recipe.decoder.enabled:
-            self.echo("decoder: not in the recipe (decoder.steps = 0), skipped")
-            return None
-        ae_ck = self._require("autoencoder", "decoder")
-        lat = self.latents()
-        state = _strip(load_checkpoint(ae_ck, with_optimizer=False).groups["ema"], "autoencoder.")
-        up = {"autoencoder": lat.meta["autoencoder"]}
-        self.prepare_volumes()
-        obj = DecoderObjective(self.recipe.model, self.recipe.decoder, self.data, lat, state, self.ctx.device, up)
-        return self._run(obj, "decoder", stop_at, {"latent_scale": lat.scale})
-
     def train_ddpm(self, stop_at: int | None = None) -> StageResult:
         self._require("autoencoder", "ddpm")
         lat = self.latents()
@@ -280,12 +266,7 @@ class TrainingSession:
             raise LDAEError(f"no probes in {self.workdir}; run 'ldae train probes' first")
         dirs, record = probes
         lat = self.latents()
-        trained = ("autoencoder", "decoder", "ddpm", "representation") if self.recipe.decoder.enabled else ("autoencoder", "ddpm", "representation")
-        if self.recipe.decoder.enabled:
-            self._require("decoder", "bundle")
-            if read_final(self.stage_dir("decoder")).get("upstream", {}).get("autoencoder") != lat.meta["autoencoder"]:
-                raise LDAEError("the decoder stage was trained from other autoencoder weights; run 'ldae train decoder' again")
-        stages = {s: read_final(self.stage_dir(s)) for s in trained}
+        stages = {s: read_final(self.stage_dir(s)) for s in ("autoencoder", "ddpm", "representation")}
         fingerprints = {s: module_fingerprint(self.stage_dir(s)).get("sha256") for s in stages}
         if record.get("representation", {}).get("sha256") != fingerprints["representation"]:
             raise LDAEError("the probes were fitted on other representation weights; run 'ldae train probes' again")
@@ -313,16 +294,11 @@ class TrainingSession:
                     "probe_metrics": record.get("metrics", {}),
                     "fingerprints": fingerprints,
                     "recipe": {k: v for k, v in self.recipe.to_dict().items() if k != "licence"},
-                    "weights": "EMA weights of every network (ShiftUNet ε-branch = EMA of the DDPM UNet"
-                               + ("; decoder from the decoder stage)" if self.recipe.decoder.enabled else ")"),
+                    "weights": "EMA weights of every network (ShiftUNet ε-branch = EMA of the DDPM UNet)",
                 },
             }
             model = LDAEModel(config, dirs, identity)
             model.autoencoder.load_state_dict(_strip(ae_ck.groups["ema"], "autoencoder."))
-            if self.recipe.decoder.enabled:
-                dec_ck = load_checkpoint(final_checkpoint(self.stage_dir("decoder")), with_optimizer=False)
-                dec = _strip(dec_ck.groups["ema"], "autoencoder.")
-                model.autoencoder.load_state_dict({k: v for k, v in dec.items() if k.split(".", 1)[0] in ("post_quant_conv", "decoder")}, strict=False)
             model.semantic_encoder.load_state_dict(_strip(rep_ck.groups["ema"], "encoder."))
             model.shift_unet.load_state_dict(_strip(rep_ck.groups["ema"], "shift_unet."))
             save_bundle(model, out, name=self.recipe.name)
@@ -347,8 +323,6 @@ class TrainingSession:
             return self.workdir / "bundle" if output is None else Path(output)
         if stage == "autoencoder":
             return self.train_autoencoder(stop_at)
-        if stage == "decoder":
-            return self.train_decoder(stop_at)
         if stage == "ddpm":
             return self.train_ddpm(stop_at)
         if stage == "representation":
