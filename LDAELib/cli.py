@@ -208,7 +208,8 @@ def _run(args, model=None) -> int:
 
 def _demo(args, model) -> int:
     """The shipped example visits → reconstruction, edits along every direction, interpolation, each
-    through the same command a user would type, with PNG previews (source | result | difference)."""
+    through the same command a user would type, with PNG previews (source | result | difference, and
+    for edits the difference from the reconstruction)."""
     import time
 
     import nibabel as nib
@@ -242,6 +243,7 @@ def _demo(args, model) -> int:
     previews = out / "previews"
     previews.mkdir(parents=True, exist_ok=True)
     parser = _parser()
+    reconstruction = None
     for label, argv, result in runs:
         t0 = time.perf_counter()
         code = _run(parser.parse_args(argv + common), model)
@@ -250,7 +252,12 @@ def _demo(args, model) -> int:
         took = time.perf_counter() - t0
         if result is not None:
             png = previews / (result.name.replace(".nii.gz", ".png"))
-            write_comparison_png(png, source_data, np.asarray(nib.load(str(result)).dataobj, dtype=np.float32), affine)
+            data = np.asarray(nib.load(str(result)).dataobj, dtype=np.float32)
+            # Edits get a fourth column, result − reconstruction: the edit itself, without the blur.
+            reference = None if label == "reconstruct" else reconstruction
+            write_comparison_png(png, source_data, data, affine, reference=reference)
+            if label == "reconstruct":
+                reconstruction = data
         else:
             frames = sorted((out / "interpolation").glob("*.nii.gz"))
             vols = [source_data] + [np.asarray(nib.load(str(f)).dataobj, dtype=np.float32) for f in frames]
@@ -258,7 +265,8 @@ def _demo(args, model) -> int:
             png = write_strip_png(previews / "interpolation.png", vols, affine)
         print(f"  {label}: {took:.1f} s  → {png}")
     print(f"demo outputs in {out} (model: {model.name}); previews: rows axial/coronal/sagittal, "
-          "columns source | result | result − source (red: brighter, blue: darker)")
+          "columns source | result | result − source, and for edits result − reconstruction "
+          "(the edit's own change; red: brighter, blue: darker)")
     return 0
 
 

@@ -110,17 +110,26 @@ def _window(volumes: list[np.ndarray]) -> tuple[float, float]:
     return (0.0, float(np.percentile(vals, 99.5))) if vals.size else (0.0, 1.0)
 
 
-def comparison_image(source: np.ndarray, result: np.ndarray, affine: np.ndarray, pixel_mm: float = 1.0) -> np.ndarray:
+def comparison_image(source: np.ndarray, result: np.ndarray, affine: np.ndarray, pixel_mm: float = 1.0,
+                     reference: np.ndarray | None = None) -> np.ndarray:
     """Rows axial / coronal / sagittal; columns source, result, result − source (diverging map,
-    scaled to the 99.5th percentile of |difference|). Both volumes on the same grid (``affine``)."""
+    scaled to the 99.5th percentile of |difference|). All volumes on the same grid (``affine``).
+
+    With ``reference`` (the reconstruction, i.e. the same scan at alpha 0) a fourth column shows
+    result − reference on its own scale: the edit's own change, without the autoencoder's blur
+    that dominates result − source."""
     source, result = np.asarray(source, np.float32), np.asarray(result, np.float32)
-    if source.shape != result.shape:
-        raise ValueError(f"source {source.shape} and result {result.shape} are not on the same grid")
+    vols = [source, result] + ([np.asarray(reference, np.float32)] if reference is not None else [])
+    for name, v in zip(("result", "reference"), vols[1:]):
+        if v.shape != source.shape:
+            raise ValueError(f"source {source.shape} and {name} {v.shape} are not on the same grid")
     lo, hi = _window([source, result])
-    diff = result - source
-    limit = float(np.percentile(np.abs(diff), 99.5)) or 1.0
-    s, r, d = (orthogonal_slices(v, affine, pixel_mm=pixel_mm) for v in (source, result, diff))
-    return _grid([[_gray(s[i], lo, hi), _gray(r[i], lo, hi), _diverging(d[i], limit)] for i in range(3)])
+    diffs = [result - source] + ([result - vols[2]] if reference is not None else [])
+    limits = [float(np.percentile(np.abs(d), 99.5)) or 1.0 for d in diffs]
+    s, r = (orthogonal_slices(v, affine, pixel_mm=pixel_mm) for v in (source, result))
+    ds = [orthogonal_slices(d, affine, pixel_mm=pixel_mm) for d in diffs]
+    return _grid([[_gray(s[i], lo, hi), _gray(r[i], lo, hi)] + [_diverging(d[i], lim) for d, lim in zip(ds, limits)]
+                  for i in range(3)])
 
 
 def strip_image(volumes: list[np.ndarray], affine: np.ndarray, pixel_mm: float = 1.0) -> np.ndarray:
@@ -131,8 +140,8 @@ def strip_image(volumes: list[np.ndarray], affine: np.ndarray, pixel_mm: float =
     return _grid([[_gray(s[i], lo, hi) for s in sl] for i in range(3)])
 
 
-def write_comparison_png(path, source, result, affine, pixel_mm: float = 1.0) -> Path:
-    return write_png(path, comparison_image(source, result, affine, pixel_mm))
+def write_comparison_png(path, source, result, affine, pixel_mm: float = 1.0, reference=None) -> Path:
+    return write_png(path, comparison_image(source, result, affine, pixel_mm, reference))
 
 
 def write_strip_png(path, volumes, affine, pixel_mm: float = 1.0) -> Path:

@@ -72,6 +72,28 @@ def test_comparison_image_has_three_rows_and_columns_and_shows_the_change():
     assert not ((same[..., 0] > 200) & (same[..., 1] < 60)).any()
 
 
+def test_comparison_image_with_a_reference_adds_the_edit_column():
+    """result − reference isolates the edit: a change shared by result and reference (the blur of a
+    reconstruction) shows in the third column only, the edit in both."""
+    scan = example_scans()[0]
+    img = nib.load(str(scan.path))
+    src = np.asarray(img.dataobj, np.float32)
+    recon = src.copy()
+    recon[20:30, 20:30, 40:50] += 500.0          # what the reconstruction changed
+    res = recon.copy()
+    res[60:70, 70:80, 40:50] += 500.0            # what the edit changed on top
+    three = comparison_image(src, res, img.affine, pixel_mm=2.0)
+    four = comparison_image(src, res, img.affine, pixel_mm=2.0, reference=recon)
+    assert four.shape[0] == three.shape[0] and four.shape[1] > three.shape[1] * 1.2
+    plain = comparison_image(src, recon, img.affine, pixel_mm=2.0, reference=recon)
+    last = plain[:, 3 * plain.shape[1] // 4 + 2:]
+    assert not ((last[..., 0] > 200) & (last[..., 1] < 60)).any()  # no edit → blank fourth column
+    last = four[:, 3 * four.shape[1] // 4 + 2:]
+    assert ((last[..., 0] > 200) & (last[..., 1] < 60)).any()
+    with pytest.raises(ValueError, match="reference"):
+        comparison_image(src, res, img.affine, reference=recon[:-1])
+
+
 def test_example_scans_are_two_visits_of_one_subject():
     a, b = example_scans()
     assert a.subject == b.subject and a.months == 0 and b.months > a.months
