@@ -119,12 +119,12 @@ def comparison_image(source: np.ndarray, result: np.ndarray, affine: np.ndarray,
     result − reference on its own scale: the edit's own change, without the autoencoder's blur
     that dominates result − source."""
     source, result = np.asarray(source, np.float32), np.asarray(result, np.float32)
-    vols = [source, result] + ([np.asarray(reference, np.float32)] if reference is not None else [])
-    for name, v in zip(("result", "reference"), vols[1:]):
-        if v.shape != source.shape:
+    ref = None if reference is None else np.asarray(reference, np.float32)
+    for name, v in (("result", result), ("reference", ref)):
+        if v is not None and v.shape != source.shape:
             raise ValueError(f"source {source.shape} and {name} {v.shape} are not on the same grid")
     lo, hi = _window([source, result])
-    diffs = [result - source] + ([result - vols[2]] if reference is not None else [])
+    diffs = [result - source] + ([result - ref] if ref is not None else [])
     limits = [float(np.percentile(np.abs(d), 99.5)) or 1.0 for d in diffs]
     s, r = (orthogonal_slices(v, affine, pixel_mm=pixel_mm) for v in (source, result))
     ds = [orthogonal_slices(d, affine, pixel_mm=pixel_mm) for d in diffs]

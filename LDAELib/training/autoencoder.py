@@ -130,6 +130,10 @@ class Latents:
     def has(self, row: int) -> bool:
         return row in self._pos
 
+    def scaled_means(self, rows: list[int]) -> torch.Tensor:
+        """μ × latent scale of ``rows`` (N×C×d×h×w float32): the deterministic z0 of each volume."""
+        return torch.stack([self.mu[self._pos[r]] for r in rows]).float() * self.scale
+
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
         import os

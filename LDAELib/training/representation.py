@@ -13,8 +13,8 @@ parts (``label_emb``, ``shift_middle_block``, ``shift_output_blocks``, ``shift_o
 an EMA, and the EMA weights are what the bundle ships.
 
 Optionally (``code_regression_weight`` > 0; not in the paper) a linear head predicts the scan's
-mean latent, pooled to a coarse grid and standardised, from y and adds ``weight × mean squared error`` to the loss; the head is
-not shipped. Every step also logs ``code_sd``, the spread of y across the batch (mean over
+mean latent, pooled to a coarse grid and standardised, from y and adds ``weight × mean squared
+error`` to the loss; the head is not shipped. Every step also logs ``code_sd``, the spread of y across the batch (mean over
 dimensions of the per-dimension SD): a value near 0 means the codes collapsed to one vector.
 """
 
@@ -81,8 +81,7 @@ class CodeRegression(nn.Module):
         if any(int(k) > n for n, k in zip(shape, grid)):
             raise LDAEError(f"code_regression_grid {tuple(grid)} is finer than the latent grid {shape}")
         grid = tuple(int(k) for k in grid)
-        mu = torch.stack([latents.mu[latents.position(r)] for r in rows]).float() * latents.scale
-        pooled = nn.functional.adaptive_avg_pool3d(mu, grid).flatten(1)
+        pooled = nn.functional.adaptive_avg_pool3d(latents.scaled_means(rows), grid).flatten(1)
         std = pooled.std(0)
         # A floor, so a block of near-constant background cannot dominate the standardised loss.
         return cls(code_dim, grid, pooled.mean(0), std.clamp_min(max(1e-6, 0.1 * float(std.median()))))
@@ -119,7 +118,7 @@ class RepresentationLoss(nn.Module):
         loss = (self.weight[t] * per_item).mean()
         base = (eps.detach().float() - noise.float()).pow(2).flatten(1).mean(1)
         parts = {"mse": per_item.mean().detach(), "mse_eps_only": base.mean().detach(), "code_sd": code_spread(y)}
-        if code_target is not None and self.code_regression is not None and self.code_regression_weight > 0:
+        if code_target is not None and self.code_regression is not None:
             reg = self.code_regression(y, code_target)
             parts["code_regression"] = reg.detach()
             loss = loss + self.code_regression_weight * reg
@@ -175,9 +174,7 @@ class RepresentationObjective(Objective):
         if head is not None:
             # The target is the posterior mean μ, not the sampled z0: σ is large next to how much μ
             # varies between scans, so a sampled target would be mostly noise.
-            lat = self.draw.latents
-            mu = torch.stack([lat.mu[lat.position(r)] for r in rows]).float() * lat.scale
-            out["code_target"] = head.target(mu.to(self.device))
+            out["code_target"] = head.target(self.draw.latents.scaled_means(rows).to(self.device))
         return out
 
     def batch(self, items: list[int], step: int) -> dict[str, torch.Tensor]:
