@@ -89,6 +89,8 @@ class LDAEParameterNode:
     inputVolume: the scan to edit. alpha: edit strength (its sign picks the side of the direction).
     steps / previewSteps: DDIM steps for full results and for the quick preview while dragging.
     previewVisibleSlices: while dragging, decode only the slices shown in the slice views.
+    showDifference / differenceFromReconstruction: the colour overlay of an edit, against the scan's
+    reconstruction (the edit alone) or against the source.
     timepointA/B, fractions, useMonths: interpolation. numberOfVariations, seed: variations.
     """
 
@@ -98,6 +100,7 @@ class LDAEParameterNode:
     alpha: Annotated[float, WithinRange(-5.0, 5.0)] = 2.0
     livePreview: bool = True
     showDifference: bool = True
+    differenceFromReconstruction: bool = True
     steps: Annotated[int, WithinRange(1, 200)] = 10
     previewSteps: Annotated[int, WithinRange(1, 50)] = 3
     previewVisibleSlices: bool = True
@@ -164,6 +167,7 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.copyDiagnosticsButton.connect("clicked(bool)", self.onCopyDiagnostics)
 
         self.ui.loadExampleScansButton.connect("clicked(bool)", self.onLoadExampleScans)
+        self.ui.showDifferenceCheckBox.connect("toggled(bool)", lambda on: setattr(self.ui.differenceFromReconstructionCheckBox, "enabled", on))
         # Edit
         self.ui.directionComboBox.connect("currentIndexChanged(int)", self.onDirectionChanged)
         self.ui.alphaSliderWidget.connect("valueIsChanging(double)", self.onAlphaChanging)
@@ -428,8 +432,15 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if promoted:
                 self.ui.statusLabel.text = _("Kept the full-quality preview as {0}.").format(promoted[0].GetName())
                 return
-            job = self.logic.startEdit(p.inputVolume, self.currentDirection(), p.alpha, p.steps, difference=p.showDifference, **self._options())
+            job = self.logic.startEdit(p.inputVolume, self.currentDirection(), p.alpha, p.steps, difference=self._editDifference(), **self._options())
             self._startJob(job, _("Editing"))
+
+    def _editDifference(self):
+        """The ``difference`` argument of an edit: False, "reconstruction" or "source"."""
+        p = self._parameterNode
+        if not p.showDifference:
+            return False
+        return "reconstruction" if p.differenceFromReconstruction else "source"
 
     def onReconstruct(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start the reconstruction."), waitCursor=True):
@@ -493,7 +504,7 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if quick and p.previewVisibleSlices:  # while dragging; the release brings the whole volume
                 region = self.logic.visibleRegion()
             job = self.logic.startEdit(p.inputVolume, self.currentDirection(), alpha, steps, preview=True,
-                                       difference=p.showDifference, region=region, **self._options())
+                                       difference=self._editDifference(), region=region, **self._options())
         except Exception as err:  # a preview never shows a dialog
             self.ui.statusLabel.text = _("Preview not possible: ") + str(err)
             return

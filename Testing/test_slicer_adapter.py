@@ -166,6 +166,37 @@ def test_several_alphas_and_a_difference_map(adapter, scene, nifti_files):
     assert fingerprint(src) == before
 
 
+def test_a_difference_from_the_reconstruction_shows_the_edit_alone(adapter, scene, nifti_files):
+    """difference="reconstruction": result − the scan's DDIM reconstruction at the same steps, which
+    the worker samples once per scan and step count; the reference itself adds no node."""
+    src = load(scene, nifti_files["visit2"], "visit2")
+    before = fingerprint(src)
+    n_before = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    first = adapter.start_edit(src, "cn", [-2.0, 1.5], steps=STEPS, difference="reconstruction")
+    made = first.wait()
+    assert [n.GetName() for n in made] == ["visit2 LDAE cn α=-2.0", "visit2 LDAE cn α=-2.0 difference",
+                                           "visit2 LDAE cn α=+1.5", "visit2 LDAE cn α=+1.5 difference"]
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_before + 4
+    recon = adapter.start_reconstruct(src, STEPS).wait()[0]
+    for result, diff in (made[:2], made[2:]):
+        assert diff.GetAttribute("LDAE.DifferenceReference") == "reconstruction"
+        want = slicer.util.arrayFromVolume(result) - slicer.util.arrayFromVolume(recon)
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(diff), want, atol=1e-4)
+        assert not np.allclose(slicer.util.arrayFromVolume(diff), slicer.util.arrayFromVolume(result) - slicer.util.arrayFromVolume(src), atol=1e-3)
+    # the reconstruction is sampled once: a second edit samples only its own alpha
+    second = adapter.start_edit(src, "cn", [0.5], steps=STEPS, difference="reconstruction")
+    (result, diff) = second.wait()
+    assert first.result["calls"]["sampling"] == 2 * second.result["calls"]["sampling"] > 0
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(diff),
+                               slicer.util.arrayFromVolume(result) - slicer.util.arrayFromVolume(recon), atol=1e-4)
+    # a plain difference map still says it is against the source
+    (_, plain) = adapter.start_edit(src, "cn", [0.5], steps=STEPS, difference=True).wait()
+    assert plain.GetAttribute("LDAE.DifferenceReference") == "source"
+    with pytest.raises(LDAEError, match="difference must be"):
+        adapter.start_edit(src, "cn", [0.5], steps=STEPS, difference="average")
+    assert fingerprint(src) == before
+
+
 def test_interpolation_gives_frames_and_a_playable_sequence(adapter, scene, nifti_files):
     a = load(scene, nifti_files["visit1"], "visit1")
     b = load(scene, nifti_files["visit2"], "visit2")
@@ -353,6 +384,21 @@ def test_a_preview_of_the_slices_on_screen_edits_them_and_keeps_the_source_elsew
         np.testing.assert_array_equal(got[far], source[far])
         assert np.abs(slicer.util.arrayFromVolume(diff)[far]).max() == 0
     assert adapter.promote_preview(src, "cn", 2.0, STEPS) is None  # a partial preview is never kept as a result
+    assert fingerprint(src) == before
+    # against the reconstruction: inside the slab the map is the preview − the reconstruction's slab
+    # (the same slab decode of alpha 0), and still zero where the preview shows the source
+    job = adapter.start_edit(src, "cn", [2.0], steps=STEPS, preview=True, difference="reconstruction",
+                             region={"point": [0.0, 0.0, s_mm], "planes": ["axial"]})
+    (node, rdiff) = job.wait()
+    assert rdiff.GetAttribute("LDAE.DifferenceReference") == "reconstruction"
+    rd = slicer.util.arrayFromVolume(rdiff)
+    for far in (0, 5, source.shape[0] - 1):
+        assert np.abs(rd[far]).max() == 0
+    assert np.abs(rd[k]).max() > 0 and not np.allclose(rd[k], slicer.util.arrayFromVolume(node)[k] - source[k], atol=1e-3)
+    reference = slicer.util.arrayFromVolume(node)[k] - rd[k]
+    (node, rdiff) = adapter.start_edit(src, "cn", [1.0], steps=STEPS, preview=True, difference="reconstruction",
+                                       region={"point": [0.0, 0.0, s_mm], "planes": ["axial"]}).wait()
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(rdiff)[k], slicer.util.arrayFromVolume(node)[k] - reference, atol=1e-4)
     assert fingerprint(src) == before
     # a whole-volume preview into the same node drops the region mark
     (again,) = adapter.start_edit(src, "cn", [2.0], steps=STEPS, preview=True).wait()

@@ -141,6 +141,8 @@ def test_bad_input_gives_one_clear_error_and_the_worker_keeps_serving(worker, sc
     assert final["type"] == "error" and "steps" in final["message"]
     final, _ = _run(worker, {"op": "frobnicate"})
     assert final["type"] == "error" and "unknown operation" in final["message"]
+    final, _ = _run(worker, _edit(scans["a"], tmp_path, difference_reference="average"))
+    assert final["type"] == "error" and "difference_reference" in final["message"]
     assert not list(tmp_path.glob("*.nii"))
     final, _ = _run(worker, _edit(scans["a"], tmp_path, steps=2))
     assert final["type"] == "result"

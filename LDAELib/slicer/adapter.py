@@ -271,7 +271,7 @@ class LDAESlicerAdapter:
 
     # ------------------------------------------------------------------ edit / reconstruct
     def start_edit(self, volume, direction, alphas: float | Sequence[float], steps: int = 10, *, latent_seed: int | None = None,
-                   input_space: str = "mni", difference: bool = False, preview: bool = False, show: bool = True,
+                   input_space: str = "mni", difference: bool | str = False, preview: bool = False, show: bool = True,
                    region: dict | None = None, preview_dtype: str = "auto") -> Job:
         """Edit ``volume`` along ``direction`` (a name of the model, or a probe file) by each alpha.
 
@@ -281,8 +281,12 @@ class LDAESlicerAdapter:
         them, several times faster than the whole volume; the node holds the source elsewhere and is
         never kept as a result. ``preview_dtype``: precision of that preview's sampling ("auto":
         bfloat16 where the device computes it natively, about twice as fast; "float32"; "bfloat16").
-        ``difference``: also add result − source as a colour overlay per result.
+        ``difference``: also add a difference map as a colour overlay per result: True or "source"
+        for result − source; "reconstruction" for result − the scan's DDIM reconstruction at the
+        same step count, the edit's own change without what the autoencoder loses (computed once
+        per scan and step count, one sampling more on the first edit).
         """
+        reference = self._difference_reference(difference)
         alphas = [float(a) for a in (alphas if isinstance(alphas, (list, tuple)) else [alphas])]
         if not alphas:
             raise LDAEError("give at least one alpha")
@@ -292,6 +296,8 @@ class LDAESlicerAdapter:
         src = self._source(volume)
         request = {"op": "edit", "source": src, "direction": dvalue, "alphas": alphas, "steps": int(steps),
                    "latent_seed": latent_seed, "input_space": input_space}
+        if reference == "reconstruction":
+            request["difference_reference"] = reference
         if region is not None:
             request.update(region={"point": [float(v) for v in region["point"]], "planes": list(region["planes"])},
                            preview_dtype=preview_dtype)
@@ -300,8 +306,13 @@ class LDAESlicerAdapter:
             self._check_alive(volume)
             scene = volume.GetScene()
             made = []
+            ref = next((mrml.read_nifti_ijk(o["path"])[0] for o in msg["outputs"] if o.get("kind") == "reference"), None)
+            if reference == "reconstruction" and ref is None:
+                raise LDAEError("the worker sent no reconstruction to compare with; restart LDAE's worker")
             with mrml.NewNodes(scene):
                 for out in msg["outputs"]:
+                    if out.get("kind") == "reference":
+                        continue
                     data, _ = mrml.read_nifti_ijk(out["path"])
                     attrs = dict(self._model_attributes(msg), Operation="edit", Direction=dname, Alpha=f"{out['alpha']:+g}",
                                  Steps=str(steps), Seed="deterministic" if latent_seed is None else str(latent_seed),
@@ -318,13 +329,24 @@ class LDAESlicerAdapter:
                     if preview and not msg.get("region"):
                         node.RemoveAttribute("LDAE.PreviewRegion")  # a reused node that showed a region before
                     made.append(node)
-                    if difference:
-                        made.append(self._difference(volume, node, preview))
+                    if reference:
+                        made.append(self._difference(volume, node, preview, ref))
             if show and made:
-                mrml.show_in_slice_views(scene, made[0], made[1] if difference else None)
+                mrml.show_in_slice_views(scene, made[0], made[1] if reference else None)
             return made
 
         return self._submit("edit", request, build)
+
+    @staticmethod
+    def _difference_reference(difference) -> str | None:
+        """``difference`` of an edit → None (no map), "source" or "reconstruction"."""
+        if difference is True or difference == "source":
+            return "source"
+        if difference is False or difference is None:
+            return None
+        if difference == "reconstruction":
+            return "reconstruction"
+        raise LDAEError(f"difference must be True, False, 'source' or 'reconstruction', got {difference!r}")
 
     def edit(self, volume, direction, alpha: float | Sequence[float], steps: int = 10, *, wait: bool = True,
              idle: Callable[[], None] | None = None, **options):
@@ -417,7 +439,8 @@ class LDAESlicerAdapter:
         for node in doomed:
             scene.RemoveNode(node)
 
-    def _difference(self, source, result, preview: bool = False):
+    def _difference(self, source, result, preview: bool = False, reference=None):
+        """result − source (or − ``reference``, the reconstruction's voxels on the source's grid)."""
         if preview:
             scene = source.GetScene()
             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
@@ -426,7 +449,9 @@ class LDAESlicerAdapter:
                         and node.GetAttribute("LDAE.SourceNodeID") == source.GetID():
                     scene.RemoveNode(node)
                     break
-        node = mrml.add_difference_map(source, result, f"{result.GetName()} difference" if not preview else f"{source.GetName()} LDAE preview difference")
+        node = mrml.add_difference_map(source, result, f"{result.GetName()} difference" if not preview else f"{source.GetName()} LDAE preview difference",
+                                       reference_ijk=reference)
+        node.SetAttribute("LDAE.DifferenceReference", "source" if reference is None else "reconstruction")
         node.SetAttribute("LDAE.Synthetic", "true")
         node.SetAttribute("LDAE.Operation", "difference")
         node.SetAttribute("LDAE.SourceNodeID", source.GetID())

@@ -258,10 +258,14 @@ def colour_node(scene, preferred_ids, fallback_name: str, points):
     return node
 
 
-def add_difference_map(source, result, name: str | None = None):
-    """result − source as a volume with a diverging colour map centred on 0 (blue: darker, red:
-    brighter), on the source's grid; meant as a semi-transparent foreground over the result."""
-    diff = array_ijk(result) - array_ijk(source)
+def add_difference_map(source, result, name: str | None = None, reference_ijk: np.ndarray | None = None):
+    """result − source (or − ``reference_ijk``, an array on the source's grid) as a volume with a
+    diverging colour map centred on 0 (blue: darker, red: brighter), on the source's grid; meant as
+    a semi-transparent foreground over the result."""
+    base = array_ijk(source) if reference_ijk is None else np.asarray(reference_ijk, dtype=np.float32)
+    if base.shape != array_ijk(result).shape:
+        raise ValueError(f"the difference's reference has shape {base.shape}, the result {array_ijk(result).shape}")
+    diff = array_ijk(result) - base
     node = new_volume_like(source, diff, name or f"{result.GetName()} difference", copy_display=False)
     cmap = colour_node(source.GetScene(), DIFFERENCE_COLOUR_IDS, "LDAE difference (blue-white-red)",
                        [(0.0, 0.0, 0.2, 1.0), (0.5, 1.0, 1.0, 1.0), (1.0, 1.0, 0.1, 0.0)])

@@ -18,6 +18,12 @@ slabs under those planes are decoded; elsewhere the output holds the source. ``"
 ("auto", "float32" or "bfloat16") sets the precision of that preview's DDIM sampling (default
 float32; auto: bfloat16 where the device computes it natively).
 
+An edit may carry ``"difference_reference": "reconstruction"`` (default "source"): its outputs then
+end with ``{"kind": "reference", "path": ...}``, the scan's DDIM reconstruction at the same step
+count (for a preview of the slices on screen: inside the slabs; the source elsewhere), so that
+result − reference shows the edit's own change without the autoencoder's loss. The worker computes
+it once per scan and step count.
+
 ``direction`` is a direction name of the model or {"file": "probe.safetensors"}. ``input_space``:
 "mni" (registered to MNI: resampled into model space, the default), "model" (already in model
 space: used as stored), "raw" (registered first, by LDAELib.registration, when installed).

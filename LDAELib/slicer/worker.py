@@ -59,6 +59,15 @@ class Prepared:
     """The source's own voxels (float32, I,J,K): what a preview of the slices on screen shows elsewhere."""
     slab_masks: dict = field(default_factory=dict)
     """model slabs → boolean mask of the source voxels they decide (previews of the slices on screen)."""
+    references: dict = field(default_factory=dict)
+    """(steps, latent mode, slabs or None, sampling dtype) → the scan's DDIM reconstruction on the
+    source grid: the reference of "difference from the reconstruction" (the last few kept)."""
+
+    def keep_reference(self, key, data: np.ndarray, size: int = 3) -> np.ndarray:
+        self.references[key] = data
+        while len(self.references) > size:
+            self.references.pop(next(iter(self.references)))
+        return data
 
 
 class Emitter:
@@ -278,38 +287,57 @@ class Worker:
                 found.append((plane, slab))
         if not found:
             raise LDAEError("the slices on screen do not cross the model's field of view; move them into the brain")
-        n = len(alphas)
+        mask_key = tuple(s for _, s in found)
+        ref_key = (steps, seed, mask_key, autocast is not None)
+        want_ref = self._reference_wanted(req) and ref_key not in prep.references
+        run_alphas = alphas + [0.0] if want_ref else alphas  # the reconstruction's slabs ride along in the same batch
+        n = len(run_alphas)
         cost = self._encode_cost(prep, steps, seed) + self._sample_cost(n, steps) + n * (len(found) - 1)
         bar = _Progress(progress, cost)
         enc = self._encoding(prep, steps, seed, bar, cancel)
-        previews = preview_slabs(self.pipe, enc, direction, alphas, steps, [s for _, s in found], autocast=autocast, stats="reconstruction",
+        previews = preview_slabs(self.pipe, enc, direction, run_alphas, steps, [s for _, s in found], autocast=autocast, stats="reconstruction",
                                  progress=bar.phase(cost - self._encode_cost(prep, steps, seed)), cancel=cancel)
         where = []
         for pv in previews:
             index = [slice(None)] * 3
             index[pv.axis] = slice(pv.start, pv.stop)
             where.append(tuple(index))
-        mask_key = tuple(s for _, s in found)
         if mask_key not in prep.slab_masks:  # the same views while dragging: computed once
             inside = np.zeros(prep.x.shape, dtype=np.float32)
             for index in where:
                 inside[index] = 1.0
             prep.slab_masks = {mask_key: prep.to_source(inside, rescale_intensity=False, order=0) > 0.5}  # the source voxels the slabs decide
         inside = prep.slab_masks[mask_key]
-        outputs = []
-        for i, a in enumerate(alphas):
+
+        def on_source_grid(i: int) -> np.ndarray:
             vol = np.array(prep.x, dtype=np.float32, copy=True)
             for index, pv in zip(where, previews):
                 vol[index] = pv.image[i, 0].detach().float().cpu().numpy()
-            data = np.where(inside, prep.to_source(vol), prep.source)
+            return np.where(inside, prep.to_source(vol), prep.source)
+
+        outputs = []
+        for i, a in enumerate(alphas):
             desc = f"LDAE preview {direction.name} alpha={a:+g} T={steps}"
-            outputs.append({"kind": "edit", "alpha": a, "preview": True, "path": save(f"preview_{i:03d}.nii", data, prep.affine, desc)})
+            outputs.append({"kind": "edit", "alpha": a, "preview": True, "path": save(f"preview_{i:03d}.nii", on_source_grid(i), prep.affine, desc)})
+        if self._reference_wanted(req):  # outside the slabs the reference is the source, as the preview is
+            ref = prep.keep_reference(ref_key, on_source_grid(len(alphas))) if want_ref else prep.references[ref_key]
+            outputs.append({"kind": "reference", "path": save("reference.nii", ref, prep.affine, f"LDAE preview reconstruction T={steps}")})
         slabs = [{"plane": plane, "axis": ax, "start": s0, "stop": s1} for plane, (ax, s0, s1) in found]
         prov = self._provenance("edit", req, inputs, direction=direction.name, direction_meaning=direction.describe(), alphas=alphas,
                                 preview={"kind": "slices on screen", "slabs": slabs, "groupnorm_stats": previews[0].stats,
                                          "sampling_dtype": "bfloat16" if autocast is not None else "float32",
                                          "outside_slabs": "source"})
         return {"outputs": outputs, "provenance": prov, "region": slabs}
+
+    @staticmethod
+    def _reference_wanted(req: dict) -> bool:
+        """Whether an edit asks for the scan's reconstruction as the reference of its difference map."""
+        from ..errors import LDAEError
+
+        ref = req.get("difference_reference", "source")
+        if ref not in ("source", "reconstruction"):
+            raise LDAEError(f"difference_reference must be 'source' or 'reconstruction', got {ref!r}")
+        return ref == "reconstruction"
 
     def _direction(self, spec):
         from ..errors import LDAEError
@@ -505,14 +533,25 @@ class Worker:
                 direction, alphas = None, [0.0]
             if op == "edit" and req.get("region") is not None:
                 return self._preview_region(req, prep, direction, alphas, steps, seed, progress, cancel, save, inputs)
-            bar = _Progress(progress, self._encode_cost(prep, steps, seed) + self._sample_cost(len(alphas), steps))
+            ref_key = (steps, seed, None, False)
+            want_ref = op == "edit" and self._reference_wanted(req) and ref_key not in prep.references
+            cost = self._encode_cost(prep, steps, seed) + self._sample_cost(len(alphas), steps) + (self._sample_cost(1, steps) if want_ref else 0)
+            bar = _Progress(progress, cost)
             enc = self._encoding(prep, steps, seed, bar, cancel)
             images = self.pipe.edit(enc, direction, alphas, steps, progress=bar.phase(self._sample_cost(len(alphas), steps)), cancel=cancel)
+            reference = None
+            if want_ref:  # once per scan and step count: the same sampling as op "reconstruct"
+                recon = self.pipe.edit(enc, None, [0.0], steps, progress=bar.phase(self._sample_cost(1, steps)), cancel=cancel)
+                reference = prep.keep_reference(ref_key, self._to_source_grid(recon, 0, prep))
+            elif op == "edit" and self._reference_wanted(req):
+                reference = prep.references[ref_key]
             outputs = []
             for i, a in enumerate(alphas):
                 data = self._to_source_grid(images, i, prep)
                 desc = f"LDAE {direction.name} alpha={a:+g} T={steps}" if direction else f"LDAE reconstruction T={steps}"
                 outputs.append({"kind": op, "alpha": a, "path": save(f"{op}_{i:03d}.nii", data, prep.affine, desc)})
+            if reference is not None:
+                outputs.append({"kind": "reference", "path": save("reference.nii", reference, prep.affine, f"LDAE reconstruction T={steps}")})
             extra = {"direction": direction.name, "direction_meaning": direction.describe(), "alphas": alphas} if direction else {}
             return {"outputs": outputs, "provenance": self._provenance(op, req, inputs, **extra)}
         # vary
