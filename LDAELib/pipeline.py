@@ -70,7 +70,8 @@ class EncodingStore:
         self.hits = self.writes = 0
 
     def path(self, pipeline: "LDAEPipeline", key: str) -> Path:
-        h = hashlib.sha256("|".join((pipeline.model.fingerprint(), key, pipeline.device.type, pipeline.weight_storage)).encode()).hexdigest()
+        h = hashlib.sha256("|".join((pipeline.model.fingerprint(), key, pipeline.device.type, pipeline.weight_storage,
+                                     *(() if pipeline.conv_backend == "torch" else (pipeline.conv_backend,)))).encode()).hexdigest()
         return self.folder / f"{h[:40]}.safetensors"
 
     def load(self, pipeline: "LDAEPipeline", key: str) -> "Encoding | None":
@@ -203,6 +204,7 @@ class LDAEPipeline:
         self.device, self.dtype = torch.device(device), dtype
         self.decode_dtype = decode_dtype or dtype
         self.weight_storage = str(dtype).replace("torch.", "")  # runtime.compact_weights may make it float16
+        self.conv_backend = "torch"  # runtime.onednn_convolutions makes it "onednn"
         if self.decode_dtype != dtype:
             self.model.autoencoder.post_quant_conv.to(self.decode_dtype)
             self.model.autoencoder.decoder.to(self.decode_dtype)

@@ -36,7 +36,7 @@ def test_bfloat16_decoder_leaves_the_float32_loop_untouched(official_model):
     import copy
 
     x = load_fixture("pipeline_autoencode_ddim3.pt")["x_image"]
-    ref = LDAEPipeline(copy.deepcopy(official_model), "cpu", torch.float32)
+    ref = make_pipeline(copy.deepcopy(official_model), "cpu", "float32", "float32")
     mixed = make_pipeline(copy.deepcopy(official_model), "cpu", "float32", "bfloat16")
     assert mixed.decode_dtype == torch.bfloat16 and mixed.dtype == torch.float32
     assert next(mixed.model.autoencoder.decoder.parameters()).dtype == torch.bfloat16
@@ -110,3 +110,69 @@ def test_weight_storage_is_chosen_from_the_memory_available(official_model, monk
     assert pipe.weight_storage == "float16" and any(hasattr(m, "weight_stored") for m in pipe.model.shift_unet.modules())
     with pytest.raises(LDAEError, match="weight storage"):
         make_pipeline(official_model, "cpu", "float32", "float32", weight_storage="int8")
+
+
+def test_cpu_vector_level_names_the_widest_instructions():
+    from LDAELib.runtime import cpu_name, cpu_vector_level
+
+    assert cpu_vector_level("flags\t\t: fpu sse avx avx2 fma") == "AVX2"
+    assert cpu_vector_level("flags : avx avx2 avx512f avx512bw") == "AVX-512"
+    assert cpu_vector_level("flags : avx avx2 avx512f avx512_bf16") == "AVX-512 BF16"
+    assert cpu_vector_level("flags : avx avx2 avx512f amx_bf16") == "AVX-512 BF16"
+    assert cpu_vector_level("flags : sse sse2") == ""
+    level = cpu_vector_level()
+    if level:
+        assert cpu_name().endswith(f" ({level})")
+
+
+def _conv_kernels(fn) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if "conv" in e.key}
+
+
+def test_onednn_convolutions_replace_the_slow_fallback_and_keep_the_arithmetic():
+    """The demo model's batch-1 latent convolutions fall to PyTorch's im2col path; switched, they run
+    on oneDNN and give the same ε and g to float32 rounding. Wide layers keep PyTorch's choice."""
+    from LDAELib.resources import default_model_path
+    from LDAELib.runtime import onednn_convolutions
+    from LDAELib.weights import load_model
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    model = load_model(default_model_path())
+    su = model.shift_unet.eval()
+    g = torch.Generator().manual_seed(0)
+    cfg = model.config
+    z, t, y = torch.randn((1, *cfg.latent_shape), generator=g), torch.tensor([500]), torch.randn((1, cfg.encoder.emb_dim), generator=g)
+    with torch.inference_mode():
+        ref = su(z, t, y)
+        assert "aten::slow_conv3d_forward" in _conv_kernels(lambda: su(z, t, y))
+        convs = [m for m in su.modules() if isinstance(m, torch.nn.Conv3d)]
+        assert onednn_convolutions(su) == sum(m.in_channels <= 256 for m in su.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))) > 0
+        out = su(z, t, y)
+        if all(m.in_channels <= 256 for m in convs):
+            assert "aten::slow_conv3d_forward" not in _conv_kernels(lambda: su(z, t, y))
+    for r, o in zip(ref, out):
+        assert not torch.equal(r, o) or r.abs().max() == 0  # another kernel did run
+        assert float((r - o).abs().max()) <= 1e-5 * float(r.abs().max())
+
+    wide = torch.nn.Conv3d(300, 4, 3, padding=1)
+    narrow = torch.nn.Conv3d(8, 4, 3, padding=1, padding_mode="reflect")
+    assert onednn_convolutions(torch.nn.Sequential(wide, narrow)) == 0
+
+
+def test_make_pipeline_uses_onednn_on_the_cpu_and_keys_its_encodings_apart(official_model, tmp_path):
+    import copy
+
+    from LDAELib.pipeline import EncodingStore
+
+    plain = LDAEPipeline(copy.deepcopy(official_model), "cpu", torch.float32)
+    fast = make_pipeline(copy.deepcopy(official_model), "cpu", "float32", "float32")
+    assert plain.conv_backend == "torch"
+    assert fast.conv_backend == ("onednn" if torch.backends.mkldnn.is_available() else "torch")
+    store = EncodingStore(tmp_path)
+    if fast.conv_backend != "torch":
+        assert store.path(plain, "k") != store.path(fast, "k")

@@ -171,6 +171,31 @@ def test_latent_scale_is_one_over_the_std_of_the_training_latents(trained):
     assert json.loads((bundle / "ldae_bundle.json").read_text())["config"]["latent_scale"] == pytest.approx(meta["latent_scale"])
 
 
+def test_latents_record_how_much_each_channel_carries(trained):
+    """latents.json holds std(μ)/mean(σ) per channel, computed from the stored training latents."""
+    from safetensors.torch import load_file
+
+    from LDAELib.training.autoencoder import channel_usage
+
+    work, _ = trained
+    meta = json.loads((work / "latents" / "latents.json").read_text())
+    t = load_file(str(work / "latents" / "latents.safetensors"))
+    n = meta["n_train"]
+    assert meta["channel_usage"] == pytest.approx(channel_usage(t["mu"][:n], t["sigma"][:n]))
+    assert len(meta["channel_usage"]) == t["mu"].shape[1]
+
+
+def test_channel_usage_flags_a_channel_drowned_by_its_noise():
+    from LDAELib.training.autoencoder import channel_usage
+
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(6, 3, 4, 5, 4, generator=g) * torch.tensor([2.0, 0.3, 1.0]).view(1, 3, 1, 1, 1)
+    sigma = torch.full_like(mu, 0.5)
+    usage = channel_usage(mu, sigma)
+    assert usage[0] > 3 and usage[1] < 1 < usage[2]
+    assert usage[1] == pytest.approx(float(mu[:, 1].std()) / 0.5)
+
+
 def test_all_writes_a_bundle_that_loads_and_runs(trained, tiny_cohort):
     from LDAELib.pipeline import LDAEPipeline
     from LDAELib.training.data import read_cohort

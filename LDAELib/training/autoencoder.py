@@ -115,6 +115,17 @@ def latent_scale_of(mu: torch.Tensor, sigma: torch.Tensor, seed: int) -> float:
     return float(1.0 / z.float().std().clamp_min(1e-8))
 
 
+def channel_usage(mu: torch.Tensor, sigma: torch.Tensor) -> list[float]:
+    """Per latent channel: the spread of μ (std over volumes and voxels) over the mean posterior σ.
+
+    A channel whose ratio is below 1 is drowned by its own sampling noise: the decoder, trained on
+    μ + σ·ε, learns to ignore it, and the autoencoder works with fewer channels than it has (the sign
+    of a KL weight too strong for the reconstruction loss; lower ``autoencoder.kl_weight``).
+    """
+    mu, sigma = mu.float(), sigma.float()
+    return [float(mu[:, c].std() / sigma[:, c].mean().clamp_min(1e-12)) for c in range(mu.shape[1])]
+
+
 class Latents:
     """The encoded training/validation latents: ``mu[row]``, ``sigma[row]`` by cohort row index."""
 

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from ..errors import LDAEError
-from .autoencoder import AutoencoderObjective, Latents, encode_latents, latent_scale_of
+from .autoencoder import AutoencoderObjective, Latents, channel_usage, encode_latents, latent_scale_of
 from .checkpoint import final_checkpoint, load_checkpoint, read_final, write_json_atomic
 from .config import Recipe, comparable
 from .data import TrainingData
@@ -171,9 +171,15 @@ class TrainingSession:
                 scale = latent_scale_of(mu[:n_train], sigma[:n_train], self.recipe.autoencoder.seed)
                 meta = {"autoencoder": fp, "n_train": n_train, "n_val": len(rows) - n_train,
                         "latent_shape": list(mu.shape[1:]), "mu_mean": float(mu[:n_train].mean()), "sigma_mean": float(sigma[:n_train].mean()),
-                        "how": "1 / std of μ + σ·ε over all training volumes (ε seeded by the autoencoder stage's seed)"}
+                        "how": "1 / std of μ + σ·ε over all training volumes (ε seeded by the autoencoder stage's seed)",
+                        "channel_usage": channel_usage(mu[:n_train], sigma[:n_train])}
                 Latents(rows, mu, sigma, scale, meta).save(folder)
                 self.echo(f"latents: {len(rows)} volumes encoded; latent scale {scale:.4f} (1/std of the training latents)")
+                drowned = [c for c, u in enumerate(meta["channel_usage"]) if u < 1.0]
+                if drowned:
+                    self.echo(f"warning: latent channel(s) {drowned} carry little: the spread of μ is below the posterior σ "
+                              f"(std(μ)/mean(σ) = {', '.join(f'{u:.2f}' for u in meta['channel_usage'])}); "
+                              "the decoder learns to ignore them, which blurs every reconstruction. Lower autoencoder.kl_weight and retrain the autoencoder.")
             self.ctx.barrier()
             lat = Latents.load(folder)
         self._latents = lat
