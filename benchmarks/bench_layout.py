@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,16 +37,7 @@ from LDAELib.pipeline import LDAEPipeline  # noqa: E402
 from LDAELib.resources import default_model_path, example_scans  # noqa: E402
 from LDAELib.runtime import cpu_name, tune_allocator  # noqa: E402
 from LDAELib.space import to_model_space  # noqa: E402
-
-
-def timed(fn, repeats: int) -> dict:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "n": repeats}
+from bench_demo import timed  # noqa: E402  (beside this script)
 
 
 def main() -> None:
