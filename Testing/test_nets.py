@@ -9,6 +9,7 @@ import torch
 
 from LDAELib.nets.autoencoder import AutoencoderConfig, build_autoencoder, convert_old_keys, infer_autoencoder_config
 from LDAELib.nets.unet import ShiftUNet, UNet, UNetConfig, infer_unet_config
+from LDAELib.runtime import cpu_vector_level
 from conftest import FIXTURES, fixture_path, load_fixture, rel_err
 
 MODULE_TOL = 2e-5
@@ -104,5 +105,11 @@ def test_direct_decoder_is_bit_exact_and_polyphase_within_tolerance(official_dir
     exact = m.LDAEModel(load_model(official_dir).config, polyphase_decoder=False).autoencoder
     exact.load_state_dict(fast.state_dict())
     with torch.inference_mode():
-        assert float((exact.decode(io["z_mu"]) - io["decode_z_mu"]).abs().max()) == 0.0
+        direct = exact.decode(io["z_mu"])
+        if cpu_vector_level().startswith("AVX-512"):
+            # the kernels the fixtures were reproduced with: the same convolutions, summed in the same order
+            assert float((direct - io["decode_z_mu"]).abs().max()) == 0.0
+        else:
+            # oneDNN's AVX2 kernels sum in another order (2026-12-01, AMD EPYC AVX2: max|diff| 9.2e-6)
+            assert rel_err(direct, io["decode_z_mu"]) < MODULE_TOL
         assert rel_err(fast.decode(io["z_mu"]), io["decode_z_mu"]) < MODULE_TOL
