@@ -187,9 +187,10 @@ def make_pipeline(model, device: str = "cpu", dtype: str = "float32", decode_dty
     Call ``tune_allocator`` after this, not before: the float32 weights freed here then go back to
     the system instead of fragmenting the heap. Channels-last layout is used where it is faster: on CPUs with
     native bfloat16 for bfloat16 networks (float32 networks run within 5–12 % of each other in
-    either). On the CPU every convolution goes through oneDNN (``onednn_convolutions``), also where
-    PyTorch would take its slow fallback for small batch-1 inputs; ``LDAEPipeline`` built directly
-    keeps PyTorch's own choice, which the reference checks compare bit for bit."""
+    either). On the CPU the float32 convolutions of up to 256 input channels go through oneDNN
+    (``onednn_convolutions``), also where PyTorch would take its slow fallback for small batch-1
+    inputs; ``LDAEPipeline`` built directly keeps PyTorch's own choice, which the reference checks
+    compare bit for bit."""
     from .pipeline import LDAEPipeline
 
     if threads:
