@@ -297,6 +297,9 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelStatusLabel.text = f"{model['name']} · id {model['id']} · {model['parameters_m']} M parameters{warn}"
         licence = model.get("licence") or _("see the model card")
         self.ui.licenceLabel.text = _("Licence: ") + licence[:600]
+        note = (model.get("limitations") or {}).get("vary", "")
+        self.ui.variationsNoteLabel.text = _("Note from the model's card: ") + note if note else ""
+        self.ui.variationsNoteLabel.visible = bool(note)
         self.updateDirections()
         self.updateDiagnostics()
         self.prepareSlider()

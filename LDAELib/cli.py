@@ -167,6 +167,9 @@ def _run(args, model=None) -> int:
     if args.command == "demo":
         return _demo(args, model)
 
+    note = model.limitations.get(args.command)
+    if note:  # the model's own card says this operation does not work well with it
+        print(f"warning: {model.name}: {note}", file=sys.stderr)
     pipe = _pipeline(args, model)
     bar = _Bar(args.quiet, args.command)
     try:
@@ -283,6 +286,7 @@ def _info(args, model) -> int:
         f"model space: {model.config.space.shape} voxels at {model.config.space.spacing_mm} mm; latent {model.config.latent_shape}",
         "directions:  " + ("; ".join(d.describe() for d in model.directions.values()) or "none"),
         f"licence:     {ident.get('licence') or 'see the model card'}",
+        *(f"limitation:  {op}: {text}" for op, text in model.limitations.items()),
         f"torch:       {torch.__version__}; threads {torch.get_num_threads()}; CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}",
         f"python:      {platform.python_version()} on {platform.machine()}",
     ]

@@ -149,6 +149,9 @@ def provenance(args, model, operation: str, inputs: list, **extra) -> dict:
         "inputs": [{"path": str(Path(p).resolve()), "sha256": sha256_of(p)} for p in inputs],
         "created": now_iso(),
     }
+    note = model.limitations.get(operation)
+    if note:
+        prov["model_limitation"] = note
     prov.update(extra)
     return prov
 
@@ -700,6 +703,11 @@ def run_batch(args) -> int:
 
         def say(msg: str) -> None:
             (bar.write if bar is not None else lambda m: print(m, file=sys.stderr))(msg)
+
+        if rank == 0:
+            for op in sorted({j.operation for j in mine if j.operation}):
+                if model.limitations.get(op):
+                    say(f"warning: {model.name}: {model.limitations[op]}")
 
         t_rows = time.time()
         for job in mine:

@@ -99,6 +99,17 @@ class LDAEModel(nn.Module):
     def name(self) -> str:
         return str(self.identity.get("name", "unnamed LDAE model"))
 
+    @property
+    def limitations(self) -> dict[str, str]:
+        """What the model's maker says it does badly, by operation ("edit", "interpolate", "vary",
+        "reconstruct"): the bundle's ``source.limitations`` (``annotate_bundle``). The command line
+        prints the note before such an operation, the Slicer panel shows it beside the button, and
+        the outputs' provenance repeats it (``model_limitation``). Empty for most models."""
+        lim = (self.identity.get("source") or {}).get("limitations")
+        if not isinstance(lim, dict):
+            return {}
+        return {str(k): v.strip() for k, v in lim.items() if isinstance(v, str) and v.strip()}
+
     def fingerprint(self) -> str:
         """SHA-256 that tells this model's weights and configuration apart from any other's: over the
         weight files' own SHA-256 when the model was loaded from files, else over every parameter

@@ -86,6 +86,25 @@ def test_vary_and_embed_and_probe(tmp_path, scans, small_bundle, capsys):
     assert len(rows) == 4 and rows[0].startswith("path,e0,") and len(rows[1].split(",")) == 65
 
 
+def test_an_operation_the_model_card_warns_about_is_flagged_on_screen_and_in_provenance(tmp_path, scans, small_bundle, capsys):
+    import shutil
+
+    from LDAELib.weights.bundle import annotate_bundle
+
+    b = annotate_bundle(shutil.copytree(small_bundle, tmp_path / "b"), limitations={"vary": "variations fail with this model"})
+    code, _, err = _run(["vary", scans[0], tmp_path / "var", "--n", "2", "--model", b, *STEPS], capsys)
+    assert code == 0, err
+    assert "warning: small random test model: variations fail with this model" in err
+    sidecars = sorted((tmp_path / "var").glob("*.json"))
+    assert len(sidecars) == 2 and all(json.loads(p.read_text())["model_limitation"] == "variations fail with this model" for p in sidecars)
+    out = tmp_path / "rec.nii.gz"
+    code, _, err = _run(["reconstruct", scans[0], out, "--model", b, *STEPS], capsys)
+    assert code == 0 and "warning" not in err
+    assert "model_limitation" not in json.loads(next(tmp_path.glob("rec*.json")).read_text())
+    code, text, _ = _run(["info", "--model", b], capsys)
+    assert code == 0 and "limitation:  vary: variations fail with this model" in text
+
+
 def test_info_names_model_and_directions(small_bundle, capsys):
     code, out, _ = _run(["info", "--model", small_bundle], capsys)
     assert code == 0 and "small random test model" in out and "disease" in out

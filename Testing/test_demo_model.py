@@ -71,3 +71,29 @@ def test_disease_edits_move_the_image_towards_larger_ventricles(demo_dir):
         centre = out[:, 22:42, 25:55, 25:45]  # the lateral ventricles in the 64×80×64 model grid
         dark = (centre < 0.25).sum(axis=(1, 2, 3))
         assert dark[1] > dark[0], (scan.path.name, dark)
+
+
+def test_the_vary_limitation_on_the_model_card_is_still_true(demo_dir):
+    """The bundle tells users that variations (semantic-only sampling from new noise) fail with this
+    model. While that note ships, it must be true: from noise the model makes no brain (SSIM far below
+    its reconstruction of the same scan). A retrained model that passes should drop the note."""
+    import numpy as np
+    import torch
+
+    from LDAELib.io import read_volume
+    from LDAELib.metrics import ssim
+    from LDAELib.pipeline import LDAEPipeline
+    from LDAELib.space import to_model_space
+    from LDAELib.weights import load_model
+
+    model = load_model(demo_dir)
+    assert "vary" in model.limitations and "semantic" in model.limitations["vary"]
+    pipe = LDAEPipeline(model)
+    v = read_volume(example_scans()[0].path)
+    x, _ = to_model_space(v.data, v.affine, model.config.space)
+    enc = pipe.encode(x, steps=10)
+    ref = pipe.decode(enc.z0)[0, 0].numpy()
+    noise = torch.randn(enc.z0.shape, generator=torch.Generator().manual_seed(0))
+    sample = pipe.sample(enc.y_sem, noise, steps=10)[0, 0].numpy()
+    assert ssim(ref, np.asarray(x, dtype=np.float32).squeeze(), 1.0) > 0.8
+    assert ssim(sample, ref, 1.0) < 0.3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from LDAELib.errors import LDAEError
 from LDAELib.weights import load_model
-from LDAELib.weights.bundle import save_bundle, verify_bundle
+from LDAELib.weights.bundle import annotate_bundle, save_bundle, verify_bundle
 from conftest import fixture_path, load_fixture
 
 
@@ -150,6 +151,9 @@ def test_bundle_round_trip_keeps_weights_directions_and_hashes(tmp_path, officia
     assert back.directions["test"].positive == "up"
     assert back.identity["files"] == files
     assert back.config.to_dict() == official_model.config.to_dict()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not left private, as a temporary folder is made
 
 
 def test_tampered_bundle_file_is_named(tmp_path, official_model):
@@ -212,3 +216,47 @@ def test_public_api_is_importable_lazily():
     assert LDAELib.load_model is load_model
     with pytest.raises(AttributeError):
         LDAELib.nothing_here
+
+
+def test_annotate_bundle_records_limitations_and_leaves_the_weights(tmp_path, small_bundle):
+    b = Path(shutil.copytree(small_bundle, tmp_path / "b"))
+    b.chmod(0o755)
+    before = verify_bundle(b)
+    plain = load_model(b)
+    assert plain.limitations == {}
+    annotate_bundle(b, limitations={"vary": "  variations do not look like a brain  "})
+    after = verify_bundle(b)
+    assert {f: h for f, h in after.items() if f.endswith(".safetensors")} == {f: h for f, h in before.items() if f.endswith(".safetensors")}
+    model = load_model(b)
+    assert model.limitations == {"vary": "variations do not look like a brain"}
+    assert model.identity["id"] != plain.identity["id"]  # the card changed, so caches keyed on it start afresh
+    annotate_bundle(b, limitations={"edit": "weak"})  # adds; keeps the earlier note
+    assert load_model(b).limitations == {"edit": "weak", "vary": "variations do not look like a brain"}
+    annotate_bundle(b, limitations={"vary": "", "edit": ""})
+    assert load_model(b).limitations == {}
+    assert "limitations" not in json.loads((b / "ldae_bundle.json").read_text())["source"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary copy left beside it
+    assert b.stat().st_mode & 0o777 == 0o755  # as readable as before
+
+
+def test_annotate_bundle_refuses_bad_requests_and_changes_nothing(tmp_path, small_bundle):
+    b = Path(shutil.copytree(small_bundle, tmp_path / "b"))
+    card = (b / "ldae_bundle.json").read_bytes()
+    with pytest.raises(LDAEError, match="unknown operation"):
+        annotate_bundle(b, limitations={"dance": "no"})
+    with pytest.raises(LDAEError, match="not an LDAE bundle"):
+        annotate_bundle(tmp_path, limitations={"vary": "x"})
+    data = b / "autoencoder.safetensors"
+    data.write_bytes(data.read_bytes()[:-1] + b"\0")
+    with pytest.raises(LDAEError, match="SHA-256"):
+        annotate_bundle(b, limitations={"vary": "x"})
+    assert (b / "ldae_bundle.json").read_bytes() == card
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_malformed_limitations_are_ignored(small_bundle):
+    model = load_model(small_bundle)
+    model.identity["source"] = {"limitations": ["vary"]}
+    assert model.limitations == {}
+    model.identity["source"] = {"limitations": {"vary": 3, "edit": " ", "interpolate": "blurred"}}
+    assert model.limitations == {"interpolate": "blurred"}

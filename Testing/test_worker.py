@@ -325,3 +325,24 @@ def test_encoding_for_the_slider_prepares_the_previews_of_the_slices_on_screen(w
     assert nib.load(final["outputs"][0]["path"]).shape == nib.load(str(scans["b"])).shape
     bad, _ = _run(worker, {"op": "encode", "source": src, "steps": 4, "preview_steps": 0})
     assert bad["type"] == "error" and "preview_steps" in bad["message"]
+
+
+def test_a_limitation_on_the_model_card_reaches_the_panel_and_the_provenance(tiny_bundle, scans, tmp_path):
+    import shutil
+
+    from LDAELib.pipeline import LDAEPipeline
+    from LDAELib.slicer.worker import Worker, describe_model
+    from LDAELib.weights import load_model
+    from LDAELib.weights.bundle import annotate_bundle
+
+    b = annotate_bundle(shutil.copytree(tiny_bundle, tmp_path / "b"), limitations={"vary": "no brain from noise"})
+    model = load_model(b)
+    assert describe_model(model)["limitations"] == {"vary": "no brain from noise"}
+    messages: list = []
+    worker = Worker(model, LDAEPipeline(model), messages.append)
+    worker.handle({"id": 1, "op": "vary", "source": {"path": str(scans["a"]), "key": "a"}, "n": 2, "seed": 5, "steps": 2, "out_dir": str(tmp_path / "v")})
+    assert messages[-1]["type"] == "result", messages[-1]
+    assert messages[-1]["provenance"]["model_limitation"] == "no brain from noise"
+    worker.handle(dict(_edit(scans["a"], tmp_path / "e", alpha=1.0, key="a", steps=2), id=2))
+    assert messages[-1]["type"] == "result", messages[-1]
+    assert "model_limitation" not in messages[-1]["provenance"]

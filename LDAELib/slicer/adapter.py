@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -548,6 +549,10 @@ class LDAESlicerAdapter:
         """``n`` stochastic variations that share the scan's semantic code, and their voxel-wise
         spread (standard deviation) as a heat-coloured volume."""
         request = {"op": "vary", "source": self._source(volume), "n": int(n), "seed": int(seed), "steps": int(steps), "input_space": input_space}
+        model = (self.client.info or {}).get("model") or {}
+        note = (model.get("limitations") or {}).get("vary")
+        if note:  # also in each output's provenance ("model_limitation")
+            logging.getLogger(__name__).warning("%s: %s", model.get("name", "this model"), note)
 
         def build(job: Job, msg: dict) -> list:
             self._check_alive(volume)

@@ -102,6 +102,7 @@ def describe_model(model) -> dict:
         "licence": ident.get("licence") or "",
         "random": ident.get("format") == "random",
         "parameters_m": round(model.num_parameters() / 1e6, 1),
+        "limitations": model.limitations,
         "space": model.config.space.to_dict(),
         "directions": [
             {"name": d.name, "description": d.describe(), "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit}
@@ -458,6 +459,9 @@ class Worker:
             "inputs": inputs,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        note = (self.info.get("limitations") or {}).get(op)
+        if note:
+            prov["model_limitation"] = note
         prov.update(extra)
         return prov
 

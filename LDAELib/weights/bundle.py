@@ -57,6 +57,9 @@ def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
     try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is as readable as any new folder
         cast = lambda sd: {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}  # noqa: E731
         save_file(cast(_unshared(model.autoencoder.state_dict())), str(tmp / _PARTS["autoencoder"]))
         save_file(cast(_unshared(model.semantic_encoder.state_dict(), "slice_distributed.")), str(tmp / _PARTS["semantic_encoder"]))
@@ -118,6 +121,62 @@ def verify_bundle(folder: str | Path) -> dict[str, str]:
         if required not in hashes:
             raise LDAEError(f"the bundle manifest does not list {required}; re-create the bundle")
     return hashes
+
+
+OPERATIONS = ("reconstruct", "edit", "interpolate", "vary")
+
+
+def annotate_bundle(folder: str | Path, *, limitations: dict[str, str]) -> Path:
+    """Record in a bundle what its model does badly, by operation (``LDAEModel.limitations``):
+    ``{"vary": "…"}``; an empty text removes an operation's note. The weight files are untouched;
+    ``ldae_bundle.json`` and the manifest are rewritten, so the model id changes.
+
+    The bundle is verified first. The change is made in a copy beside it that then takes its place,
+    so a failure leaves the bundle as it was.
+    """
+    folder = Path(folder)
+    if not is_bundle(folder):
+        raise LDAEError(f"{folder} is not an LDAE bundle (no {BUNDLE_JSON})")
+    unknown = sorted(set(limitations) - set(OPERATIONS))
+    if unknown:
+        raise LDAEError(f"unknown operation(s) {', '.join(unknown)}: a limitation names one of {', '.join(OPERATIONS)}")
+    if any(not isinstance(v, str) for v in limitations.values()):
+        raise LDAEError("each limitation is a text (an empty text removes the note)")
+    verify_bundle(folder)
+    meta = json.loads((folder / BUNDLE_JSON).read_text())
+    source = dict(meta.get("source") or {})
+    lim = {k: v for k, v in dict(source.get("limitations") or {}).items() if isinstance(v, str)}
+    for op, text in limitations.items():
+        if text.strip():
+            lim[op] = text.strip()
+        else:
+            lim.pop(op, None)
+    if lim:
+        source["limitations"] = {op: lim[op] for op in OPERATIONS if op in lim}
+    else:
+        source.pop("limitations", None)
+    meta["source"] = source
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    old = folder.parent / f".{folder.name}.replaced"
+    try:
+        os.chmod(tmp, folder.stat().st_mode & 0o7777)  # mkdtemp makes it private; keep the bundle's own mode
+        for f in folder.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2))
+        manifest = json.loads((tmp / MANIFEST).read_text())
+        manifest["files"][BUNDLE_JSON] = {"sha256": sha256_file(tmp / BUNDLE_JSON), "bytes": (tmp / BUNDLE_JSON).stat().st_size}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        verify_bundle(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+    except BaseException:
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
