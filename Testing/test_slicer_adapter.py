@@ -413,3 +413,23 @@ def test_a_region_outside_the_field_of_view_is_one_clear_error(adapter, scene, n
     with pytest.raises(LDAEError, match="preview=True"):
         adapter.start_edit(src, "cn", [1.0], steps=STEPS, region={"point": [0.0, 0.0, 0.0], "planes": ["axial"]})
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_before
+
+
+def test_a_model_whose_card_warns_about_variations_says_so_on_the_console_and_on_the_nodes(tiny_bundle, scene, nifti_files, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from LDAELib.weights.bundle import annotate_bundle
+
+    b = annotate_bundle(shutil.copytree(tiny_bundle, tmp_path / "b"), limitations={"vary": "no brain from noise"})
+    a = LDAESlicerAdapter(b, device="cpu", threads=1, temp_dir=tmp_path / "exchange")
+    try:
+        a.start_worker(timeout=120)
+        assert a.model_info()["limitations"] == {"vary": "no brain from noise"}  # what the panel shows under the button
+        src = load(scene, nifti_files["visit1"], "visit1")
+        with caplog.at_level(logging.WARNING, logger="LDAELib.slicer.adapter"):
+            made = a.vary(src, n=2, seed=1, steps=2)
+        assert "no brain from noise" in caplog.text
+        assert all(json.loads(n.GetAttribute("LDAE.Provenance"))["model_limitation"] == "no brain from noise" for n in made)
+    finally:
+        a.close()
