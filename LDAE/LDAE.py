@@ -297,9 +297,10 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelStatusLabel.text = f"{model['name']} · id {model['id']} · {model['parameters_m']} M parameters{warn}"
         licence = model.get("licence") or _("see the model card")
         self.ui.licenceLabel.text = _("Licence: ") + licence[:600]
+        # Empty unless the model's bundle notes that it does variations badly. Only the text changes:
+        # the collapsible section shows and hides its children itself.
         note = (model.get("limitations") or {}).get("vary", "")
         self.ui.variationsNoteLabel.text = _("Note from the model's card: ") + note if note else ""
-        self.ui.variationsNoteLabel.visible = bool(note)
         self.updateDirections()
         self.updateDiagnostics()
         self.prepareSlider()
