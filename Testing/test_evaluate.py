@@ -275,3 +275,18 @@ def test_same_seed_same_numbers(run, tmp_path):
     assert a == b
     sem = lambda r: r["table"]["semantic only"]["2"]["ssim"]["mean"]  # noqa: E731
     assert sem(a) != sem(c) or a["per_subject"][0]["subject"] != c["per_subject"][0]["subject"]
+
+
+def test_failing_semantic_only_samples_are_called_out_with_what_to_do(report):
+    from LDAELib.evaluation.report import SEMANTIC_ONLY_FLOOR, semantic_only_note
+
+    _, m, md, _ = report
+    T = m["settings"]["main_steps"]
+    T = T if str(T) in m["reconstruction"]["table"]["semantic only"] else max(m["reconstruction"]["steps"])
+    sem = m["reconstruction"]["table"]["semantic only"][str(T)]["ssim"]["mean"]
+    assert ("Semantic-only samples fail" in md) == (sem < SEMANTIC_ONLY_FLOOR)
+    failing = json.loads(json.dumps(m))
+    failing["reconstruction"]["table"]["semantic only"][str(T)]["ssim"]["mean"] = 0.07
+    assert "SSIM 0.070" in semantic_only_note(failing) and "annotate_bundle" in semantic_only_note(failing)
+    failing["reconstruction"]["table"]["semantic only"][str(T)]["ssim"]["mean"] = 0.8
+    assert semantic_only_note(failing) == ""

@@ -199,6 +199,28 @@ def _sim(a, ref) -> dict:
     return {"ssim": ssim(a, ref, data_range=1.0), "psnr": psnr(a, ref, data_range=1.0), "mse": mse(a, ref)}
 
 
+SEMANTIC_ONLY_FLOOR = 0.3
+"""Below this SSIM against the input, semantic-only samples are not the scan's brain (a model that
+generates from noise scores well above it; the first demo models scored 0.07)."""
+
+
+def semantic_only_note(m: dict) -> str:
+    """The report's warning when semantic-only samples fail (SSIM below ``SEMANTIC_ONLY_FLOOR`` at
+    the main T, or the largest T evaluated); "" otherwise."""
+    r = m["reconstruction"]
+    table = r["table"].get("semantic only", {})
+    T = next((t for t in (m["settings"]["main_steps"], *sorted(r["steps"], reverse=True)) if str(t) in table), None)
+    if T is None:
+        return ""
+    sem = table[str(T)]["ssim"]["mean"]
+    if not (np.isfinite(sem) and sem < SEMANTIC_ONLY_FLOOR):
+        return ""
+    return (f"**Semantic-only samples fail:** SSIM {sem:.3f} against the input at T = {T}, below {SEMANTIC_ONLY_FLOOR}. From new noise "
+            "this model does not make the scan's brain (see the figure), and `ldae vary` and the Slicer panel's variations start from "
+            "such noise. Before sharing the model, say so in its bundle: `annotate_bundle(BUNDLE, limitations={\"vary\": \"…\"})` "
+            "(docs/training.md, \"Limitations on the card\"); `ldae` and the panel then show the note where it matters.")
+
+
 def _summary(values) -> dict:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     if v.size == 0:
@@ -580,6 +602,9 @@ def _report(m: dict, figs: dict) -> str:
         for meth in r["methods"]:
             L.append(f"| {meth} | " + " | ".join(_ms(r["table"][meth][str(T)][k], nd) for T in r["steps"]) + " |")
         L.append("")
+    sem_note = semantic_only_note(m)
+    if sem_note:
+        L += [sem_note, ""]
     if r.get("volume_measure_on_decoded"):
         L += ["The volume measure on decoded images (each subject's first visit: the raw input, its autoencoder reconstruction and "
               "its LDAE reconstruction), measured − true in mL: if decoding moved the measure, the bias would show here.", "",
