@@ -704,8 +704,8 @@ def run_batch(args) -> int:
         def say(msg: str) -> None:
             (bar.write if bar is not None else lambda m: print(m, file=sys.stderr))(msg)
 
-        if rank == 0:
-            for op in sorted({j.operation for j in mine if j.operation}):
+        if rank == 0:  # once, for the operations of every row (not only this rank's share)
+            for op in sorted({j.operation for j in jobs if j.operation}):
                 if model.limitations.get(op):
                     say(f"warning: {model.name}: {model.limitations[op]}")
 

@@ -228,3 +228,20 @@ def test_sharding_is_deterministic_and_groups_rows_by_input():
     r0, r1 = shard(jobs, 0, 2), shard(jobs, 1, 2)
     assert sorted(j.index for j in r0) == [0, 2, 4, 6] and sorted(j.index for j in r1) == [1, 3, 5, 7]
     assert [j.index for j in r0] == [0, 2, 4, 6] and [j.index for j in r1] == [1, 3, 7, 5]
+
+
+def test_a_limitation_on_the_model_card_is_said_once_for_the_rows_it_concerns(scans, tiny_bundle, tmp_path, capsys):
+    import json
+    import shutil
+
+    from LDAELib.weights.bundle import annotate_bundle
+
+    b = annotate_bundle(shutil.copytree(tiny_bundle, tmp_path / "b"), limitations={"vary": "no brain from noise", "edit": "weak edits"})
+    rows = [{"input": str(scans / _scan(0)), "operation": "vary", "n": "2"}, {"input": str(scans / _scan(1)), "operation": "vary", "n": "2"},
+            {"input": str(scans / _scan(0)), "operation": "reconstruct"}]
+    out = tmp_path / "out"
+    assert _run_in_process(_batch(_write_csv(tmp_path / "jobs.csv", rows), out, b)) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: ") == 1 and "no brain from noise" in err and "weak edits" not in err  # no edit row
+    sidecars = sorted(out.rglob("variation_*.json"))
+    assert len(sidecars) == 4 and all(json.loads(p.read_text())["model_limitation"] == "no brain from noise" for p in sidecars)

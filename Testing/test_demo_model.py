@@ -80,6 +80,7 @@ def test_the_vary_limitation_on_the_model_card_is_still_true(demo_dir):
     import numpy as np
     import torch
 
+    from LDAELib.evaluation.report import SEMANTIC_ONLY_FLOOR
     from LDAELib.io import read_volume
     from LDAELib.metrics import ssim
     from LDAELib.pipeline import LDAEPipeline
@@ -96,4 +97,4 @@ def test_the_vary_limitation_on_the_model_card_is_still_true(demo_dir):
     noise = torch.randn(enc.z0.shape, generator=torch.Generator().manual_seed(0))
     sample = pipe.sample(enc.y_sem, noise, steps=10)[0, 0].numpy()
     assert ssim(ref, np.asarray(x, dtype=np.float32).squeeze(), 1.0) > 0.8
-    assert ssim(sample, ref, 1.0) < 0.3
+    assert ssim(sample, ref, 1.0) < SEMANTIC_ONLY_FLOOR  # the floor below which `ldae evaluate` flags the same failure
