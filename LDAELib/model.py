@@ -36,9 +36,10 @@ class LDAEConfig:
     latent_scale: float = LATENT_SCALE
     num_timesteps: int = 1000
     slicing_plane: str = "axial"
+    latent_shift: bool = False
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "vae_args": self.autoencoder.to_dict(),
             "unet_args": self.unet.to_dict(),
             "enc_args": self.encoder.to_dict(),
@@ -47,6 +48,9 @@ class LDAEConfig:
             "num_timesteps": self.num_timesteps,
             "slicing_plane": self.slicing_plane,
         }
+        if self.latent_shift:  # written only when set, so the authors' configs read as before
+            d["latent_shift"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LDAEConfig":
@@ -58,6 +62,7 @@ class LDAEConfig:
             latent_scale=float(d.get("latent_scale", LATENT_SCALE)),
             num_timesteps=int(d.get("num_timesteps", 1000)),
             slicing_plane=d.get("slicing_plane", "axial"),
+            latent_shift=bool(d.get("latent_shift", False)),
         )
 
     @property
@@ -91,9 +96,26 @@ class LDAEModel(nn.Module):
         self.shift_unet = ShiftUNet(config.unet)
         self.directions: dict[str, Direction] = dict(directions or {})
         self.identity: dict = dict(identity or {})
+        # Float32 on the CPU whatever the networks' device and dtype (not a buffer, so ``.to()``
+        # leaves it exact); moved to the latent's device where it is used.
+        self.latent_shift: torch.Tensor | None = torch.zeros(config.latent_shape) if config.latent_shift else None
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
+
+    def scale_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Autoencoder latent (B×C×d×h×w, float32) → the diffusion's z0: (z − shift) · scale."""
+        scale = torch.tensor(self.config.latent_scale, dtype=torch.float32, device=z.device)
+        if self.latent_shift is not None:
+            z = z - self.latent_shift.to(z.device, z.dtype)
+        return z * scale.to(z.dtype)
+
+    def unscale_latent(self, z0: torch.Tensor) -> torch.Tensor:
+        """The diffusion's z0 (B×C×d×h×w) → autoencoder latent, float32: z0 / scale + shift."""
+        z = z0.float() / torch.tensor(self.config.latent_scale, dtype=torch.float32, device=z0.device)
+        if self.latent_shift is not None:
+            z = z + self.latent_shift.to(z.device, torch.float32)
+        return z
 
     @property
     def name(self) -> str:
@@ -128,6 +150,8 @@ class LDAEModel(nn.Module):
             for name, t in [*self.named_parameters(), *self.named_buffers()]:
                 h.update(name.encode())
                 h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            if self.latent_shift is not None:
+                h.update(b"latent_shift" + self.latent_shift.float().contiguous().numpy().tobytes())
         self._fingerprint = h.hexdigest()
         return self._fingerprint
 

@@ -221,7 +221,6 @@ class LDAEPipeline:
         self._cache: OrderedDict[str, Encoding] = OrderedDict()
         self.calls = {"autoencoder_encode": 0, "semantic_encode": 0, "inversion": 0, "sampling": 0, "decode": 0}
         self.store = EncodingStore(cache_dir) if cache_dir else None
-        self._scale = torch.tensor(model.config.latent_scale, dtype=torch.float32)
 
     # ------------------------------------------------------------------ inputs
     def _as_input(self, x) -> torch.Tensor:
@@ -268,7 +267,7 @@ class LDAEPipeline:
         for i in range(z0.shape[0]):
             if progress:
                 progress.check()
-            z = z0[i : i + 1].float() / self._scale.to(z0.device)
+            z = self.model.unscale_latent(z0[i : i + 1])
             try:
                 out.append(self.model.autoencoder.decode(self._net_in(z, self.decode_dtype, self.decoder_channels_last)).float().contiguous())
             except (MemoryError, RuntimeError) as err:
@@ -319,7 +318,7 @@ class LDAEPipeline:
             if latent_seed is not None:
                 g = torch.Generator(device="cpu").manual_seed(int(latent_seed))
                 z = mu + torch.randn(sigma.shape, generator=g, dtype=torch.float32).to(sigma.device) * sigma
-            z0 = z * self._scale.to(z.device, z.dtype)
+            z0 = self.model.scale_latent(z)
             p.advance("autoencoder")
             p.check()
             y = self.embed(xt)

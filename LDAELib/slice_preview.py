@@ -302,7 +302,7 @@ def decode_slab(pipeline, z0: torch.Tensor, axis: int, index_range: tuple[int, i
     out = []
     for i in range(z0.shape[0]):
         st = stats.select(i) if stats is not None else None
-        z = (z0[i : i + 1].float() / pipeline._scale.to(z0.device)).permute(perm)
+        z = pipeline.model.unscale_latent(z0[i : i + 1]).permute(perm)
         x = _crop(z, dim, (0, sizes[0]), wins[0])
         x = pipeline._net_in(x, pipeline.decode_dtype, pipeline.decoder_channels_last)
         have = wins[0]

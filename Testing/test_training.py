@@ -456,3 +456,70 @@ def test_two_process_ddp_matches_one_process_of_the_same_global_batch(tiny_cohor
     one = single.model.state_dict()
     worst = max(float((one[k] - r0[k]).abs().max()) for k in r0)
     assert worst < 1e-4, worst
+
+
+# ------------------------------------------------------------------ augmentation, SSIM term, latent shift
+def test_augmentation_keeps_the_background_and_the_range_and_is_seeded():
+    from LDAELib.data.phantom import phantom_brain
+    from LDAELib.training.augment import augment_volume
+
+    data, _ = phantom_brain((32, 40, 32), 6.0, seed=1)
+    x = torch.from_numpy(data / data.max()).float()
+    outs = [augment_volume(x, torch.Generator().manual_seed(s)) for s in (5, 5, 6)]
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    for y in outs:
+        assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) == pytest.approx(1.0)
+        assert torch.all(y[x == 0] == 0)  # brain-extracted background stays exactly 0
+        assert not torch.allclose(y, x, atol=1e-3)
+
+
+def test_differentiable_ssim_equals_the_evaluation_ssim_away_from_the_edges():
+    from LDAELib.metrics import ssim
+    from LDAELib.training.autoencoder import ssim_3d
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand((1, 1, 24, 28, 24), generator=g)
+    b = (a + 0.2 * torch.randn(a.shape, generator=g)).clamp(0, 1).requires_grad_(True)
+    s = ssim_3d(b, a)
+    assert float(s.detach()) == pytest.approx(ssim(b.detach(), a, data_range=1.0), abs=1e-5)
+    s.backward()
+    assert b.grad is not None and torch.isfinite(b.grad).all() and float(b.grad.abs().sum()) > 0
+
+
+def test_autoencoder_settings_for_ssim_and_augmentation_are_checked():
+    from LDAELib.training.config import AutoencoderStageConfig
+
+    with pytest.raises(LDAEError, match="augment"):
+        AutoencoderStageConfig(augment=1.5)
+    with pytest.raises(LDAEError, match="ssim_weight"):
+        AutoencoderStageConfig(ssim_weight=-1)
+
+
+def test_latent_shift_is_learned_shipped_and_undone_by_the_pipeline(tiny_cohort, tmp_path):
+    """With ``model.latent_shift`` the diffusion trains on (μ − mean μ)·scale, the bundle carries the
+    mean, and the pipeline's scale/unscale are exact inverses that reproduce the training latents."""
+    from LDAELib.pipeline import LDAEPipeline
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.autoencoder import Latents
+    from LDAELib.weights import load_model
+
+    recipe = tiny_recipe(steps=6)
+    recipe.model.latent_shift = True
+    recipe.autoencoder.ssim_weight, recipe.autoencoder.augment = 0.5, 1.0
+    bundle = TrainingSession(recipe, tiny_cohort, tmp_path, progress=False, echo=lambda s: None).run("all")
+    lat = Latents.load(tmp_path / "latents")
+    n_train = lat.meta["n_train"]
+    assert lat.meta["latent_shift"] and torch.allclose(lat.shift, lat.mu[:n_train].mean(0))
+    z0 = lat.scaled_means(lat.rows[:n_train])
+    assert abs(float(z0.mean())) < 0.05  # centred: the shift took the mean out
+    model = load_model(bundle)
+    assert model.config.latent_shift and torch.equal(model.latent_shift, lat.shift)
+    assert torch.allclose(model.scale_latent(lat.mu[:2]), lat.to_z0(lat.mu[:2]))
+    assert torch.allclose(model.unscale_latent(model.scale_latent(lat.mu[:2])), lat.mu[:2], atol=1e-5)
+    pipe = LDAEPipeline(model)
+    x = torch.from_numpy(TrainingSession(recipe, tiny_cohort, tmp_path, progress=False, echo=lambda s: None).data.volumes[lat.rows[0]])
+    enc = pipe.encode(x, steps=None)
+    assert torch.allclose(enc.z0[0], lat.to_z0(lat.mu[0]), atol=1e-4)
+    (bundle / "latent_shift.safetensors").unlink()
+    with pytest.raises(LDAEError, match="latent_shift"):
+        load_model(bundle)

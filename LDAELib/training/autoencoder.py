@@ -17,10 +17,12 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LDAEError
 from ..nets.autoencoder import build_autoencoder
+from .augment import augment_volume
 from .checkpoint import write_json_atomic
 from .config import AutoencoderStageConfig
 from .data import TrainingData
@@ -30,13 +32,41 @@ from .trainer import Objective
 STAGE_ID = 1
 
 
+def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
+    r = int(truncate * sigma + 0.5)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    return k / k.sum()
+
+
+def ssim_3d(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Differentiable mean SSIM of B×1×A×B×S volumes ``a`` against ``b``: the evaluation's definition
+    (``LDAELib.metrics.ssim``: Gaussian σ 1.5, 11-voxel window, K1 0.01, K2 0.03, 5-voxel border
+    left out), except that the window is cut at the edges instead of mirrored. float32."""
+    k = _gaussian_window().to(a.device)
+
+    def blur(v: torch.Tensor) -> torch.Tensor:
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = k.numel()
+            v = F.conv3d(v, k.view(shape))
+        return v
+
+    a, b = a.float(), b.float()
+    ua, ub = blur(a), blur(b)
+    va, vb, vab = blur(a * a) - ua * ua, blur(b * b) - ub * ub, blur(a * b) - ua * ub
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua * ua + ub * ub + c1) * (va + vb + c2))
+    return s.mean()
+
+
 class AutoencoderLoss(nn.Module):
     """Wraps the AutoencoderKL so that DDP sees one forward: (x, eps) → (loss, parts)."""
 
-    def __init__(self, autoencoder: nn.Module, kl_weight: float) -> None:
+    def __init__(self, autoencoder: nn.Module, kl_weight: float, ssim_weight: float = 0.0) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.kl_weight = float(kl_weight)
+        self.ssim_weight = float(ssim_weight)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor):
         mu, sigma = self.autoencoder.encode(x)
@@ -45,7 +75,12 @@ class AutoencoderLoss(nn.Module):
         l1 = (rec.float() - x.float()).abs().mean()
         mu, sigma = mu.float(), sigma.float()
         kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2).clamp_min(1e-30)) - 1).flatten(1).sum(1).mean()
-        return l1 + self.kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
+        loss, parts = l1 + self.kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
+        if self.ssim_weight > 0:
+            s = ssim_3d(rec, x)
+            loss = loss + self.ssim_weight * (1.0 - s)
+            parts["ssim"] = s.detach()
+        return loss, parts
 
 
 class AutoencoderObjective(Objective):
@@ -56,7 +91,7 @@ class AutoencoderObjective(Objective):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             ae = build_autoencoder(model_config.autoencoder)
-        self.module = AutoencoderLoss(ae, config.kl_weight).to(self.device)
+        self.module = AutoencoderLoss(ae, config.kl_weight, config.ssim_weight).to(self.device)
         f = self.downsampling = model_config.autoencoder.downsampling
         self.shape = tuple(model_config.space.shape)
         self.crop = tuple(int(c) for c in config.crop) if config.crop else None
@@ -78,6 +113,8 @@ class AutoencoderObjective(Objective):
             if crop is not None:  # offsets on the latent grid, so crops see the same voxel phases as whole volumes
                 o = [int(torch.randint(0, (s - c) // f + 1, (1,), generator=g)) * f for s, c in zip(self.shape, crop)]
                 x = x[o[0]:o[0] + crop[0], o[1]:o[1] + crop[1], o[2]:o[2] + crop[2]]
+            if step >= 0 and self.config.augment > 0 and float(torch.rand((), generator=g)) < self.config.augment:
+                x = augment_volume(x, g)  # training steps only: the fixed validation batches stay as stored
             xs.append(x)
             eps.append(torch.randn((self.latent_channels, *(c // f for c in size)), generator=g))
         return {"x": torch.stack(xs)[:, None].to(self.device), "eps": torch.stack(eps).to(self.device)}
@@ -108,10 +145,13 @@ def encode_latents(autoencoder: nn.Module, data: TrainingData, rows: list[int], 
     return torch.cat(mus), torch.cat(sigmas)
 
 
-def latent_scale_of(mu: torch.Tensor, sigma: torch.Tensor, seed: int) -> float:
-    """1 / std of sampled latents μ + σ·ε (ε from ``seed``): the scale that makes z0 about unit variance."""
+def latent_scale_of(mu: torch.Tensor, sigma: torch.Tensor, seed: int, shift: torch.Tensor | None = None) -> float:
+    """1 / std of sampled latents μ + σ·ε (ε from ``seed``), less ``shift`` when given: the scale
+    that makes z0 about unit variance."""
     g = torch.Generator().manual_seed(int(seed))
     z = mu + sigma * torch.randn(mu.shape, generator=g)
+    if shift is not None:
+        z = z - shift
     return float(1.0 / z.float().std().clamp_min(1e-8))
 
 
@@ -127,12 +167,16 @@ def channel_usage(mu: torch.Tensor, sigma: torch.Tensor) -> list[float]:
 
 
 class Latents:
-    """The encoded training/validation latents: ``mu[row]``, ``sigma[row]`` by cohort row index."""
+    """The encoded training/validation latents: ``mu[row]``, ``sigma[row]`` by cohort row index.
+
+    ``shift`` (C×d×h×w, or None): the mean training μ that a model with ``latent_shift`` subtracts
+    before scaling, so the diffusion stages see z0 = (z − shift) · scale.
+    """
 
     FILE, META = "latents.safetensors", "latents.json"
 
-    def __init__(self, rows: list[int], mu: torch.Tensor, sigma: torch.Tensor, scale: float, meta: dict) -> None:
-        self.rows, self.mu, self.sigma, self.scale, self.meta = list(rows), mu, sigma, float(scale), meta
+    def __init__(self, rows: list[int], mu: torch.Tensor, sigma: torch.Tensor, scale: float, meta: dict, shift: torch.Tensor | None = None) -> None:
+        self.rows, self.mu, self.sigma, self.scale, self.meta, self.shift = list(rows), mu, sigma, float(scale), meta, shift
         self._pos = {r: i for i, r in enumerate(self.rows)}
 
     def position(self, row: int) -> int:
@@ -141,9 +185,15 @@ class Latents:
     def has(self, row: int) -> bool:
         return row in self._pos
 
+    def to_z0(self, z: torch.Tensor) -> torch.Tensor:
+        """Autoencoder latent(s) → the diffusion's z0: (z − shift) · scale, as ``LDAEModel.scale_latent``."""
+        if self.shift is not None:
+            z = z - self.shift
+        return z * self.scale
+
     def scaled_means(self, rows: list[int]) -> torch.Tensor:
-        """μ × latent scale of ``rows`` (N×C×d×h×w float32): the deterministic z0 of each volume."""
-        return torch.stack([self.mu[self._pos[r]] for r in rows]).float() * self.scale
+        """The deterministic z0 of each volume, (μ − shift) × latent scale (N×C×d×h×w float32)."""
+        return self.to_z0(torch.stack([self.mu[self._pos[r]] for r in rows]).float())
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -153,8 +203,11 @@ class Latents:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".latents.", suffix=".safetensors", dir=folder)
         os.close(fd)
+        tensors = {"mu": self.mu.contiguous(), "sigma": self.sigma.contiguous(), "rows": torch.tensor(self.rows, dtype=torch.int64)}
+        if self.shift is not None:
+            tensors["shift"] = self.shift.float().contiguous()
         try:
-            save_file({"mu": self.mu.contiguous(), "sigma": self.sigma.contiguous(), "rows": torch.tensor(self.rows, dtype=torch.int64)}, tmp)
+            save_file(tensors, tmp)
             os.replace(tmp, folder / self.FILE)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -170,4 +223,4 @@ class Latents:
         meta = json.loads((folder / cls.META).read_text())
         t = load_file(str(folder / cls.FILE))
         scale = meta.pop("latent_scale")
-        return cls(t["rows"].tolist(), t["mu"], t["sigma"], scale, meta)
+        return cls(t["rows"].tolist(), t["mu"], t["sigma"], scale, meta, t.get("shift"))

@@ -141,6 +141,10 @@ class AutoencoderStageConfig(StageConfig):
     ``crop``: train on random crops of this size (voxels per axis, multiples of the autoencoder's
     downsampling) instead of whole volumes; the network is convolutional, so it applies to whole
     volumes unchanged, and a step costs crop/volume of a whole-volume step. None = whole volumes.
+    ``ssim_weight``: adds weight × (1 − SSIM) of the reconstruction (3-D, Gaussian window σ 1.5
+    voxels, the evaluation's SSIM) to the loss: a structural term beside the L1.
+    ``augment``: probability that a training volume is changed in contrast, bias, noise and
+    resolution first (``training.augment``), so that real scans are in distribution (0 = off).
     """
 
     steps: int = 3000
@@ -148,6 +152,15 @@ class AutoencoderStageConfig(StageConfig):
     lr: float = 1e-4
     kl_weight: float = 1e-6
     crop: tuple[int, int, int] | None = None
+    ssim_weight: float = 0.0
+    augment: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.ssim_weight >= 0:
+            raise LDAEError(f"ssim_weight must be 0 or positive, got {self.ssim_weight}")
+        if not 0.0 <= self.augment <= 1.0:
+            raise LDAEError(f"augment is a probability in [0, 1], got {self.augment}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "AutoencoderStageConfig":

@@ -70,7 +70,7 @@ class LatentBatches:
             z = self.latents.mu[p]
             if self.mode == "sample":
                 z = z + self.latents.sigma[p] * eps_lat
-            z0s.append(z * self.latents.scale)
+            z0s.append(self.latents.to_z0(z))
             ts.append(t)
             noises.append(noise)
         dev = self.device

@@ -168,12 +168,13 @@ class TrainingSession:
                 rows = self.data.indices["train"] + self.data.indices["val"]
                 mu, sigma = encode_latents(ae, self.data, rows, self.ctx.device)
                 n_train = len(self.data.indices["train"])
-                scale = latent_scale_of(mu[:n_train], sigma[:n_train], self.recipe.autoencoder.seed)
-                meta = {"autoencoder": fp, "n_train": n_train, "n_val": len(rows) - n_train,
+                shift = mu[:n_train].mean(0) if self.recipe.model.latent_shift else None
+                scale = latent_scale_of(mu[:n_train], sigma[:n_train], self.recipe.autoencoder.seed, shift)
+                meta = {"autoencoder": fp, "n_train": n_train, "n_val": len(rows) - n_train, "latent_shift": shift is not None,
                         "latent_shape": list(mu.shape[1:]), "mu_mean": float(mu[:n_train].mean()), "sigma_mean": float(sigma[:n_train].mean()),
                         "how": "1 / std of μ + σ·ε over all training volumes (ε seeded by the autoencoder stage's seed)",
                         "channel_usage": channel_usage(mu[:n_train], sigma[:n_train])}
-                Latents(rows, mu, sigma, scale, meta).save(folder)
+                Latents(rows, mu, sigma, scale, meta, shift).save(folder)
                 self.echo(f"latents: {len(rows)} volumes encoded; latent scale {scale:.4f} (1/std of the training latents)")
                 drowned = [c for c, u in enumerate(meta["channel_usage"]) if u < 1.0]
                 if drowned:
@@ -304,6 +305,10 @@ class TrainingSession:
                 },
             }
             model = LDAEModel(config, dirs, identity)
+            if config.latent_shift:
+                if lat.shift is None:
+                    raise LDAEError(f"the recipe uses a latent shift but {self.workdir / 'latents'} holds none; delete that folder so the latents are encoded again")
+                model.latent_shift = lat.shift.float().clone()
             model.autoencoder.load_state_dict(_strip(ae_ck.groups["ema"], "autoencoder."))
             model.semantic_encoder.load_state_dict(_strip(rep_ck.groups["ema"], "encoder."))
             model.shift_unet.load_state_dict(_strip(rep_ck.groups["ema"], "shift_unet."))

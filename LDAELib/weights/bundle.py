@@ -5,6 +5,7 @@
     semantic_encoder.safetensors  semantic encoder (the backbone once; the alias is restored on load)
     shift_unet.safetensors        ShiftUNet
     directions.safetensors        <name>.weight / <name>.mean / <name>.std per direction
+    latent_shift.safetensors      only when the config sets latent_shift: the mean latent m (C×d×h×w, float32)
     LICENSE.txt                   the licence the weights come under
     manifest.json                 {"files": {name: {"sha256", "bytes"}}} of every file above
 
@@ -33,6 +34,7 @@ BUNDLE_JSON, MANIFEST = "ldae_bundle.json", "manifest.json"
 FORMAT, VERSION = "ldae-bundle", 1
 _PARTS = {"autoencoder": "autoencoder.safetensors", "semantic_encoder": "semantic_encoder.safetensors", "shift_unet": "shift_unet.safetensors"}
 _DIRECTIONS = "directions.safetensors"
+_SHIFT = "latent_shift.safetensors"
 _LICENCE = "LICENSE.txt"
 
 
@@ -68,6 +70,8 @@ def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None
         for dname, d in model.directions.items():
             dirs[f"{dname}.weight"], dirs[f"{dname}.mean"], dirs[f"{dname}.std"] = d.weight, d.mean, d.std
         save_file(_unshared(dirs), str(tmp / _DIRECTIONS))
+        if model.latent_shift is not None:  # float32 whatever ``dtype``: it is added to every latent
+            save_file({"latent_shift": model.latent_shift.float().contiguous()}, str(tmp / _SHIFT))
         identity = dict(model.identity)
         licence = licence or identity.get("licence") or "See the model card that came with these weights."
         (tmp / _LICENCE).write_text(licence.rstrip() + "\n")
@@ -218,4 +222,11 @@ def load_bundle(folder: str | Path, *, verify: bool = True) -> LDAEModel:
     load_strict(model.autoencoder, f32(_read(folder / _PARTS["autoencoder"])), "autoencoder", _PARTS["autoencoder"])
     load_strict(model.semantic_encoder, normalise_semantic_encoder_keys(f32(_read(folder / _PARTS["semantic_encoder"]))), "semantic encoder", _PARTS["semantic_encoder"])
     load_strict(model.shift_unet, f32(_read(folder / _PARTS["shift_unet"])), "ShiftUNet", _PARTS["shift_unet"])
+    if config.latent_shift:
+        if verify and _SHIFT not in hashes:
+            raise LDAEError(f"the bundle's config uses a latent shift but its manifest does not list {_SHIFT}; copy the whole bundle again")
+        shift = _read(folder / _SHIFT).get("latent_shift")
+        if shift is None or tuple(shift.shape) != tuple(config.latent_shape):
+            raise LDAEError(f"{folder / _SHIFT} does not hold a latent_shift of shape {tuple(config.latent_shape)}; copy the bundle again")
+        model.latent_shift = shift.float()
     return model
