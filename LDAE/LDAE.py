@@ -883,9 +883,9 @@ class LDAETest(ScriptedLoadableModuleTest):
     def _volume(self, name, seed, ventricles=1.0):
         import numpy as np
 
-        from LDAELib.slicer.testing import synthetic_brain
+        from LDAELib.testing import phantom_brain
 
-        data, affine = synthetic_brain(seed=seed, ventricles=ventricles)
+        data, affine = phantom_brain((45, 54, 45), 4.0, ventricle_scale=ventricles, seed=seed, intensity=80.0)
         node = slicer.util.addVolumeFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)), ijkToRAS=affine, name=name)  # K,J,I
         return node
 

@@ -1,33 +1,94 @@
-"""``ldae``: LDAE on NIfTI files from the command line. Thin over ``pipeline``, ``space`` and ``io``.
+"""``ldae``: LDAE on scans from the command line, thin over ``LDAELib.inference`` and ``LDAELib.batch``.
 
-Every subcommand: one clear line and a non-zero exit on any error, no partial output, tqdm progress
-on stderr, a JSON sidecar of provenance beside each output volume.
+Every subcommand validates its options and its outputs before loading a model, prints one clear
+line and exits 1 on any error a user can cause (exit codes: ``LDAELib.errors``), never writes over
+an input, leaves no partial output after an error, Ctrl-C or SIGTERM, shows tqdm progress on
+stderr, and writes a JSON sidecar of provenance beside each output volume.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
-EXIT_ERROR, EXIT_CANCELLED = 1, 130
+import nibabel as nib
+import numpy as np
+
+from .batch import run_batch
+from .cohort.command import add_arguments as add_cohort_arguments
+from .cohort.command import run as run_cohort
+from .directions.files import fit_probe_from_csv
+from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, LDAEError
+from .evaluation.command import add_arguments as add_evaluate_arguments
+from .evaluation.command import run as run_evaluate
+from .evaluation.previews import write_comparison_png, write_strip_png
+from .inference.files import add_embeddings, add_volumes, check_embedding_output, interpolation_files, variation_files, volume_files
+from .inference.loading import open_model, open_pipeline
+from .inference.operations import Inference
+from .inference.outputs import OutputSet, Sources, check_output, check_outputs
+from .inference.provenance import version
+from .inference.settings import RunSettings
+from .registration.command import add_arguments as add_preprocess_arguments
+from .registration.command import run as run_preprocess
+from .resources import example_scans
+from .training.command import add_arguments as add_train_arguments
+from .training.command import run as run_train
+from .weights.bundle import save_bundle
+
+VOLUME_COMMANDS = ("reconstruct", "edit", "interpolate", "vary", "embed", "batch", "demo", "info", "convert")
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one line on stderr and exit code 1."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(EXIT_ERROR, f"ldae: error: {message} (see '{self.prog} --help')\n")
+
+
+class Bar:
+    """tqdm bar fed by the pipeline's progress(done, total, stage) callback."""
+
+    def __init__(self, quiet: bool, desc: str) -> None:
+        self.quiet, self.desc, self.bar = quiet, desc, None
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.total != total:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, desc=self.desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+        self.bar.set_postfix_str(stage, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _ArgumentParser(add_help=False)
     g = common.add_argument_group("model and run settings")
     g.add_argument("--model", metavar="PATH", help="bundle folder or folder of the authors' files (default: the bundled demo model)")
     g.add_argument("--steps", type=int, default=10, metavar="N", help="DDIM steps each way (default 10; the authors use 50–100)")
     g.add_argument("--seed", type=int, default=None, help="seed for stochastic parts (variations; the sampled latent with --sample-latent)")
     g.add_argument("--sample-latent", action="store_true", help="use the authors' sampled latent μ+σ·ε (seeded by --seed) instead of the deterministic μ")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … or auto (a GPU when torch sees one; default cpu)")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="precision of the encoders and the ShiftUNet (default float32 = the authors' numbers; bfloat16 halves weight "
                    "memory but drifts in the DDIM loop; float16 on GPUs only)")
-    g.add_argument("--decode-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="precision of the autoencoder's decoder, which runs once after the DDIM loop (default auto: bfloat16 where "
-                   "the CPU or GPU computes it natively, 3× faster at the official size and within SSIM 0.999 of float32)")
+    g.add_argument("--decode-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="float32",
+                   help="precision of the autoencoder's decoder, which runs once after the DDIM loop (default float32: the authors' "
+                   "numbers on every machine; auto: bfloat16 where the CPU or GPU computes it natively, ≈3× faster decodes at the "
+                   "official size, within SSIM 0.999 of float32 but not the same numbers)")
+    g.add_argument("--fast-decode", dest="decode_dtype", action="store_const", const="auto",
+                   help="trade exactness for speed in the decoder: the same as --decode-dtype auto")
     g.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--weight-storage", choices=["auto", "float32", "float16"], default="auto",
                    help="keep the float32 ShiftUNet's weights in float16 and widen them layer by layer: 1.6 GiB less at the official "
@@ -43,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of a bundle's files")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    p = argparse.ArgumentParser(prog="ldae", description="Latent Diffusion Autoencoder (LDAE) for brain T1 MRI: edit, interpolate, vary, embed.")
-    p.add_argument("--version", action="version", version=f"ldae {_version()}")
+    p = _ArgumentParser(prog="ldae", description="Latent Diffusion Autoencoder (LDAE) for brain T1 MRI: edit, interpolate, vary, embed.")
+    p.add_argument("--version", action="version", version=f"ldae {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("reconstruct", parents=[common], help="encode and decode a scan through the diffusion (autoencoding)")
@@ -81,132 +142,113 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("output_dir")
     s = sub.add_parser("preprocess", help="stage A on a raw scan: bias correction, brain extraction, registration to MNI "
                        "(registered brain, brain mask, transforms, model-space volume; cached)")
-    from .registration.command import add_arguments as add_preprocess_arguments
-
     add_preprocess_arguments(s)
     s = sub.add_parser("cohort", help="write a synthetic longitudinal cohort (MNI-space NIfTI + CSV of volumes) from real templates")
-    from .data.cohort_command import add_arguments
-
-    add_arguments(s)
+    add_cohort_arguments(s)
     s = sub.add_parser("train", help="train an LDAE on a cohort: autoencoder, ddpm, representation, probes, all (docs/training.md)")
-    from .training.command import add_arguments as add_train_arguments
-
     add_train_arguments(s)
     s = sub.add_parser("evaluate", help="judge a trained model on its held-out test subjects: report.md, metrics.json, figures (docs/training.md)")
-    from .evaluation.command import add_arguments as add_evaluate_arguments
-
     add_evaluate_arguments(s)
     return p
 
 
-from .jobs import (  # noqa: E402  (the helpers live in jobs.py, shared with 'ldae batch')
-    Bar as _Bar,
-    load_model_for as _load_model,
-    pipeline_for as _pipeline,
-    version as _version,
-)
+def _outputs_of(args) -> tuple[list[Path], list[str], bool]:
+    """(output files, input files, whether the outputs are volumes) of a volume command."""
+    cmd = args.command
+    if cmd in ("reconstruct", "edit"):
+        return volume_files(args.output, args.model_space_output), [args.input], True
+    if cmd == "interpolate":
+        paths = interpolation_files(args.output_dir, args.at)
+        return [f for p in paths for f in volume_files(p, args.model_space_output)], [args.input_a, args.input_b], True
+    if cmd == "vary":
+        if not 1 <= args.n <= 64:
+            raise LDAEError(f"--n must lie between 1 and 64, got {args.n}")
+        paths = variation_files(args.output_dir, args.n)
+        return [f for p in paths for f in volume_files(p, args.model_space_output)], [args.input], True
+    if cmd == "embed":
+        return [check_embedding_output(args.output)], list(args.inputs), False
+    return [], [], False
+
+
+def _check_inputs(paths) -> None:
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise LDAEError(f"input not found: {p}")
+        if not os.access(p, os.R_OK):
+            raise LDAEError(f"cannot read {p}: permission denied")
 
 
 def _run(args, model=None) -> int:
-    from .errors import LDAEError
-    from .io import check_writable, ensure_folder
-
     if args.command == "cohort":
-        from .data.cohort_command import run
-
-        return run(args, _Bar(args.quiet, "cohort"))
+        return run_cohort(args, Bar(args.quiet, "cohort"))
     if args.command == "train":
-        from .training.command import run as train
-
-        return train(args)
+        return run_train(args)
     if args.command == "evaluate":
-        from .evaluation.command import run as run_evaluate
-
         return run_evaluate(args)
     if args.command == "preprocess":
-        from .registration.command import run as run_preprocess
-
-        return run_preprocess(args, _Bar(args.quiet, "stage A"))
+        return run_preprocess(args, Bar(args.quiet, "stage A"))
     if args.command == "fit-probe":
-        from .directions_io import fit_probe_from_csv
-
+        check_output(args.output, Sources([args.embeddings, args.labels]), volume=False)
         fit_probe_from_csv(args.embeddings, args.labels, args.target, args.name, args.kind, args.output)
         print(f"wrote {args.output}")
         return 0
+
+    # Everything is checked before the (slow) model load and computation.
+    settings = RunSettings.from_args(args)
+    if args.command == "edit" and not np.isfinite(args.alpha):
+        raise LDAEError(f"--alpha must be a finite number, got {args.alpha}")
+    if args.command == "interpolate" and any(not (-0.5 <= f <= 1.5) for f in args.at):
+        raise LDAEError("--at fractions should lie between 0 and 1 (mild extrapolation down to −0.5 and up to 1.5 is allowed)")
     if args.command == "batch":
-        from .jobs import run_batch
-
-        return run_batch(args)
-    if getattr(args, "steps", 1) < 1:
-        raise LDAEError("--steps must be at least 1")
-
-    # Fail on unwritable outputs before the (slow) model load and computation.
-    if args.command in ("reconstruct", "edit"):
-        check_writable(args.output)
-    elif args.command in ("interpolate", "vary"):
-        ensure_folder(args.output_dir)
-    elif args.command == "embed":
-        check_writable(args.output)
-    elif args.command == "demo":
-        ensure_folder(args.output_dir)
-    elif args.command == "convert":
+        return run_batch(args.jobs, args.output_dir, settings, args.model, quiet=args.quiet)
+    files, inputs, volumes = _outputs_of(args)
+    _check_inputs(inputs)
+    check_outputs(files, inputs, volumes=volumes)
+    if args.command == "convert":
         out = Path(args.output)
         if out.exists() and any(out.iterdir()):
             raise LDAEError(f"{out} exists and is not empty; choose a new folder for the bundle")
 
-    model = model if model is not None else _load_model(args)
+    model = model if model is not None else open_model(args.model, settings, warn=lambda m: print(f"ldae: WARNING: {m}", file=sys.stderr))
     if args.command == "info":
         return _info(args, model)
     if args.command == "convert":
-        from .weights.bundle import save_bundle
-
         save_bundle(model, args.output, name=args.name)
         print(f"wrote bundle {args.output}")
         return 0
-
     if args.command == "demo":
         return _demo(args, model)
 
     note = model.limitations.get(args.command)
     if note:  # the model's own card says this operation does not work well with it
         print(f"warning: {model.name}: {note}", file=sys.stderr)
-    pipe = _pipeline(args, model)
-    bar = _Bar(args.quiet, args.command)
+    inf = Inference(model, open_pipeline(model, settings), settings)
+    bar = Bar(args.quiet, args.command)
     try:
-        if args.command == "embed":
-            from .jobs import embed_codes, write_embeddings
-
-            write_embeddings(args.output, args.inputs, embed_codes(args, model, pipe, args.inputs))
-            print(f"wrote {args.output}")
-            return 0
-
-        if args.command in ("reconstruct", "edit"):
-            from .jobs import run_reconstruct_or_edit
-
-            run_reconstruct_or_edit(args, model, pipe, args.command, args.input, args.output, direction_spec=getattr(args, "direction", None),
-                                    alpha=getattr(args, "alpha", None), progress=bar)
-            bar.close()
-            print(f"wrote {args.output}")
-            return 0
-
-        if args.command == "interpolate":
-            from .jobs import run_interpolate
-
-            run_interpolate(args, model, pipe, args.input_a, args.input_b, args.output_dir, args.at, progress=bar)
-            bar.close()
-            print(f"wrote {len(args.at)} volumes to {args.output_dir}")
-            return 0
-
-        if args.command == "vary":
-            from .jobs import run_vary
-
-            run_vary(args, model, pipe, args.input, args.output_dir, args.n, progress=bar)
-            bar.close()
-            print(f"wrote {args.n} volumes to {args.output_dir}")
-            return 0
+        with OutputSet(inputs) as outs:
+            if args.command == "embed":
+                codes, _ = inf.embed(args.inputs, progress=bar)
+                add_embeddings(outs, args.output, args.inputs, codes)
+                done = f"wrote {args.output}"
+            elif args.command in ("reconstruct", "edit"):
+                outputs = inf.reconstruct(args.input, progress=bar) if args.command == "reconstruct" else \
+                    inf.edit(args.input, args.direction, [args.alpha], progress=bar)
+                paths, done = [args.output], f"wrote {args.output}"
+            elif args.command == "interpolate":
+                outputs = inf.interpolate(args.input_a, args.input_b, args.at, progress=bar)
+                paths, done = interpolation_files(args.output_dir, args.at), f"wrote {len(args.at)} volumes to {args.output_dir}"
+            else:
+                outputs = inf.vary(args.input, args.n, progress=bar)
+                paths, done = variation_files(args.output_dir, args.n), f"wrote {args.n} volumes to {args.output_dir}"
+            if args.command != "embed":
+                first = args.input_a if args.command == "interpolate" else args.input
+                add_volumes(outs, outputs, paths, model_space_output=settings.model_space_output,
+                            model_affine=inf.source(first).prepared.model_affine)
     finally:
         bar.close()
-    raise LDAEError(f"unknown command {args.command}")
+    print(done)
+    return 0
 
 
 def _demo(args, model) -> int:
@@ -218,8 +260,6 @@ def _demo(args, model) -> int:
     import nibabel as nib
     import numpy as np
 
-    from .previews import write_comparison_png, write_strip_png
-    from .resources import example_scans
 
     out = Path(args.output_dir)
     scans = example_scans()
@@ -245,7 +285,7 @@ def _demo(args, model) -> int:
     source_data, affine = np.asarray(source.dataobj, dtype=np.float32), source.affine
     previews = out / "previews"
     previews.mkdir(parents=True, exist_ok=True)
-    parser = _parser()
+    parser = build_parser()
     reconstruction = None
     for label, argv, result in runs:
         t0 = time.perf_counter()
@@ -294,10 +334,13 @@ def _info(args, model) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from .errors import Cancelled, LDAEError
+def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt  # SIGTERM: the same clean stop as Ctrl-C (no partial output)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if hasattr(signal, "SIGTERM") else None
     try:
         return _run(args)
     except LDAEError as err:
@@ -309,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("ldae: error: out of memory; close other programs, or use a GPU (--device cuda)", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -11,3 +11,14 @@ class LDAEError(Exception):
 
 class Cancelled(Exception):
     """Raised inside a long computation when its cancel flag is set; nothing has been written."""
+
+
+# Exit codes of the ``ldae`` command line (every subcommand, ``ldae batch`` and ``ldae train`` alike).
+EXIT_OK = 0
+EXIT_ERROR = 1
+"""A user error (bad input, option, file or model): one line on stderr says what to do; or, for
+``ldae batch``, at least one row failed (the report says which)."""
+EXIT_STOPPED = 3
+"""``ldae batch`` stopped before all its rows were computed (run it again to finish)."""
+EXIT_CANCELLED = 130
+"""Ctrl-C (SIGINT) or SIGTERM: nothing partial was left behind (128 + SIGINT, as shells report it)."""

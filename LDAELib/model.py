@@ -6,12 +6,14 @@ Nothing here reads files (see ``weights/``) or knows about volumes on disk (see 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .directions import Direction
+from .directions.probe import Direction
 from .nets.autoencoder import AutoencoderConfig, build_autoencoder, use_polyphase_upsampling
 from .nets.semantic_encoder import SemanticEncoder, SemanticEncoderConfig
 from .nets.unet import ShiftUNet, UNetConfig
@@ -37,6 +39,7 @@ class LDAEConfig:
     num_timesteps: int = 1000
     slicing_plane: str = "axial"
     latent_shift: bool = False
+    x0_clip: float | None = 1.0
 
     def to_dict(self) -> dict:
         d = {
@@ -50,6 +53,8 @@ class LDAEConfig:
         }
         if self.latent_shift:  # written only when set, so the authors' configs read as before
             d["latent_shift"] = True
+        if self.x0_clip != 1.0:
+            d["x0_clip"] = self.x0_clip
         return d
 
     @classmethod
@@ -63,6 +68,7 @@ class LDAEConfig:
             num_timesteps=int(d.get("num_timesteps", 1000)),
             slicing_plane=d.get("slicing_plane", "axial"),
             latent_shift=bool(d.get("latent_shift", False)),
+            x0_clip=None if d.get("x0_clip", 1.0) is None else float(d.get("x0_clip", 1.0)),
         )
 
     @property
@@ -133,25 +139,21 @@ class LDAEModel(nn.Module):
         return {str(k): v.strip() for k, v in lim.items() if isinstance(v, str) and v.strip()}
 
     def fingerprint(self) -> str:
-        """SHA-256 that tells this model's weights and configuration apart from any other's: over the
-        weight files' own SHA-256 when the model was loaded from files, else over every parameter
-        and buffer (computed once; a few seconds at the official size)."""
+        """SHA-256 that tells this model's weights and configuration apart from any other's: the
+        identity's ``hash`` for a model loaded from files (``weights.identify``: over the weight
+        files' own SHA-256), else over every parameter and buffer (computed once; a few seconds at
+        the official size)."""
+        if self.identity.get("hash"):
+            return str(self.identity["hash"])
         cached = getattr(self, "_fingerprint", None)
         if cached is not None:
             return cached
-        import hashlib
-        import json
-
         h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
-        files = self.identity.get("files") or {}
-        if files:
-            h.update(json.dumps(files, sort_keys=True).encode())
-        else:  # parameters and every buffer (compact_weights keeps weights in non-persistent ones)
-            for name, t in [*self.named_parameters(), *self.named_buffers()]:
-                h.update(name.encode())
-                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-            if self.latent_shift is not None:
-                h.update(b"latent_shift" + self.latent_shift.float().contiguous().numpy().tobytes())
+        for name, t in [*self.named_parameters(), *self.named_buffers()]:  # compact weights live in buffers
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        if self.latent_shift is not None:
+            h.update(b"latent_shift" + self.latent_shift.float().contiguous().numpy().tobytes())
         self._fingerprint = h.hexdigest()
         return self._fingerprint
 

@@ -36,13 +36,14 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 def official_dir(tmp_path_factory) -> Path:
     """The fixture weights under the authors' file names, as a user's download would be laid out.
 
-    The reduced autoencoder uses 8 GroupNorm groups, which shapes cannot tell: ldae_config.json says so.
+    The reduced autoencoder uses 8 GroupNorm groups, which shapes cannot tell, and the fixtures'
+    volumes are 32×64×64: ldae_config.json says both (the pipeline refuses volumes of another size).
     """
     d = tmp_path_factory.mktemp("official")
     shutil.copy(fixture_path("aekl_state_dict.pt"), d / "autoencoderkl.pth")
     shutil.copy(fixture_path("semantic_encoder_state_dict.pt"), d / "encoder.pth")
     shutil.copy(fixture_path("shift_unet_state_dict_fp16.pt"), d / "decoder.pth")
-    (d / "ldae_config.json").write_text(json.dumps({"vae_args": {"norm_num_groups": 8}}))
+    (d / "ldae_config.json").write_text(json.dumps({"vae_args": {"norm_num_groups": 8}, "space": {"shape": [32, 64, 64], "spacing_mm": [1.5, 1.5, 1.5]}}))
     return d
 
 
@@ -51,21 +52,6 @@ def official_model(official_dir):
     from LDAELib.weights import load_model
 
     return load_model(official_dir)
-
-
-def make_brain(shape=(91, 109, 91), spacing=2.0, seed=0, shift=(0.0, 0.0, 0.0)):
-    """A smooth synthetic head-like volume (ellipsoid 'brain' with 'ventricles') and an MNI-like affine."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = sum((g - s) ** 2 / a**2 for g, s, a in zip(grids, shift, (0.75, 0.8, 0.7)))
-    v = np.where(r < 1, 0.6 + 0.3 * np.cos(6 * grids[0]) * np.sin(5 * grids[1]), 0.0)
-    vent = sum(g**2 / a**2 for g, a in zip(grids, (0.15, 0.25, 0.15)))
-    v = np.where(vent < 1, 0.15, v) + 0.01 * rng.standard_normal(shape) * (r < 1)
-    affine = np.diag([-spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = [spacing * (shape[0] - 1) / 2, -spacing * (shape[1] - 1) / 2 - 18, -spacing * (shape[2] - 1) / 2 + 18]
-    return v.astype(np.float32), affine
 
 
 def save_nifti(path, data, affine):

@@ -18,7 +18,9 @@ import pytest
 import torch
 
 from LDAELib.cli import main
-from conftest import REPO, make_brain, save_nifti
+from conftest import REPO, save_nifti
+
+from LDAELib.testing import phantom_brain
 
 SHAPE = (32, 40, 32)
 N_SCANS = 8
@@ -54,7 +56,7 @@ def scans(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("scans")
     (d / "sub").mkdir()
     for i in range(N_SCANS):
-        data, affine = make_brain(SHAPE, spacing=6.0, seed=i, shift=(0.02 * i, 0.0, 0.0))
+        data, affine = phantom_brain(SHAPE, 6.0, seed=i, shift=(0.02 * i, 0.0, 0.0))
         save_nifti(d / ("sub" if i >= 6 else ".") / f"s{i}.nii.gz", data, affine)
     (d / "broken.nii.gz").write_text("not an image")
     return d
@@ -122,7 +124,6 @@ def test_two_torchrun_processes_give_the_same_volumes_as_one(scans, tiny_bundle,
     assert "20 done" in line and "1 failed" in line and "scans/hour" in line
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("LDAE_BATCH_STOP_AFTER", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "LDAELib.cli",
            *_batch(jobs, tmp_path / "two", tiny_bundle)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -148,8 +149,17 @@ def test_two_torchrun_processes_give_the_same_volumes_as_one(scans, tiny_bundle,
 def test_killed_run_resumes_with_only_the_missing_rows(scans, tiny_bundle, tmp_path, monkeypatch, capsys):
     jobs = _jobs(scans)
     out = tmp_path / "out"
-    monkeypatch.setenv("LDAE_BATCH_STOP_AFTER", "6")
-    assert _run_in_process(_batch(jobs, out, tiny_bundle)) == 3  # stopped as if killed: no report
+    from LDAELib.batch import run as batch_run
+
+    real_row, computed = batch_run.run_row, []
+
+    def row_then_stop(*args, **kwargs):  # the process is stopped as the 7th row starts, as if killed
+        if len(computed) == 6:
+            raise KeyboardInterrupt
+        computed.append(real_row(*args, **kwargs))
+
+    monkeypatch.setattr(batch_run, "run_row", row_then_stop)
+    assert _run_in_process(_batch(jobs, out, tiny_bundle)) == 130  # stopped: no report
     assert not (out / "batch_report.json").exists()
     first = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     # rows run grouped by input: s0's rows 1, 2, 17 (interpolation, 2 volumes), then s1's 3, 4, then row 5
@@ -158,7 +168,7 @@ def test_killed_run_resumes_with_only_the_missing_rows(scans, tiny_bundle, tmp_p
     # a row whose outputs are incomplete (its sidecar lost) is redone
     (out / "s0_reconstruct.json").unlink()
 
-    monkeypatch.delenv("LDAE_BATCH_STOP_AFTER")
+    monkeypatch.setattr(batch_run, "run_row", real_row)
     assert _run_in_process(_batch(jobs, out, tiny_bundle)) == 0
     assert "20 rows" in capsys.readouterr().out
     status = {r["row"]: r["status"] for r in _report(out)["rows"]}
@@ -220,7 +230,7 @@ def test_changed_row_is_recomputed_and_clashing_outputs_are_refused(scans, tiny_
 
 
 def test_sharding_is_deterministic_and_groups_rows_by_input():
-    from LDAELib.jobs import Job, shard
+    from LDAELib.batch.jobs import Job, shard
 
     inputs = ["a", "b", "a", "c", "b", "a", "d", "c"]
     jobs = [Job(index=i, line=i + 2, raw={}, input=Path(x)) for i, x in enumerate(inputs)]

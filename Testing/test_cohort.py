@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from LDAELib.data.templates import templates_available
+from LDAELib.cohort.templates import templates_available
 
 _MISSING = templates_available()
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"cohort templates not installed: {_MISSING}")
@@ -27,7 +27,7 @@ COLUMNS = ["subject", "visit", "months", "age", "group", "path", "labels_path", 
 
 
 def _config(**kw):
-    from LDAELib.data.cohort import CohortConfig
+    from LDAELib.cohort.cohort import CohortConfig
 
     args = dict(n_subjects=N_SUBJECTS, seed=SEED, spacing_mm=SPACING, labels=True)
     args.update(kw)
@@ -57,7 +57,7 @@ def _slope_per_year(rows, column) -> float:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    from LDAELib.data.cohort import generate_cohort
+    from LDAELib.cohort.cohort import generate_cohort
 
     out = tmp_path_factory.mktemp("cohort") / "c"
     generate_cohort(out, _config())
@@ -65,14 +65,14 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def test_same_seed_gives_identical_files(cohort, tmp_path):
-    from LDAELib.data.cohort import generate_cohort
+    from LDAELib.cohort.cohort import generate_cohort
 
     generate_cohort(tmp_path / "again", _config())
     assert _files(tmp_path / "again") == _files(cohort)
 
 
 def test_another_seed_gives_other_subjects(cohort, tmp_path):
-    from LDAELib.data.cohort import generate_cohort
+    from LDAELib.cohort.cohort import generate_cohort
 
     generate_cohort(tmp_path / "other", _config(seed=SEED + 1, n_subjects=1))
     mine = _rows(tmp_path / "other")
@@ -140,7 +140,7 @@ def test_volumes_are_plausible(cohort):
 def test_images_are_finite_mni_and_brain_extracted(cohort):
     import nibabel as nib
 
-    from LDAELib.data.deform import mni_grid
+    from LDAELib.cohort.deform import mni_grid
 
     shape, affine = mni_grid(SPACING)
     for r in _rows(cohort)[:6]:
@@ -172,7 +172,7 @@ def test_sidecars_record_seed_settings_and_notice(cohort):
 
 def test_interrupted_then_resumed_equals_uninterrupted(cohort, tmp_path, monkeypatch):
     """A failure mid-subject leaves no trace of that subject; the rerun fills in and extends."""
-    from LDAELib.data import cohort as mod
+    from LDAELib.cohort import cohort as mod
 
     out = tmp_path / "resumed"
     real, calls = mod._nifti_bytes, {"n": 0}
@@ -196,7 +196,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(cohort, tmp_path, monkeyp
 
 
 def test_refuses_foreign_or_different_folders(cohort, tmp_path):
-    from LDAELib.data.cohort import generate_cohort
+    from LDAELib.cohort.cohort import generate_cohort
     from LDAELib.errors import LDAEError
 
     foreign = tmp_path / "foreign"

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from LDAELib.previews import comparison_image, orthogonal_slices, write_png
+from LDAELib.evaluation.previews import comparison_image, orthogonal_slices, write_png
 from LDAELib.resources import example_scans
 
 

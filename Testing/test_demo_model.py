@@ -56,7 +56,7 @@ def test_disease_edits_move_the_image_towards_larger_ventricles(demo_dir):
     result must hold more CSF-dark voxels around the ventricles than the −3 result."""
     import numpy as np
 
-    from LDAELib.io import read_volume
+    from LDAELib.inference.image import read_image as read_volume
     from LDAELib.pipeline import LDAEPipeline
     from LDAELib.space import to_model_space
     from LDAELib.weights import load_model
@@ -81,8 +81,8 @@ def test_the_vary_limitation_on_the_model_card_is_still_true(demo_dir):
     import torch
 
     from LDAELib.evaluation.report import SEMANTIC_ONLY_FLOOR
-    from LDAELib.io import read_volume
-    from LDAELib.metrics import ssim
+    from LDAELib.inference.image import read_image as read_volume
+    from LDAELib.evaluation.similarity import ssim
     from LDAELib.pipeline import LDAEPipeline
     from LDAELib.space import to_model_space
     from LDAELib.weights import load_model

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from LDAELib.diffusion.ddim import ddim_step, guided_eps
+from LDAELib.diffusion.ddim import ddim_step, guided_eps, timestep
 from LDAELib.diffusion.schedule import ddim_schedule, linear_alphas_cumprod
 from conftest import load_fixture, rel_err
 
@@ -41,7 +41,8 @@ def test_every_guided_step_matches_official(official_model):
     with torch.inference_mode():
         for st in ref["steps"]:
             k = int(st["ddim_index"])
-            eps_hat = guided_eps(net, st["x_t"], k, st["y_sem"], sched)
+            eps, g = net(st["x_t"], timestep(sched, k, st["x_t"].shape[0], st["x_t"].device), st["y_sem"])
+            eps_hat = guided_eps(eps, g, k, sched)
             assert rel_err(eps_hat, st["eps_shifted"]) < 1e-3
             x_next = ddim_step(st["x_t"], eps_hat, k, sched, inverse=st["kind"] == "encode")
             assert rel_err(x_next, st["x_next"]) < 1e-3, (st["kind"], k)

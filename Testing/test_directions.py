@@ -9,7 +9,7 @@ import torch
 
 from LDAELib.cli import main
 from LDAELib.directions import Direction, fit_linear_probe
-from LDAELib.directions_io import load_direction, save_direction
+from LDAELib.directions.files import load_direction, save_direction
 from LDAELib.errors import LDAEError
 
 

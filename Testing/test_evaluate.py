@@ -32,7 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    from LDAELib.data.cohort import CohortConfig, generate_cohort
+    from LDAELib.cohort.cohort import CohortConfig, generate_cohort
 
     out = tmp_path_factory.mktemp("eval_cohort") / "cohort"
     with one_thread():

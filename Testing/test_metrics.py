@@ -1,4 +1,4 @@
-"""SSIM, PSNR and MSE on 3-D volumes (LDAELib.metrics): the standard definitions, reference second."""
+"""SSIM, PSNR and MSE on 3-D volumes (LDAELib.evaluation.similarity): the standard definitions, reference second."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from LDAELib.metrics import mse, psnr, ssim
+from LDAELib.evaluation.similarity import mse, psnr, ssim
 
 
 def _phantom(shape=(24, 28, 20), seed: int = 0) -> np.ndarray:

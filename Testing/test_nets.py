@@ -9,7 +9,7 @@ import torch
 
 from LDAELib.nets.autoencoder import AutoencoderConfig, build_autoencoder, convert_old_keys, infer_autoencoder_config
 from LDAELib.nets.unet import ShiftUNet, UNet, UNetConfig, infer_unet_config
-from LDAELib.runtime import cpu_vector_level
+from LDAELib.accel import cpu_vector_level
 from conftest import FIXTURES, fixture_path, load_fixture, rel_err
 
 MODULE_TOL = 2e-5

@@ -1,4 +1,4 @@
-"""Preview of the visible slices (slab decode) and the memory estimate / out-of-memory fallback (issue #6)."""
+"""Previews of the visible slices (the slab decode), the memory estimate and the out-of-memory fallback."""
 from __future__ import annotations
 
 import subprocess
@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from LDAELib import slice_preview as sp
+from LDAELib.accel import MemoryFallbackWarning, estimate_peak_bytes
 from LDAELib.directions import Direction
 from LDAELib.errors import LDAEError
 from LDAELib.model import LDAEConfig, small_config
 from LDAELib.nets.autoencoder import AutoencoderConfig, build_autoencoder
 from LDAELib.pipeline import LDAEPipeline
-from LDAELib.runtime import MemoryFallbackWarning, estimate_peak_bytes
+from LDAELib.evaluation.similarity import slice_ssim
+from LDAELib.nets import slab
+from LDAELib.pipeline.preview import preview_edit
 from LDAELib.weights import random_model
 
 
@@ -57,10 +59,10 @@ def test_receptive_field_from_the_architecture():
     with torch.device("meta"):
         official = build_autoencoder(LDAEConfig().autoencoder)
         reduced = build_autoencoder(small_config().autoencoder)
-    assert [sp.receptive_field(official, a) for a in range(3)] == [10, 10, 10]
-    assert sp.receptive_field(reduced) == 9
+    assert [slab.receptive_field(official, a) for a in range(3)] == [10, 10, 10]
+    assert slab.receptive_field(reduced) == 9
     # one axial slice of the official model: 11 of 128 slices at full resolution, 15 of 64 below
-    wins = sp.required_windows(official, 2, 16, 64, 65)
+    wins = slab.required_windows(official, 2, 16, 64, 65)
     assert wins[-1] == (64, 65) and wins[0] == (0, 16)
     assert wins[-5] == (59, 70)  # input of the last two residual blocks (full resolution)
 
@@ -70,10 +72,10 @@ def test_receptive_field_is_tight(small):
     latent voxel untouched, and one RF voxels away changes them."""
     pl, enc, _ = small
     ae = pl.model.autoencoder
-    rf, f = sp.receptive_field(ae), pl.model.config.autoencoder.downsampling
-    _, stats = sp.record_stats(pl, enc.z0)
-    names = sp._norm_names(ae)
-    hooks = [m.register_forward_hook(lambda m, a, o: sp._group_norm(m, a[0], names[m], stats, False)) for m in names]
+    rf, f = slab.receptive_field(ae), pl.model.config.autoencoder.downsampling
+    _, stats = pl.decoder_stats(enc.z0)
+    names = slab._norm_names(ae)
+    hooks = [m.register_forward_hook(lambda m, a, o: slab._group_norm(m, a[0], names[m], stats, False)) for m in names]
     try:
         c = 3  # latent index along axis 0 (16 long): c + rf + 1 = 13 is inside the volume
         base = pl.decode(enc.z0)[..., c * f : (c + 1) * f, :, :]
@@ -92,13 +94,13 @@ def test_slab_with_own_stats_equals_the_full_decode(small):
     pl, enc, _ = small
     g = torch.Generator().manual_seed(5)
     z = enc.z0 + 0.3 * torch.randn(enc.z0.shape, generator=g)
-    full, stats = sp.record_stats(pl, z)
+    full, stats = pl.decoder_stats(z)
     assert torch.equal(full, pl.decode(z))  # recording does not change the decode
     for axis in range(3):
         n = full.shape[2 + axis]
         for start, stop in ((0, 1), (n // 2, n // 2 + 1), (n - 3, n), (5, 29)):
             for k in (0, 1):
-                slab = sp.decode_slab(pl, z, axis, (start, stop), stats, exact_levels=k)
+                slab = pl.decode_slab(z, axis, (start, stop), stats, exact_levels=k)
                 assert slab.shape[2 + axis] == stop - start
                 assert rel(slab, full.narrow(2 + axis, start, stop - start)) < 1e-5
 
@@ -107,9 +109,9 @@ def test_slab_exact_on_the_fixture_width_autoencoder(official_model):
     """The reduced-width model of the official fixtures (4×8×8 latent, factor 8)."""
     pl = LDAEPipeline(official_model, "cpu")
     z = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    full, stats = sp.record_stats(pl, z)
+    full, stats = pl.decoder_stats(z)
     for axis, (a, b) in ((0, (13, 14)), (1, (30, 34)), (2, (63, 64))):
-        slab = sp.decode_slab(pl, z, axis, (a, b), stats)
+        slab = pl.decode_slab(z, axis, (a, b), stats)
         assert rel(slab, full.narrow(2 + axis, a, b - a)) < 1e-5
 
 
@@ -120,7 +122,7 @@ def test_preview_fidelity_with_source_stats(small):
     latent change than a trained one, so the change is kept small here; docs/benchmarks.md has the
     trained demo autoencoder's figures). The statistics matter: the slab's own are much worse."""
     pl, enc, _ = small
-    _, src = sp.record_stats(pl, enc.z0)
+    _, src = pl.decoder_stats(enc.z0)
     g = torch.Generator().manual_seed(7)
     z = enc.z0 + 0.05 * (torch.randn(enc.z0.shape, generator=g) - enc.z0)
     full = pl.decode(z)
@@ -129,10 +131,10 @@ def test_preview_fidelity_with_source_stats(small):
     for axis in range(3):
         i = full.shape[2 + axis] // 2
         ref = full[0, 0].select(axis, i)
-        s = sp.decode_slab(pl, z, axis, (i, i + 1), src, exact_levels=1)
-        worst = min(worst, sp.slice_ssim(s[0, 0].select(axis, 0), ref, r))
-        s = sp.decode_slab(pl, z, axis, (i, i + 1), None)
-        worst_none = min(worst_none, sp.slice_ssim(s[0, 0].select(axis, 0), ref, r))
+        s = pl.decode_slab(z, axis, (i, i + 1), src, exact_levels=1)
+        worst = min(worst, slice_ssim(s[0, 0].select(axis, 0), ref, r))
+        s = pl.decode_slab(z, axis, (i, i + 1), None)
+        worst_none = min(worst_none, slice_ssim(s[0, 0].select(axis, 0), ref, r))
     assert worst >= 0.98, worst
     assert worst_none < worst
 
@@ -140,25 +142,25 @@ def test_preview_fidelity_with_source_stats(small):
 # ------------------------------------------------------------------ preview_edit
 def test_preview_edit(small):
     pl, enc, d = small
-    exact = sp.preview_edit(pl, enc, d, 2.0, 2, axis=2, slices=range(30, 34), stats="exact")
+    exact = preview_edit(pl, enc, d, 2.0, 2, axis=2, slices=range(30, 34), stats="exact")
     full = pl.edit(enc, d, 2.0, 2)
     assert exact.exact and (exact.start, exact.stop) == (30, 34) and exact.image.shape == (1, 1, 64, 80, 4)
     assert torch.equal(exact.image, full[..., 30:34])
     calls = pl.calls["decode"]
-    pv = sp.preview_edit(pl, enc, d, [1.0, 2.0], 2, axis=2, slices=[31, 33])
+    pv = preview_edit(pl, enc, d, [1.0, 2.0], 2, axis=2, slices=[31, 33])
     assert not pv.exact and (pv.start, pv.stop) == (31, 34) and pv.image.shape == (2, 1, 64, 80, 3)
     assert rel(pv.z0[1:], exact.z0) < 1e-3  # the same latent sampling (batched with another alpha: other rounding)
     assert pl.calls["decode"] == calls + 1  # one full decode: the source's statistics, then cached
-    sp.preview_edit(pl, enc, d, 0.5, 2, axis=0, slices=10)
+    preview_edit(pl, enc, d, 0.5, 2, axis=0, slices=10)
     assert pl.calls["decode"] == calls + 1
     assert pv.slice(32, row=1).shape == (64, 80)
     # alpha 0 with the DDIM reconstruction's statistics is that reconstruction, exactly
-    rec = sp.preview_edit(pl, enc, d, 0.0, 2, axis=1, slices=40, stats="reconstruction")
+    rec = preview_edit(pl, enc, d, 0.0, 2, axis=1, slices=40, stats="reconstruction")
     assert rel(rec.image, pl.reconstruct(enc, 2)[..., 40:41, :]) < 1e-5
     with pytest.raises(LDAEError, match="outside"):
-        sp.preview_edit(pl, enc, d, 1.0, 2, axis=2, slices=64)
+        preview_edit(pl, enc, d, 1.0, 2, axis=2, slices=64)
     with pytest.raises(LDAEError, match="axis"):
-        sp.decode_slab(pl, enc.z0, 3, (0, 1))
+        pl.decode_slab(enc.z0, 3, (0, 1))
 
 
 def test_decoder_with_attention_falls_back_or_refuses():
@@ -172,14 +174,14 @@ def test_decoder_with_attention_falls_back_or_refuses():
     cfg.autoencoder = AutoencoderConfig(num_channels=(8, 16, 16), norm_num_groups=8, attention_levels=(False,) * 3)
     pl = LDAEPipeline(random_model(cfg, seed=2), "cpu")
     pl.model.autoencoder.decoder.blocks.insert(1, SpatialAttentionBlock())
-    assert sp.has_attention(pl.model.autoencoder)
+    assert slab.has_attention(pl.model.autoencoder)
     enc = pl.encode(brain(cfg.space.shape), 1)
-    pv = sp.preview_edit(pl, enc, None, 0.0, 1, axis=2, slices=5)
+    pv = preview_edit(pl, enc, None, 0.0, 1, axis=2, slices=5)
     assert pv.exact and pv.stats == "full decode" and torch.equal(pv.image, pl.reconstruct(enc, 1)[..., 5:6])
     with pytest.raises(LDAEError, match="attention"):
-        sp.preview_edit(pl, enc, None, 0.0, 1, axis=2, slices=5, full_decode_fallback=False)
+        preview_edit(pl, enc, None, 0.0, 1, axis=2, slices=5, full_decode_fallback=False)
     with pytest.raises(LDAEError, match="attention"):
-        sp.decode_slab(pl, enc.z0, 2, (5, 6))
+        pl.decode_slab(enc.z0, 2, (5, 6))
 
 
 # ------------------------------------------------------------------ memory estimate
@@ -207,7 +209,7 @@ def test_memory_estimate_against_measured_peak():
         from LDAELib.model import small_config
         from LDAELib.nets.autoencoder import AutoencoderConfig
         from LDAELib.pipeline import LDAEPipeline
-        from LDAELib.runtime import estimate_peak_bytes
+        from LDAELib.accel import estimate_peak_bytes
         from LDAELib.weights import random_model
         cfg = small_config()
         w = int(sys.argv[1])
@@ -277,7 +279,7 @@ def test_cuda_oom_at_batch_one_runs_on_the_cpu(small):
         out = pl.interpolate(enc, enc, [0.5], 2)
     assert "continues on the CPU" in str(rec[-1].message)
     assert rel(out, ref) < 1e-4
-    assert pl._cpu_shift_unet is not None
+    assert pl._cpu_unet is not None
 
 
 def test_cpu_out_of_memory_says_how_much(small):

@@ -21,7 +21,7 @@ sitk = pytest.importorskip("SimpleITK")
 pytest.importorskip("nilearn")
 
 from LDAELib.errors import LDAEError  # noqa: E402
-from LDAELib.io import read_volume  # noqa: E402
+from LDAELib.inference.image import read_image as read_volume  # noqa: E402
 from LDAELib.registration import (  # noqa: E402
     MNI_AFFINE, NativeContext, StageACache, StageASettings, check_scan, from_model_space_native, read_result,
     register_to_mni, run_stage_a, scan_key, write_result,

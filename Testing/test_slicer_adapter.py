@@ -24,7 +24,7 @@ import vtk  # noqa: E402
 from LDAELib.errors import Cancelled, LDAEError  # noqa: E402
 from LDAELib.slicer import nodes as mrml  # noqa: E402
 from LDAELib.slicer.adapter import LDAESlicerAdapter  # noqa: E402
-from LDAELib.slicer.testing import make_tiny_bundle, synthetic_brain  # noqa: E402
+from LDAELib.testing import make_tiny_bundle, phantom_brain  # noqa: E402
 
 STEPS = 3
 
@@ -39,7 +39,7 @@ def nifti_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("scans")
     files = {}
     for name, seed, vent in (("visit1", 0, 1.0), ("visit2", 1, 1.5)):
-        data, affine = synthetic_brain(seed=seed, ventricles=vent)
+        data, affine = phantom_brain((45, 54, 45), 4.0, ventricle_scale=vent, seed=seed, intensity=80.0)
         files[name] = d / f"{name}.nii.gz"
         nib.save(nib.Nifti1Image(data, affine), str(files[name]))
     return files

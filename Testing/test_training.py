@@ -53,7 +53,7 @@ def tiny_cohort(tmp_path_factory) -> Path:
     """8 phantom subjects (4 healthy, 4 with growing 'ventricles') × 3 visits, as cohort.csv + NIfTI."""
     import nibabel as nib
 
-    from LDAELib.data.phantom import phantom_brain
+    from LDAELib.testing import phantom_brain
 
     root = tmp_path_factory.mktemp("cohort")
     rows = []
@@ -200,7 +200,7 @@ def test_all_writes_a_bundle_that_loads_and_runs(trained, tiny_cohort):
     from LDAELib.pipeline import LDAEPipeline
     from LDAELib.training.data import read_cohort
     from LDAELib.space import to_model_space
-    from LDAELib.io import read_volume
+    from LDAELib.inference.image import read_image as read_volume
     from LDAELib.weights import load_model
 
     _, bundle = trained
@@ -460,7 +460,7 @@ def test_two_process_ddp_matches_one_process_of_the_same_global_batch(tiny_cohor
 
 # ------------------------------------------------------------------ augmentation, SSIM term, latent shift
 def test_augmentation_keeps_the_background_and_the_range_and_is_seeded():
-    from LDAELib.data.phantom import phantom_brain
+    from LDAELib.testing import phantom_brain
     from LDAELib.training.augment import augment_volume
 
     data, _ = phantom_brain((32, 40, 32), 6.0, seed=1)
@@ -474,7 +474,7 @@ def test_augmentation_keeps_the_background_and_the_range_and_is_seeded():
 
 
 def test_differentiable_ssim_equals_the_evaluation_ssim_away_from_the_edges():
-    from LDAELib.metrics import ssim
+    from LDAELib.evaluation.similarity import ssim
     from LDAELib.training.autoencoder import ssim_3d
 
     g = torch.Generator().manual_seed(0)

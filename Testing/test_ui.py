@@ -155,7 +155,7 @@ def test_module_import_is_light():
 def test_console_logic_edits_and_interpolates_and_installs_through_pip_ensure(tmp_path):
     """``import LDAE; LDAE.LDAELogic().edit(...)`` as in the README, on a slicer-core scene."""
     pytest.importorskip("nibabel")
-    from LDAELib.slicer.testing import make_tiny_bundle
+    from LDAELib.testing import make_tiny_bundle
 
     bundle = make_tiny_bundle(tmp_path / "tiny")
     proc = _run_with_stubs(f'''
@@ -164,10 +164,10 @@ def test_console_logic_edits_and_interpolates_and_installs_through_pip_ensure(tm
         slicer.util.tempDirectory = lambda *a, **k: {str(tmp_path)!r}
         scene = slicer.vtkMRMLScene()
         seq_logic = slicer.vtkSlicerSequencesLogic(); seq_logic.SetMRMLScene(scene)
-        from LDAELib.slicer.testing import synthetic_brain
+        from LDAELib.testing import phantom_brain
         from LDAELib.slicer import nodes as mrml
         def volume(name, seed, vent):
-            data, affine = synthetic_brain(seed=seed, ventricles=vent)
+            data, affine = phantom_brain((45, 54, 45), 4.0, ventricle_scale=vent, seed=seed, intensity=80.0)
             node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
             node.SetIJKToRASMatrix(mrml.numpy_to_matrix(affine))
             slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(data.transpose(2, 1, 0)))

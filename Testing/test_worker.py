@@ -17,9 +17,9 @@ import pytest
 
 nib = pytest.importorskip("nibabel")
 
-from LDAELib.slicer import protocol  # noqa: E402
-from LDAELib.slicer.client import WorkerClient, WorkerError  # noqa: E402
-from LDAELib.slicer.testing import make_tiny_bundle, synthetic_brain  # noqa: E402
+from LDAELib.server import protocol  # noqa: E402
+from LDAELib.server.client import WorkerClient, WorkerError  # noqa: E402
+from LDAELib.testing import make_tiny_bundle, phantom_brain  # noqa: E402
 
 STEPS = 10
 
@@ -34,7 +34,7 @@ def scans(tmp_path_factory):
     d = tmp_path_factory.mktemp("scans")
     paths = {}
     for name, seed, vent in (("a", 0, 1.0), ("b", 1, 1.4)):
-        data, affine = synthetic_brain(seed=seed, ventricles=vent)
+        data, affine = phantom_brain((45, 54, 45), 4.0, ventricle_scale=vent, seed=seed, intensity=80.0)
         paths[name] = d / f"{name}.nii"
         nib.save(nib.Nifti1Image(data, affine), str(paths[name]))
     const = d / "constant.nii"
@@ -152,7 +152,7 @@ def test_bad_input_gives_one_clear_error_and_the_worker_keeps_serving(worker, sc
 def in_process(tiny_bundle):
     """A Worker object in this process (same code as the process runs), for hooks that need patching."""
     from LDAELib.pipeline import LDAEPipeline
-    from LDAELib.slicer.worker import Worker
+    from LDAELib.server.worker import Worker
     from LDAELib.weights import load_model
 
     model = load_model(tiny_bundle)
@@ -161,7 +161,7 @@ def in_process(tiny_bundle):
 
 
 def test_raw_input_goes_through_the_registration_hook_once_per_scan(in_process, scans, tmp_path, monkeypatch):
-    from LDAELib.slicer import worker as worker_module
+    from LDAELib.inference import space as worker_module
     from LDAELib.space import from_model_space, to_model_space
 
     worker, messages = in_process
@@ -192,7 +192,7 @@ def test_raw_input_goes_through_the_registration_hook_once_per_scan(in_process, 
 
 def test_raw_input_without_registration_says_what_to_do(in_process, scans, tmp_path, monkeypatch):
     from LDAELib.errors import LDAEError
-    from LDAELib.slicer import worker as worker_module
+    from LDAELib.inference import space as worker_module
 
     def unavailable():
         raise LDAEError("this scan is marked as not registered to MNI, but raw-scan registration is not available")
@@ -296,7 +296,7 @@ def test_scan_points_reach_model_space_through_the_registration():
 
     import SimpleITK as sitk
 
-    from LDAELib.slicer.worker import _registered_points
+    from LDAELib.inference.space import registered_points as _registered_points
 
     shift = sitk.TranslationTransform(3, (2.0, -4.0, 6.0))  # scan LPS → MNI LPS: +2 L, −4 P, +6 S
     model_affine = np.diag([3.0, 3.0, 3.0, 1.0])
@@ -331,7 +331,7 @@ def test_a_limitation_on_the_model_card_reaches_the_panel_and_the_provenance(tin
     import shutil
 
     from LDAELib.pipeline import LDAEPipeline
-    from LDAELib.slicer.worker import Worker, describe_model
+    from LDAELib.server.worker import Worker, describe_model
     from LDAELib.weights import load_model
     from LDAELib.weights.bundle import annotate_bundle
 

@@ -32,7 +32,7 @@ further calls replace calls that other processes still disturbed; the median is 
 disturbed calls, and the table marks medians that still include a disturbed call with †.
 
 Fidelity: the warm edit at T = 10 (alpha 2.0 along a random direction, on a smooth synthetic
-brain-like volume) of each mode is compared with float32's by SSIM (``LDAELib.metrics``) and
+brain-like volume) of each mode is compared with float32's by SSIM (``LDAELib.evaluation.similarity``) and
 max|diff|; and, because random weights let the DDIM loop amplify rounding chaotically (SPEC §5.5),
 the same comparison is made with the reduced-size fixture model of the test suite (the authors'
 code paths with seeded weights and realistically scaled latents; no trained weights are available).
@@ -73,7 +73,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
-from LDAELib import metrics  # noqa: E402
+from LDAELib.evaluation import similarity as metrics  # noqa: E402
 from LDAELib.directions import Direction  # noqa: E402
 from LDAELib.model import LDAEConfig, LDAEModel, small_config  # noqa: E402
 from LDAELib.pipeline import Encoding, LDAEPipeline  # noqa: E402
@@ -212,25 +212,11 @@ def wait_until_quiet(max_s: float, threshold: float = 0.15, quiet_s: int = 2) ->
 
 
 def phantom(shape: tuple[int, int, int]) -> torch.Tensor:
-    """A smooth brain-like volume in [0, 1] (1×1×A×B×S float32): blurred nested ellipsoids.
+    """The test suite's brain phantom (``LDAELib.testing.phantom_brain``) in [0, 1], 1×1×A×B×S float32."""
+    from LDAELib.testing import phantom_brain
 
-    Brain (grey-matter 0.55) with a white-matter core (0.85), two ventricles (0.15) and a thin
-    dark background; blurred by a Gaussian of σ = 1.5 voxels. Deterministic.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    grid = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
-
-    def ellipsoid(centre, radii):
-        return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
-
-    v = np.zeros(shape, np.float64)
-    v[ellipsoid((0, 0, 0), (0.80, 0.85, 0.75))] = 0.55
-    v[ellipsoid((0, 0.05, 0.05), (0.60, 0.65, 0.50))] = 0.85
-    v[ellipsoid((-0.12, 0.0, 0.1), (0.08, 0.30, 0.12))] = 0.15
-    v[ellipsoid((0.12, 0.0, 0.1), (0.08, 0.30, 0.12))] = 0.15
-    v = np.clip(gaussian_filter(v, 1.5), 0.0, 1.0)
-    return torch.from_numpy(v.astype(np.float32))[None, None]
+    v, _ = phantom_brain(tuple(shape), 1.5)
+    return torch.from_numpy(v / v.max())[None, None]
 
 
 def bench_direction(dim: int) -> Direction:

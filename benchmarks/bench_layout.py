@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from LDAELib.metrics import ssim  # noqa: E402
+from LDAELib.evaluation.similarity import ssim  # noqa: E402
 from LDAELib.pipeline import LDAEPipeline  # noqa: E402
 from LDAELib.resources import default_model_path, example_scans  # noqa: E402
 from LDAELib.runtime import cpu_name, tune_allocator  # noqa: E402

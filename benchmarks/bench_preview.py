@@ -86,7 +86,7 @@ def _official(workdir: Path):
 def _demo(pipe_factory):
     from LDAELib.resources import default_model_path, example_scans
     from LDAELib.space import to_model_space
-    from LDAELib.io import read_volume
+    from LDAELib.inference.image import read_image as read_volume
     from LDAELib.weights import load_model
 
     model = load_model(default_model_path())

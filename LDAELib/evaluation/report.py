@@ -194,7 +194,7 @@ def _np(x) -> np.ndarray:
 
 
 def _sim(a, ref) -> dict:
-    from ..metrics import mse, psnr, ssim
+    from .similarity import mse, psnr, ssim
 
     return {"ssim": ssim(a, ref, data_range=1.0), "psnr": psnr(a, ref, data_range=1.0), "mse": mse(a, ref)}
 

@@ -160,7 +160,7 @@ def has_volume_truth(rows) -> bool:
 
 def region_fractions(label_path: Path, space, values: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """Each region's fraction per model voxel, from one label map (stage B on its indicator)."""
-    from ..io import read_volume
+    from ..inference.image import read_image as read_volume
     from ..space import to_model_space
 
     lab = read_volume(label_path)

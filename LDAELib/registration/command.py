@@ -37,15 +37,19 @@ def run(args, progress=None) -> int:
     """Write into ``args.output_dir``: the registered brain (MNI grid), the brain mask (scan grid), the
     transforms both ways (ITK .h5), the bias field, the model-space volume and ``stage_a.json``. All
     files appear together or none does."""
-    from ..io import OutputSet, Volume, ensure_folder, now_iso, read_volume, sha256_of
+    from ..inference.image import Image, read_image
+    from ..inference.outputs import OutputSet, Sources, check_output, ensure_folder
+    from ..inference.provenance import now_iso, sha256_of
     from ..space import to_model_space
     from .native import run_stage_a
     from .stage_a import StageASettings
     from .store import MASK_FILE, StageACache, write_result
     from .template import MNI_AFFINE, TEMPLATE_NAME
 
-    vol = read_volume(args.input)
-    out = ensure_folder(args.output_dir)
+    vol = read_image(args.input)
+    out = Path(args.output_dir)
+    for name in ("brain_mni.nii.gz", "brain_mask.nii.gz", "mni_to_native.h5", "native_to_mni.h5", "bias_field.nii.gz", "stage_a.json", MODEL_SPACE_FILE):
+        check_output(out / name, Sources([args.input]), volume=False)  # never over the input
     space = _model_space(args.model)
     try:
         result, key = run_stage_a(
@@ -59,13 +63,14 @@ def run(args, progress=None) -> int:
     source = {"path": str(Path(args.input).resolve()), "sha256": sha256_of(args.input)}
     prov = {"generator": "LDAE for 3D Slicer: stage A (LDAELib.registration)", "input": source, "key": key,
             "template": TEMPLATE_NAME, "quality": result.quality, "created": now_iso()}
-    with tempfile.TemporaryDirectory() as tmp, OutputSet() as outs:
+    ensure_folder(out)
+    with tempfile.TemporaryDirectory() as tmp, OutputSet([args.input]) as outs:
         for f in write_result(tmp, result, {"input": source, "key": key, "created": prov["created"]}):
             if f.name == MASK_FILE:  # on the scan's grid, with the scan's header
-                outs.add_volume(out / MASK_FILE, result.brain_mask, vol, {**prov, "description": "LDAE brain mask"})
+                outs.add_image(out / MASK_FILE, vol, result.brain_mask, {**prov, "description": "LDAE brain mask"})
             else:
                 outs.add_file(out / f.name, lambda t, f=f: shutil.copyfile(f, t))
-        outs.add_volume(out / MODEL_SPACE_FILE, x, Volume(x, ctx.model_affine), {
+        outs.add_image(out / MODEL_SPACE_FILE, Image(x, ctx.model_affine), x, {
             **prov, "description": "LDAE model-space input", "model_space": space.to_dict(), "space_context": ctx.to_dict(),
         })
     q = result.quality

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import Cancelled, LDAEError
+from ..server.client import WorkerClient, WorkerError
 from . import nodes as mrml
-from .client import WorkerClient, WorkerError
 
 INPUT_SPACE_LABELS = {"mni": "registered to MNI", "model": "already in model space", "raw": "raw scan (register first)"}
 
@@ -101,7 +101,7 @@ class LDAESlicerAdapter:
     Args:
         model_path: the model folder (bundle or the authors' files) the worker loads.
         python: interpreter for the worker (``PythonSlicer`` in Slicer; default the current one).
-        device, dtype, threads: worker settings (see ``LDAELib.slicer.worker``).
+        device, dtype, threads: worker settings (see ``LDAELib.server.worker``).
         temp_dir: where volumes are exchanged with the worker (default: a new temporary folder).
         client: an already made ``WorkerClient`` (tests may pass their own); otherwise one is made.
         sequences_logic: the Sequences module logic (the application's is found by itself).
@@ -325,7 +325,7 @@ class LDAESlicerAdapter:
                                                            for r in msg.get("region") or []) or None
                     else:
                         node = mrml.new_volume_like(volume, data, f"{volume.GetName()} LDAE {dname} α={out['alpha']:+.1f}")
-                    mrml.set_provenance(node, dict(msg["provenance"], alpha=out["alpha"], source_node_id=volume.GetID(),
+                    mrml.set_provenance(node, dict(out.get("provenance") or msg["provenance"], alpha=out["alpha"], source_node_id=volume.GetID(),
                                                    source_name=volume.GetName()), **attrs)
                     if preview and not msg.get("region"):
                         node.RemoveAttribute("LDAE.PreviewRegion")  # a reused node that showed a region before
@@ -500,7 +500,7 @@ class LDAESlicerAdapter:
                                  SourceNodeID2=b.GetID(), InputSpace=input_space)
                     if months is not None:
                         attrs["Months"] = f"{float(months[i]):g}"
-                    mrml.set_provenance(node, dict(msg["provenance"], fraction=f, source_node_ids=[a.GetID(), b.GetID()],
+                    mrml.set_provenance(node, dict(out.get("provenance") or msg["provenance"], fraction=f, source_node_ids=[a.GetID(), b.GetID()],
                                                    source_names=[a.GetName(), b.GetName()]), **attrs)
                     frames.append(node)
                     made.append(node)
@@ -567,7 +567,7 @@ class LDAESlicerAdapter:
                     else:
                         node = mrml.new_volume_like(volume, data, f"{volume.GetName()} LDAE variation {out['index'] + 1} seed={seed}")
                         attrs.update(Operation="vary", Index=str(out["index"]))
-                    mrml.set_provenance(node, dict(msg["provenance"], index=out.get("index"), source_node_id=volume.GetID()), **attrs)
+                    mrml.set_provenance(node, dict(out.get("provenance") or msg["provenance"], index=out.get("index"), source_node_id=volume.GetID()), **attrs)
                     made.append(node)
             if show and made:
                 mrml.show_in_slice_views(volume.GetScene(), made[0], made[-1])

@@ -40,7 +40,7 @@ def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
 
 def ssim_3d(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Differentiable mean SSIM of B×1×A×B×S volumes ``a`` against ``b``: the evaluation's definition
-    (``LDAELib.metrics.ssim``: Gaussian σ 1.5, 11-voxel window, K1 0.01, K2 0.03, 5-voxel border
+    (``LDAELib.evaluation.similarity.ssim``: Gaussian σ 1.5, 11-voxel window, K1 0.01, K2 0.03, 5-voxel border
     left out), except that the window is cut at the edges instead of mirrored. float32."""
     k = _gaussian_window().to(a.device)
 

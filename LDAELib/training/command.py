@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-EXIT_ERROR, EXIT_CANCELLED = 1, 130
+from ..errors import EXIT_CANCELLED, EXIT_ERROR
 STAGE_CHOICES = ("all", "autoencoder", "ddpm", "representation", "probes", "bundle")
 
 

@@ -391,7 +391,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write a recipe as JSON (.json) or YAML (.yaml/.yml), atomically."""
-    from ..io import write_text_atomic
+    from ..inference.outputs import write_text_atomic
 
     path = Path(path)
     d = recipe.to_dict()
@@ -438,5 +438,6 @@ def comparable(recipe_dict: dict) -> dict:
     """The parts of a recipe that must not change within one work folder (model and data)."""
     model = dict(recipe_dict.get("model", {}))
     model.pop("latent_scale", None)
+    model.pop("x0_clip", None)  # used by DDIM at inference only, not in training
     data = {k: v for k, v in recipe_dict.get("data", {}).items() if k not in ("disk_cache", "memory_cache")}
     return {"model": model, "data": data}

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import LDAEError
-from ..io import write_text_atomic
+from ..inference.image import read_image
+from ..inference.outputs import write_text_atomic
 from ..nets.semantic_encoder import slice_stack
 from ..space import ModelSpaceConfig
 
@@ -160,10 +161,9 @@ class VolumeStore:
         return None if self.cache_dir is None else self.cache_dir / f"{self._key(i)}.npy"
 
     def _compute(self, i: int) -> np.ndarray:
-        from ..io import read_volume
         from ..space import to_model_space
 
-        vol = read_volume(self.rows[i].path)
+        vol = read_image(self.rows[i].path)
         x, _ = to_model_space(vol.data, vol.affine, self.space)
         return np.ascontiguousarray(x, dtype=np.float32)
 

@@ -12,11 +12,17 @@ from ..errors import LDAEError
 from ..model import LDAEConfig, LDAEModel
 
 
-def model_id(model: LDAEModel) -> str:
-    """A short, stable id of the weights: SHA-256 over the files' hashes (or the config for random models)."""
+def identify(model: LDAEModel, *, verified: bool = True) -> LDAEModel:
+    """Give a loaded model its identity: ``hash``, the SHA-256 over its configuration and its weight
+    files' own SHA-256 (for random weights: the configuration and the seed), ``id`` (its first 16
+    hex digits, shown to users) and ``verified`` (whether the files were checked against their
+    recorded hashes). ``LDAEModel.fingerprint`` returns the same hash."""
     files = model.identity.get("files")
-    payload = json.dumps(files if files else {"random": model.identity.get("seed"), "config": model.config.to_dict()}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    payload = {"config": model.config.to_dict()}
+    payload.update({"files": files} if files else {"random": model.identity.get("seed")})
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    model.identity.update(hash=digest, id=digest[:16], verified=bool(verified))
+    return model
 
 
 def load_model(path: str | Path, *, verify: bool = True) -> LDAEModel:
@@ -29,9 +35,9 @@ def load_model(path: str | Path, *, verify: bool = True) -> LDAEModel:
         raise LDAEError(f"--model takes the folder that holds the weight files, not a file: try --model {p.parent}")
     if not p.exists():
         raise LDAEError(f"model folder not found: {p}")
-    model = load_bundle(p, verify=verify) if is_bundle(p) else load_official(p)
-    model.identity["id"] = model_id(model)
-    return model
+    bundle = is_bundle(p)
+    model = load_bundle(p, verify=verify) if bundle else load_official(p)
+    return identify(model, verified=verify or not bundle)
 
 
 def random_model(config: LDAEConfig | None = None, seed: int = 0) -> LDAEModel:
@@ -39,5 +45,4 @@ def random_model(config: LDAEConfig | None = None, seed: int = 0) -> LDAEModel:
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
         torch.manual_seed(seed)
         model = LDAEModel(config or LDAEConfig(), identity={"name": f"random weights (seed {seed})", "format": "random", "seed": seed})
-    model.identity["id"] = model_id(model)
-    return model
+    return identify(model)

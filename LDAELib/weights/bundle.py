@@ -7,9 +7,11 @@
     directions.safetensors        <name>.weight / <name>.mean / <name>.std per direction
     latent_shift.safetensors      only when the config sets latent_shift: the mean latent m (C×d×h×w, float32)
     LICENSE.txt                   the licence the weights come under
+    README.md, …                  optional documents (a model card), written with ``extra_files``
     manifest.json                 {"files": {name: {"sha256", "bytes"}}} of every file above
 
-Loading checks every hash before anything is read, so a truncated or modified file is named.
+Loading checks every hash before anything is read, so a truncated or modified file is named, and
+refuses a file that the manifest does not list: everything in a bundle is accounted for.
 """
 
 from __future__ import annotations
@@ -47,9 +49,12 @@ def _unshared(sd: dict[str, torch.Tensor], drop_prefix: str | None = None) -> di
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items() if not (drop_prefix and k.startswith(drop_prefix))}
 
 
-def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None, licence: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
+def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None, licence: str | None = None,
+                dtype: torch.dtype = torch.float32, extra_files: dict[str, str] | None = None) -> Path:
     """Write ``model`` as a bundle into ``folder`` (created; must not exist or be empty).
 
+    ``dtype``: storage of the weights (float16 halves the files; they are read back as float32).
+    ``extra_files``: {name: text} of documents to ship inside the bundle (e.g. its model card).
     Written into a temporary folder beside it and renamed at the end, so a failure leaves nothing.
     """
     folder = Path(folder)
@@ -88,6 +93,10 @@ def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None
             "source": {k: v for k, v in identity.items() if k != "licence"},
         }
         (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2))
+        for fname, text in (extra_files or {}).items():
+            if Path(fname).name != fname or fname in (MANIFEST, BUNDLE_JSON, _LICENCE, _DIRECTIONS, _SHIFT, *_PARTS.values()):
+                raise LDAEError(f"cannot add {fname!r} to a bundle: give a plain file name that is not one of the bundle's own files")
+            (tmp / fname).write_text(text)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"files": {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -110,8 +119,16 @@ def verify_bundle(folder: str | Path) -> dict[str, str]:
         manifest = json.loads(mpath.read_text())["files"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise LDAEError(f"{mpath} is damaged; re-create the bundle with 'ldae convert'") from None
+    if not isinstance(manifest, dict):
+        raise LDAEError(f"{mpath} is damaged; re-create the bundle with 'ldae convert'")
+    unlisted = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and p.name not in manifest and not p.name.startswith("."))
+    if unlisted:
+        raise LDAEError(f"{folder} holds {', '.join(unlisted)}, which its manifest does not list, so it cannot be checked; "
+                        "remove it, or copy the whole bundle again")
     hashes = {}
     for fname, entry in manifest.items():
+        if not isinstance(entry, dict) or Path(fname).name != fname:
+            raise LDAEError(f"{mpath} is damaged (entry {fname!r}); re-create the bundle with 'ldae convert'")
         p = folder / fname
         if not p.is_file():
             raise LDAEError(f"bundle file missing: {p}. Copy the whole bundle folder again.")
@@ -125,6 +142,15 @@ def verify_bundle(folder: str | Path) -> dict[str, str]:
         if required not in hashes:
             raise LDAEError(f"the bundle manifest does not list {required}; re-create the bundle")
     return hashes
+
+
+def manifest_hashes(folder: str | Path) -> dict[str, str]:
+    """{file: sha256} as the manifest records them, not checked (what ``verify=False`` trusts)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text())["files"]
+        return {str(k): str(v.get("sha256")) for k, v in manifest.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise LDAEError(f"{folder} has no readable {MANIFEST}; it is not a complete LDAE bundle") from None
 
 
 OPERATIONS = ("reconstruct", "edit", "interpolate", "vary")
@@ -195,11 +221,21 @@ def load_bundle(folder: str | Path, *, verify: bool = True) -> LDAEModel:
     folder = Path(folder)
     if not is_bundle(folder):
         raise LDAEError(f"{folder} is not an LDAE bundle (no {BUNDLE_JSON})")
-    hashes = verify_bundle(folder) if verify else {}
-    meta = json.loads((folder / BUNDLE_JSON).read_text())
+    hashes = verify_bundle(folder) if verify else manifest_hashes(folder)
+    try:
+        meta = json.loads((folder / BUNDLE_JSON).read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ValueError("no config")
+    except (OSError, ValueError) as err:
+        raise LDAEError(f"{folder / BUNDLE_JSON} is damaged ({str(err)[:80]}); copy the bundle again") from None
     if meta.get("format") != FORMAT or int(meta.get("version", 0)) > VERSION:
         raise LDAEError(f"{folder} is a bundle of format {meta.get('format')} v{meta.get('version')}; this LDAE reads {FORMAT} v{VERSION}. Update LDAE.")
-    config = LDAEConfig.from_dict(meta["config"])
+    try:
+        config = LDAEConfig.from_dict(meta["config"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise LDAEError(f"{folder / BUNDLE_JSON} holds a model configuration this LDAE cannot read ({str(err)[:120]})") from None
+    if (folder / _DIRECTIONS).exists() and _DIRECTIONS not in hashes:
+        raise LDAEError(f"the bundle manifest does not list {_DIRECTIONS}; copy the whole bundle again")
     dsd = _read(folder / _DIRECTIONS) if (folder / _DIRECTIONS).exists() else {}
     directions = {}
     for dname, dm in meta.get("directions", {}).items():
@@ -223,7 +259,7 @@ def load_bundle(folder: str | Path, *, verify: bool = True) -> LDAEModel:
     load_strict(model.semantic_encoder, normalise_semantic_encoder_keys(f32(_read(folder / _PARTS["semantic_encoder"]))), "semantic encoder", _PARTS["semantic_encoder"])
     load_strict(model.shift_unet, f32(_read(folder / _PARTS["shift_unet"])), "ShiftUNet", _PARTS["shift_unet"])
     if config.latent_shift:
-        if verify and _SHIFT not in hashes:
+        if _SHIFT not in hashes:
             raise LDAEError(f"the bundle's config uses a latent shift but its manifest does not list {_SHIFT}; copy the whole bundle again")
         shift = _read(folder / _SHIFT).get("latent_shift")
         if shift is None or tuple(shift.shape) != tuple(config.latent_shape):

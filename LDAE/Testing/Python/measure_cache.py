@@ -26,7 +26,7 @@ def main() -> None:
     import nibabel as nib
 
     from LDAELib.slicer.client import WorkerClient
-    from LDAELib.slicer.testing import synthetic_brain
+    from LDAELib.testing import phantom_brain
 
     tmp = Path(tempfile.mkdtemp(prefix="ldae-measure-"))
     model = args.model
@@ -41,7 +41,7 @@ def main() -> None:
         e = m.config.encoder.emb_dim
         m.directions["cn"] = Direction("cn", torch.randn(e), torch.zeros(e), torch.ones(e), positive="CN", negative="AD")
         model = save_bundle(m, tmp / "small", name="small random model (demo size)")
-    data, affine = synthetic_brain(shape=(91, 109, 91), spacing=2.0)
+    data, affine = phantom_brain((91, 109, 91), 2.0, intensity=80.0)
     src = tmp / "scan.nii"
     nib.save(nib.Nifti1Image(data, affine), str(src))
 

@@ -449,7 +449,7 @@ def _description(config: CohortConfig) -> dict:
         for key, path in load_template(name).sources.items():
             files[f"{name}:{key}"] = {"path": path, "sha256": _sha256(path)}
     return {
-        "generator": "LDAE for 3D Slicer: ldae cohort (LDAELib.data.cohort)",
+        "generator": "LDAE for 3D Slicer: ldae cohort (LDAELib.cohort)",
         "note": "Synthetic images simulated from real templates; not acquired scans; groups and ages are simulated labels, not clinical ones.",
         "seed": config.seed,
         "config": config.to_dict(),
@@ -506,7 +506,7 @@ def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None
         cancel: optional callable returning True to stop between visits (raises Cancelled).
         threads: torch CPU threads while generating (default 1; None leaves torch's setting).
     """
-    from ..io import OutputSet, ensure_folder
+    from ..inference.outputs import OutputSet, ensure_folder
 
     out = Path(output_dir)
     description = _description(config)

@@ -1,12 +1,13 @@
-"""Device, precision and allocator settings shared by the command line, the Slicer worker and batches."""
+"""LDAELib.accel (precision, weight storage, oneDNN, host facts, allocator) and make_pipeline, which applies them."""
 import pytest
 import torch
 
 from conftest import load_fixture
-from LDAELib import metrics
+from LDAELib.evaluation import similarity as metrics
 from LDAELib.errors import LDAEError
 from LDAELib.pipeline import LDAEPipeline
-from LDAELib.runtime import cpu_has_fast_bf16, make_pipeline, resolve_precision, tune_allocator
+from LDAELib.accel import cpu_has_fast_bf16, resolve_precision, tune_allocator
+from LDAELib.pipeline import make_pipeline
 
 
 def test_precision_choices_and_errors():
@@ -51,7 +52,7 @@ def test_bfloat16_decoder_leaves_the_float32_loop_untouched(official_model):
 
 
 def test_preview_sampling_precision_is_chosen_from_the_hardware(monkeypatch):
-    from LDAELib import runtime
+    from LDAELib.accel import precision as runtime
 
     assert runtime.preview_sampling_dtype("cpu", "float32") is None
     assert runtime.preview_sampling_dtype("cpu", "bfloat16") is torch.bfloat16
@@ -69,8 +70,8 @@ def test_float16_weight_storage_halves_the_shift_unet_and_keeps_its_arithmetic()
     weights happen to be exact in float16.)"""
     import copy
 
-    from LDAELib.runtime import compact_weights
-    from LDAELib.slicer.testing import tiny_config
+    from LDAELib.accel import compact_weights
+    from LDAELib.testing import tiny_config
     from LDAELib.weights import random_model
 
     official_model = random_model(tiny_config(), seed=3)
@@ -99,7 +100,7 @@ def test_float16_weight_storage_halves_the_shift_unet_and_keeps_its_arithmetic()
 
 
 def test_weight_storage_is_chosen_from_the_memory_available(official_model, monkeypatch):
-    from LDAELib import runtime
+    from LDAELib.pipeline import factory as runtime
 
     monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 1 << 40)
     assert make_pipeline(official_model, "cpu", "float32", "float32").weight_storage == "float32"
@@ -113,7 +114,7 @@ def test_weight_storage_is_chosen_from_the_memory_available(official_model, monk
 
 
 def test_cpu_vector_level_names_the_widest_instructions():
-    from LDAELib.runtime import cpu_name, cpu_vector_level
+    from LDAELib.accel import cpu_name, cpu_vector_level
 
     assert cpu_vector_level("flags\t\t: fpu sse avx avx2 fma") == "AVX2"
     assert cpu_vector_level("flags : avx avx2 avx512f avx512bw") == "AVX-512"
@@ -137,7 +138,7 @@ def test_onednn_convolutions_replace_the_slow_fallback_and_keep_the_arithmetic()
     """The demo model's batch-1 latent convolutions fall to PyTorch's im2col path; switched, they run
     on oneDNN and give the same ε and g to float32 rounding. Wide layers keep PyTorch's choice."""
     from LDAELib.resources import default_model_path
-    from LDAELib.runtime import onednn_convolutions
+    from LDAELib.accel import onednn_convolutions
     from LDAELib.weights import load_model
 
     if not torch.backends.mkldnn.is_available():

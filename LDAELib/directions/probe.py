@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import LDAEError
+from ..errors import LDAEError
 
 
 @dataclass

@@ -1,11 +1,11 @@
-"""``ldae cohort``: the command-line face of :func:`LDAELib.data.cohort.generate_cohort`."""
+"""``ldae cohort``: the command-line face of :func:`LDAELib.cohort.cohort.generate_cohort`."""
 
 from __future__ import annotations
 
 import statistics
 import sys
 
-EXIT_CANCELLED = 130
+from ..errors import EXIT_CANCELLED
 
 
 def add_arguments(parser) -> None:

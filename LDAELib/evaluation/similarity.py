@@ -1,4 +1,4 @@
-"""Image-similarity metrics for 3-D volumes: SSIM, PSNR and MSE.
+"""Image similarity of 3-D volumes (SSIM, PSNR, MSE) and of 2-D slices (``slice_ssim``).
 
 Used to judge whether a faster compute mode (bfloat16, channels-last…) reproduces the float32
 output, and to compare reconstructions with their input. Every function takes the volume under test
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 SSIM_SIGMA = 1.5
 """Standard deviation (voxels) of the Gaussian window (Wang et al. 2004)."""
@@ -77,8 +78,6 @@ def ssim(a, b, data_range: float | None = None) -> float:
 
     Returns a float in [−1, 1]; 1 means identical. Each axis must be at least 11 voxels long.
     """
-    from scipy.ndimage import gaussian_filter  # scipy is needed here only, as in ``space``
-
     x, y = _pair(a, b)
     r = _range(y, data_range)
     pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
@@ -96,3 +95,22 @@ def ssim(a, b, data_range: float | None = None) -> float:
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     inner = tuple(slice(pad, n - pad) for n in s.shape)
     return float(s[inner].mean(dtype=np.float64))
+
+
+def slice_ssim(a, b, data_range: float) -> float:
+    """SSIM of 2-D image ``a`` against the reference ``b`` with the conventions of ``ssim`` (Gaussian
+    σ 1.5, 11-voxel window, 5-pixel border left out)."""
+    x = np.asarray(a.detach().cpu().double() if hasattr(a, "detach") else a, dtype=np.float64)
+    y = np.asarray(b.detach().cpu().double() if hasattr(b, "detach") else b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"slice_ssim takes two 2-D images of one shape, got {x.shape} and {y.shape}")
+
+    def blur(v):
+        return gaussian_filter(v, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+
+    ux, uy = blur(x), blur(y)
+    vx, vy, vxy = blur(x * x) - ux * ux, blur(y * y) - uy * uy, blur(x * y) - ux * uy
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    return float(s[pad:-pad, pad:-pad].mean())

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from .directions import Direction, fit_linear_probe
-from .errors import LDAEError
+from ..errors import LDAEError
+from ..weights.common import torch_load_safe
+from .probe import Direction, fit_linear_probe
 
 
 def save_direction(d: Direction, path: str | Path) -> None:
-    from safetensors.torch import save_file
-
     meta = {"name": d.name, "bias": str(d.bias), "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": json.dumps(d.meta)}
     save_file({"weight": d.weight.contiguous(), "mean": d.mean.contiguous(), "std": d.std.contiguous()}, str(path), metadata=meta)
 
@@ -27,8 +28,6 @@ def load_direction(path: str | Path) -> Direction:
     if not path.is_file():
         raise LDAEError(f"direction file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -39,8 +38,6 @@ def load_direction(path: str | Path) -> Direction:
             raise LDAEError(f"{path} must hold tensors 'weight', 'mean' and 'std'")
         return Direction(meta.get("name", path.stem), t["weight"], t["mean"], t["std"], float(meta.get("bias", 0)),
                          meta.get("positive", ""), meta.get("negative", ""), meta.get("alpha_unit", ""), json.loads(meta.get("meta", "{}")))
-    from .weights.common import torch_load_safe
-
     sd = torch_load_safe(path)
     mean_p, std_p = path.with_name("semantic_mean.pt"), path.with_name("semantic_std.pt")
     if not (isinstance(sd, dict) and "weight" in sd and mean_p.exists() and std_p.exists()):

@@ -66,7 +66,7 @@ class WorkerClient:
 
     # ------------------------------------------------------------------ lifecycle
     def command(self) -> list[str]:
-        cmd = [self.python, "-u", "-m", "LDAELib.slicer.worker", "--model", self.model_path, "--device", self.device, "--dtype", self.dtype]
+        cmd = [self.python, "-u", "-m", "LDAELib.server.worker", "--model", self.model_path, "--device", self.device, "--dtype", self.dtype]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
         if not self.verify:
