@@ -9,10 +9,12 @@ stderr, and writes a JSON sidecar of provenance beside each output volume.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -29,6 +31,7 @@ from .evaluation.previews import write_comparison_png, write_strip_png
 from .inference.files import add_embeddings, add_volumes, check_embedding_output, interpolation_files, variation_files, volume_files
 from .inference.loading import open_model, open_pipeline
 from .inference.operations import Inference
+from .inference.image import check_output_suffix
 from .inference.outputs import OutputSet, Sources, check_output, check_outputs
 from .inference.provenance import version
 from .inference.settings import RunSettings
@@ -156,6 +159,7 @@ def _outputs_of(args) -> tuple[list[Path], list[str], bool]:
     """(output files, input files, whether the outputs are volumes) of a volume command."""
     cmd = args.command
     if cmd in ("reconstruct", "edit"):
+        check_output_suffix(args.output)  # first: a volume named out.json is a bad name, not a clash with its sidecar
         return volume_files(args.output, args.model_space_output), [args.input], True
     if cmd == "interpolate":
         paths = interpolation_files(args.output_dir, args.at)
@@ -255,12 +259,6 @@ def _demo(args, model) -> int:
     """The shipped example visits → reconstruction, edits along every direction, interpolation, each
     through the same command a user would type, with PNG previews (source | result | difference, and
     for edits the difference from the reconstruction)."""
-    import time
-
-    import nibabel as nib
-    import numpy as np
-
-
     out = Path(args.output_dir)
     scans = example_scans()
     first, last = scans[0], scans[-1]
@@ -339,7 +337,13 @@ def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage error (one line, exit 1)
+        return int(stop.code or 0)
+    # nibabel's header notes (e.g. an unusual qfac) are not errors: they must not end a run's output
+    logging.getLogger("nibabel").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="nibabel")
     previous = signal.signal(signal.SIGTERM, _terminate) if hasattr(signal, "SIGTERM") else None
     try:
         return _run(args)

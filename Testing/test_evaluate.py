@@ -68,7 +68,7 @@ def report(run, tmp_path_factory):
     from LDAELib.pipeline import LDAEPipeline, content_key
 
     seen: list[str] = []
-    original = LDAEPipeline._as_input
+    original = LDAEPipeline.as_input
 
     def spy(self, x):
         t = original(self, x)
@@ -77,7 +77,7 @@ def report(run, tmp_path_factory):
         return t
 
     out = tmp_path_factory.mktemp("eval_out") / "report"
-    with one_thread(), mock.patch.object(LDAEPipeline, "_as_input", spy):
+    with one_thread(), mock.patch.object(LDAEPipeline, "as_input", spy):
         code = main(["evaluate", "--workdir", str(run), "--output", str(out), "--steps", "2", "3", "--edit-steps", "3",
                      "--alphas", "-2", "2", "--threads", "1", "-q"])
     assert code == 0
@@ -242,7 +242,7 @@ def test_bad_inputs_give_one_clear_error_and_no_output(run, tmp_path, capsys):
 
 def test_a_failure_midway_leaves_nothing(run, tmp_path):
     from LDAELib.evaluation import EvalSettings, evaluate
-    from LDAELib.evaluation import report as rep
+    from LDAELib.evaluation import sections as rep
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -346,3 +346,31 @@ def test_a_limitation_on_the_model_card_reaches_the_panel_and_the_provenance(tin
     worker.handle(dict(_edit(scans["a"], tmp_path / "e", alpha=1.0, key="a", steps=2), id=2))
     assert messages[-1]["type"] == "result", messages[-1]
     assert "model_limitation" not in messages[-1]["provenance"]
+
+
+def test_the_command_line_and_the_worker_record_the_same_provenance(tiny_bundle, scans, tmp_path, capsys):
+    """One inference layer under both: the same edit from ``ldae edit`` and from a worker request
+    carries the same record, field for field (only the time of writing differs)."""
+    import json
+
+    from LDAELib.cli import main
+    from LDAELib.inference import RunSettings
+    from LDAELib.inference.loading import open_model, open_pipeline
+    from LDAELib.server.worker import Worker
+
+    code = main([str(a) for a in ["edit", scans["a"], tmp_path / "cli.nii.gz", "--model", tiny_bundle, "--direction", "cn",
+                                  "--alpha", "1.5", "--steps", "2", "-q", "--registered"]])
+    assert code == 0, capsys.readouterr().err
+    cli = json.loads((tmp_path / "cli.json").read_text())
+    settings = RunSettings(input_space="mni")
+    model = open_model(str(tiny_bundle), settings)
+    messages: list = []
+    worker = Worker(model, open_pipeline(model, settings), messages.append, settings)
+    worker.handle(dict(_edit(scans["a"], tmp_path / "w", alpha=1.5, key="same", steps=2), id=1))
+    assert messages[-1]["type"] == "result", messages[-1]
+    served = messages[-1]["outputs"][0]["provenance"]
+    for record in (cli, served):
+        record.pop("created")
+    assert served == cli
+    assert cli["inputs"] == [{"path": str(scans["a"].resolve()), "sha256": cli["inputs"][0]["sha256"]}]
+    assert cli["model"]["verified"] is True and cli["input_space"] == "mni" and cli["alpha"] == 1.5

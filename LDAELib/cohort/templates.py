@@ -173,8 +173,6 @@ def _partial_volume(t1: np.ndarray, mask: np.ndarray, mu: np.ndarray) -> tuple[n
 
 
 def _finish(name, t1, gm, wm, csf, affine, aal_path, sources) -> Template:
-    from scipy import ndimage
-
     mask = (gm + wm + csf) > 0
     mu = [float(np.median(t1[(frac > 0.9) & mask])) for frac in (csf, gm, wm)]
     top = float(t1.max())

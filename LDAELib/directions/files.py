@@ -65,8 +65,15 @@ def fit_probe_from_csv(embeddings_csv, labels_csv, target: str, name: str, kind:
     for r in emb:
         key = str(Path(r["path"]).resolve())
         if key in by_path and by_path[key] not in ("", None):
-            codes.append([float(r[k]) for k in r if k != "path"])
-            ys.append(float(by_path[key]))
+            try:
+                ys.append(float(by_path[key]))
+            except ValueError:
+                raise LDAEError(f"{labels_csv}: the {target!r} label of {r['path']} is {by_path[key]!r}, not a number; "
+                                "use 0/1 for a binary probe or numbers for a continuous one") from None
+            try:
+                codes.append([float(r[k]) for k in r if k != "path"])
+            except (TypeError, ValueError):
+                raise LDAEError(f"{embeddings_csv} is not a table of codes as 'ldae embed' writes it (a non-numeric value in the row of {r['path']})") from None
     if len(codes) < 3:
         raise LDAEError(f"only {len(codes)} scans have both an embedding and a '{target}' label; a probe needs at least 3")
     d = fit_linear_probe(torch.tensor(np.array(codes)), torch.tensor(ys), name, kind)

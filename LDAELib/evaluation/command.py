@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from .report import DEFAULT_ALPHAS, DEFAULT_STEPS
+from .targets import DEFAULT_ALPHAS, DEFAULT_STEPS
 
 
 def add_arguments(p) -> None:

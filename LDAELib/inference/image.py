@@ -196,9 +196,21 @@ def _read_nifti(path: Path) -> Image:
     if not isinstance(header, nib.Nifti1Header):  # Analyze, MGH…: read, but written back as plain NIfTI
         header = None
     data = _checked_array(np.asarray(data), path)
-    zooms = header["pixdim"][1:4] if header is not None else img.header.get_zooms()[:3]
+    zooms = _stored_zooms(img, path) if header is not None else img.header.get_zooms()[:3]
     affine = _check_geometry(img.affine, zooms, path)
     return Image(data, affine, path, "nifti", header.copy() if header is not None else None)
+
+
+def _stored_zooms(img, path: Path):
+    """The voxel sizes as the file stores them: nibabel quietly turns a zero into 1 mm on load."""
+    try:
+        holder = img.file_map.get("header") or img.file_map["image"]  # a pair's .hdr, else the .nii itself
+        source = holder.filename or str(path)
+        with nib.openers.ImageOpener(source) as f:
+            raw = type(img.header).from_fileobj(f, check=False)
+        return raw["pixdim"][1:4]
+    except Exception:  # noqa: BLE001 - an unusual container: keep what nibabel made of it
+        return img.header["pixdim"][1:4]
 
 
 def _read_itk(path: Path) -> Image:

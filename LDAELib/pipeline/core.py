@@ -27,6 +27,7 @@ import torch
 
 from ..accel.memory import MemoryFallbackWarning, is_cpu_oom, is_cuda_oom, out_of_memory_error
 from ..accel.onednn import onednn_convolutions
+from ..accel.precision import check_device
 from ..accel.weights import compact_weights
 from ..diffusion.ddim import ddim_step, guided_eps, inversion_indices, sampling_indices, shift_applies, timestep
 from ..diffusion.schedule import DDIMSchedule, ddim_schedule
@@ -104,6 +105,10 @@ class LDAEPipeline:
             raise LDAEError(f"unknown weight storage {weight_storage!r}; choose {' or '.join(WEIGHT_STORAGES)}")
         if conv_backend not in CONV_BACKENDS:
             raise LDAEError(f"unknown convolution backend {conv_backend!r}; choose {' or '.join(CONV_BACKENDS)}")
+        try:
+            device = check_device(str(torch.device(device)))
+        except RuntimeError:
+            raise LDAEError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
         self.decode_dtype = decode_dtype or dtype

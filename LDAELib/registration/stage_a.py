@@ -407,6 +407,13 @@ def _register(data: np.ndarray, affine: np.ndarray, s: StageASettings, steps: _S
     aff = affine_registration(tmpl["t2"], tmpl["m2_margin"], work, init, s)
     inside = _brain_inside_fraction(tmpl["m6"], aff, native)
     steps.end()
+    early = _correlation(images.resample(work, tmpl["t2"], aff), tmpl["t2"], tmpl["m2"])
+    if early < 0.5 * s.min_similarity:  # noise, a phantom or another contrast: not a head the template fits
+        raise LDAEError(
+            f"This does not look like a T1-weighted head or brain scan: after an affine registration it correlates "
+            f"{early:.2f} with the MNI T1 template (a T1 scan gives over {s.min_similarity:.2f}). Check that the right file "
+            "was loaded and that it is a T1-weighted MRI."
+        )
     if inside < s.min_brain_inside:
         raise LDAEError(
             f"The field of view does not contain the whole brain: after registration to MNI about "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import EXIT_CANCELLED, EXIT_ERROR
+from ..errors import EXIT_CANCELLED
 STAGE_CHOICES = ("all", "autoencoder", "ddpm", "representation", "probes", "bundle")
 
 

@@ -22,8 +22,6 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from ..errors import LDAEError
 from .autoencoder import AutoencoderObjective, Latents, channel_usage, encode_latents, latent_scale_of
 from .checkpoint import final_checkpoint, load_checkpoint, read_final, write_json_atomic

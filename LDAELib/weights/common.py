@@ -31,6 +31,11 @@ def torch_load_safe(path: Path):
         raise LDAEError(f"weight file not found: {path}")
     if path.stat().st_size == 0:
         raise LDAEError(f"{path} is empty; download it again")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise LDAEError(f"{path.name} is not a PyTorch weight file (neither the zip archive torch.save writes nor a pickle); "
+                        "check that the right file was given, or download it again")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
