@@ -1,6 +1,6 @@
 """Model space: the grid and intensity range the LDAE networks were trained on, and the way back.
 
-The forward path is the authors' stage-B preprocessing (SPEC §1), run through MONAI itself so it
+The forward path is the authors' stage-B preprocessing, run through MONAI itself so it
 matches bit for bit:
 
     voxel array as stored in the NIfTI (I,J,K, no reorientation), float32, channel first

@@ -1,4 +1,4 @@
-"""Semantic encoder: the authors' key layout, and their outputs on the reduced-width fixture (SPEC §4)."""
+"""Semantic encoder: the authors' key layout, and their outputs on the reduced-width fixture."""
 
 import json
 import os

@@ -89,7 +89,7 @@ def test_forward_matches_monai_compose(mni_volume, mni_forward):
 
 
 def test_mni_model_grid_affine_is_spacing_affine_shifted_by_padding(mni_forward):
-    # 182×218×182 @ 1 mm → 122×146×122 @ 1.5 mm → padded 3/3, 7/7, 3/3 (SPEC §1).
+    # 182×218×182 @ 1 mm → 122×146×122 @ 1.5 mm → padded 3/3, 7/7, 3/3.
     _, ctx = mni_forward
     expected = np.diag([-1.5, 1.5, 1.5, 1.0])
     expected[:3, 3] = np.array([90.0, -126.0, -72.0]) - expected[:3, :3] @ [3, 7, 3]

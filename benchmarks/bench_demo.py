@@ -1,4 +1,4 @@
-"""The demo model in use: what a user waits for, per operation, on this machine (issue #4).
+"""The demo model in use: what a user waits for, per operation, on this machine.
 
 Loads the shipped demo model (or ``--model``) the way ``ldae`` does (``LDAELib.runtime.make_pipeline``
 with the tuned allocator), takes the shipped example visit in model space, and times with

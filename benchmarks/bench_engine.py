@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time, peak memory, throughput and fidelity of each LDAE stage, per compute mode (issue #2).
+"""Time, peak memory, throughput and fidelity of each LDAE stage, per compute mode.
 
 At the official size with random weights (``random_model(LDAEConfig(), seed=0)``: AEKL
 1×128×160×128 → latent 3×16×20×16, ConvNeXt-S semantic encoder, ShiftUNet base 256, ~933 M
@@ -33,7 +33,7 @@ disturbed calls, and the table marks medians that still include a disturbed call
 
 Fidelity: the warm edit at T = 10 (alpha 2.0 along a random direction, on a smooth synthetic
 brain-like volume) of each mode is compared with float32's by SSIM (``LDAELib.evaluation.similarity``) and
-max|diff|; and, because random weights let the DDIM loop amplify rounding chaotically (SPEC §5.5),
+max|diff|; and, because random weights let the DDIM loop amplify rounding chaotically,
 the same comparison is made with the reduced-size fixture model of the test suite (the authors'
 code paths with seeded weights and realistically scaled latents; no trained weights are available).
 

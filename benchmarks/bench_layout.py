@@ -1,4 +1,4 @@
-"""float32 in the standard (NCDHW) or the channels-last (NDHWC) layout, on this CPU (issue #6).
+"""float32 in the standard (NCDHW) or the channels-last (NDHWC) layout, on this CPU.
 
 ``runtime.make_pipeline`` keeps float32 networks in the standard layout. On the CPU the project's
 benchmarks were first taken on (AVX-512 BF16) both layouts ran float32 at the same speed; oneDNN's

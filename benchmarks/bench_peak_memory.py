@@ -1,4 +1,4 @@
-"""Peak memory of a warm edit as ``ldae`` runs it, without any benchmark instrumentation (issue #2).
+"""Peak memory of a warm edit as ``ldae`` runs it, without any benchmark instrumentation.
 
 ``bench_engine.py`` measures each stage in a process that also counts FLOPs and samples the CPU
 load; its peak RSS comes out ≈ 0.8 GiB above that of a plain process doing the same work. This

@@ -1,4 +1,4 @@
-"""The slider's preview of the slices on screen: its time and its fidelity (issue #6).
+"""The slider's preview of the slices on screen: its time and its fidelity.
 
 What the Slicer worker does while the user drags the alpha slider with "Slices on screen only":
 DDIM sampling at the preview's step count from the scan's cached inversion, then a slab decode of

@@ -1,4 +1,4 @@
-"""Noise schedules (SPEC §5.1–5.2): the 1000-step linear DDPM schedule and DDIM sub-schedules.
+"""Noise schedules: the 1000-step linear DDPM schedule and DDIM sub-schedules.
 
 Pure arithmetic on numpy arrays; the precision of every step follows the authors' code so the
 coefficient arrays are the same float32 numbers (see ``ddim_schedule``).

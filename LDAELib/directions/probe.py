@@ -1,4 +1,4 @@
-"""Named attribute directions in the semantic space (SPEC §6, "Manipulation").
+"""Named attribute directions in the semantic space.
 
 A direction is a linear probe w (E,) on normalised codes ŷ = (y − μ)/σ. An edit by alpha moves
 ŷ′ = ŷ + alpha·√E·w/‖w‖ and maps back y′ = ŷ′·σ + μ (the authors' formula; E = 768 at official

@@ -1,4 +1,4 @@
-"""The first-stage AutoencoderKL (SPEC §2): MONAI's class, which is numerically the authors' one.
+"""The first-stage AutoencoderKL: MONAI's class, which is numerically the authors' one.
 
 x: B×1×128×160×128 in [0,1] ↔ latent B×3×16×20×16 (official widths). The authors' checkpoints use
 monai-generative key names; ``convert_old_keys`` renames the six upsampling-conv keys so the state

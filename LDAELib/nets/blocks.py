@@ -1,4 +1,4 @@
-"""Building blocks of the latent UNet and the ShiftUNet gradient estimator (SPEC §3.1).
+"""Building blocks of the latent UNet and the ShiftUNet gradient estimator.
 
 Key names follow the authors' state dicts (guided-diffusion style): ``in_layers``, ``emb_layers``,
 ``out_layers``, ``skip_connection``, ``emb_z_layers`` for residual blocks; ``norm``, ``qkv``,

@@ -1,4 +1,4 @@
-"""2-D ConvNeXt backbone of the semantic encoder (SPEC §4), with torchvision's key names.
+"""2-D ConvNeXt backbone of the semantic encoder, with torchvision's key names.
 
 The authors use torchvision's ``convnext_small`` with a 1-channel stem (RGB kernels summed) and the
 1000-class head replaced by Identity, so one slice (N×1×H×W) maps to a feature vector N×C_last:

@@ -1,4 +1,4 @@
-"""Semantic encoder E: a 3-D scan → the semantic code y_sem (SPEC §4), with the authors' key names.
+"""Semantic encoder E: a 3-D scan → the semantic code y_sem, with the authors' key names.
 
 A ConvNeXt encodes every slice along axis 2 of a B×1×S×H×W volume (the tutorial's axial slices,
 intensities in [0, 1], no ImageNet normalisation); the B×S×C slice features get a sinusoidal

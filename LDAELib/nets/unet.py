@@ -1,4 +1,4 @@
-"""Latent denoising UNet and the ShiftUNet gradient estimator (SPEC §3), with the authors' key names.
+"""Latent denoising UNet and the ShiftUNet gradient estimator, with the authors' key names.
 
 Both take a latent x (B×C×D×H×W, official C=3, 16×20×16) and DDPM timesteps t (B,) int64.
 ``UNet`` returns ε (B×C×D×H×W). ``ShiftUNet`` also takes the semantic code y (B×latent_dim) and
@@ -99,7 +99,7 @@ def infer_unet_config(state_dict: dict[str, torch.Tensor]) -> UNetConfig:
 
 
 class UNet(nn.Module):
-    """ε-prediction UNet of the latent DDPM (SPEC §3.2)."""
+    """ε-prediction UNet of the latent DDPM."""
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -180,7 +180,7 @@ class UNet(nn.Module):
 
 
 class ShiftUNet(UNet):
-    """UNet ε-branch plus the gradient estimator Gψ conditioned on y_sem (SPEC §3.3)."""
+    """UNet ε-branch plus the gradient estimator Gψ conditioned on y_sem."""
 
     def __init__(self, config: UNetConfig) -> None:
         if config.latent_dim is None:

@@ -1,4 +1,4 @@
-"""Stage A: a raw T1 scan → bias-corrected, skull-stripped brain registered to MNI (SPEC §1).
+"""Stage A: a raw T1 scan → bias-corrected, skull-stripped brain registered to MNI.
 
 The authors run ANTs (N4, antspynet's brain-extraction network, SyN to ANTs' ``mni``). Here every
 step runs in SimpleITK (it ships inside 3D Slicer; no network weights, nothing downloaded), on a

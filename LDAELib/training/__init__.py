@@ -4,7 +4,7 @@
     session = TrainingSession(Recipe(), "cohort/", "run/")
     session.run("all")                       # autoencoder → ddpm → representation → probes → bundle
 
-Stages (SPEC §2–§5): (a) the AutoencoderKL (L1 + KL), then the latent scale = 1/std of the training
+Stages: (a) the AutoencoderKL (L1 + KL), then the latent scale = 1/std of the training
 latents; (b) the latent DDPM UNet (ε-MSE); (c) the semantic encoder and the gradient estimator
 (ε-loss on ε_θ + c_t·g with the ε-branch frozen); (d) linear probes ``disease`` and ``age`` on the
 EMA encoder's codes. Every stage keeps an EMA of its weights and the bundle ships the EMA weights.

@@ -192,7 +192,7 @@ class DDPMStageConfig(StageConfig):
 
 @dataclass
 class RepresentationStageConfig(StageConfig):
-    """Stage (c), the semantic encoder and the gradient estimator (SPEC §5.4).
+    """Stage (c), the semantic encoder and the gradient estimator.
 
     ε-loss on ε_θ + c_t·g (ε_θ frozen), weighted per sample by snr^snr_exponent / (1 + snr).
 

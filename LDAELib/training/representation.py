@@ -1,4 +1,4 @@
-"""Stage (c): representation learning of the semantic encoder and the gradient estimator (SPEC §5.4).
+"""Stage (c): representation learning of the semantic encoder and the gradient estimator.
 
 The ShiftUNet's ε-branch is the EMA UNet of stage (b), frozen (eval mode, no gradients); the
 autoencoder is not used here at all (its latents were stored by stage (a)). Per item:

@@ -1,4 +1,4 @@
-"""The authors' weights as they distribute them (SPEC §7) → an ``LDAEModel``.
+"""The authors' weights as they distribute them → an ``LDAEModel``.
 
 A model folder holds either
 * their three inference files ``autoencoderkl.pth``, ``encoder.pth`` (EMA semantic encoder) and
