@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import gzip
 import hashlib
 import io
 import json
@@ -39,10 +40,22 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import torch
 
 from ..errors import Cancelled, LDAEError
 from .atrophy import COMPONENTS, LOBES, AtrophyModel, TemplateOnGrid
+from .deform import (
+    apply_affine,
+    control_to_grid,
+    exp_velocity,
+    mni_grid,
+    rotation_matrix,
+    sample,
+    smooth_noise,
+    voxel_grid,
+)
 from .templates import CHANNELS, TEMPLATE_NAMES, load_template, notice_texts
 
 GROUPS = ("healthy", "disease")
@@ -134,7 +147,6 @@ class CohortConfig:
             raise LDAEError(f"unknown cohort settings {sorted(unknown)}")
         return cls(**d)
 
-
 @dataclass
 class SubjectPlan:
     """Everything drawn for one subject (no arrays); JSON-able."""
@@ -161,10 +173,8 @@ class SubjectPlan:
             out.append(model.log_change(age, onset, self.factors))
         return out
 
-
 def subject_id(index: int) -> str:
     return f"sub-{index + 1:04d}"
-
 
 def is_disease(index: int, fraction: float) -> bool:
     """Deterministic, evenly spread group assignment: exactly ⌊n·fraction⌋ of the first n subjects.
@@ -174,10 +184,8 @@ def is_disease(index: int, fraction: float) -> bool:
     """
     return math.floor((index + 1) * fraction + 1e-9) > math.floor(index * fraction + 1e-9)
 
-
 def template_for(index: int, templates: tuple[str, ...]) -> str:
     return templates[(index // 2) % len(templates)]
-
 
 def rng_for(seed: int, index: int, *part: int) -> np.random.Generator:
     """The generator of one subject (``part`` = ()), its identity field (1,) or its visit v (2, v).
@@ -185,7 +193,6 @@ def rng_for(seed: int, index: int, *part: int) -> np.random.Generator:
     Derived from (seed, subject index, part) only, so subjects and visits are independent streams.
     """
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index), *part)))
-
 
 def plan_subject(config: CohortConfig, index: int) -> SubjectPlan:
     rng = rng_for(config.seed, index)
@@ -231,7 +238,6 @@ def plan_subject(config: CohortConfig, index: int) -> SubjectPlan:
         years_since_onset=round(onset, 2) if disease else None, factors=factors, identity=identity, intensity=intensity,
     )
 
-
 @dataclass
 class Visit:
     """One generated visit. image: float32 (I, J, K); labels: uint8 (I, J, K) (see LABELS);
@@ -245,19 +251,15 @@ class Visit:
     volumes: dict
     affine: np.ndarray
 
-
 @functools.lru_cache(maxsize=None)
 def template_on_grid(name: str, spacing_mm: float) -> TemplateOnGrid:
     """A template prepared for the MNI grid at ``spacing_mm`` (seconds; cached for the process)."""
-    from .deform import mni_grid
 
     shape, affine = mni_grid(spacing_mm)
     return TemplateOnGrid(load_template(name), shape, affine)
 
-
 def _affine_mm(rotation_deg, translation_mm, scale=1.0, anisotropy=(1.0, 1.0, 1.0)) -> np.ndarray:
     """A global map (world mm → world mm) about the brain centre, as 4×4."""
-    from .deform import rotation_matrix
 
     c = np.asarray(BRAIN_CENTRE_MM)
     lin = rotation_matrix(np.radians(np.asarray(rotation_deg))) @ np.diag(scale * np.asarray(anisotropy))
@@ -266,11 +268,9 @@ def _affine_mm(rotation_deg, translation_mm, scale=1.0, anisotropy=(1.0, 1.0, 1.
     m[:3, 3] = c - lin @ c + np.asarray(translation_mm)
     return m
 
-
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run a block with ``n`` torch CPU threads (None: leave as is), restoring the count after."""
-    import torch
 
     old = torch.get_num_threads()
     if n:
@@ -279,7 +279,6 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
-
 
 def synthesize_subject(config: CohortConfig, index: int, cancel=None, threads: int | None = 1):
     """Generate every visit of subject ``index`` in memory → (SubjectPlan, [Visit, …]).
@@ -291,11 +290,8 @@ def synthesize_subject(config: CohortConfig, index: int, cancel=None, threads: i
     with torch_threads(threads):
         return _synthesize_subject(config, index, cancel)
 
-
 def _synthesize_subject(config: CohortConfig, index: int, cancel):
-    import torch
 
-    from .deform import apply_affine, control_to_grid, exp_velocity, sample, smooth_noise, voxel_grid
 
     plan = plan_subject(config, index)
     tog = template_on_grid(plan.template, float(config.spacing_mm))
@@ -349,7 +345,6 @@ def _synthesize_subject(config: CohortConfig, index: int, cancel):
                             volumes=_volumes(dict(zip(CHANNELS[1:], measured)), tog.voxel_ml), affine=affine.copy()))
     return plan, visits
 
-
 def _labels(m: dict, inside: np.ndarray) -> np.ndarray:
     classes = np.stack([
         np.clip(m["csf"] - m["ventricles"], 0, None),
@@ -358,7 +353,6 @@ def _labels(m: dict, inside: np.ndarray) -> np.ndarray:
     ])
     return np.where(inside, np.argmax(classes, axis=0) + 1, 0).astype(np.uint8)
 
-
 def _volumes(m: dict, voxel_ml: float) -> dict:
     s = {k: float(m[k].sum(dtype=np.float64)) * voxel_ml for k in ("ventricles", "hippocampus_l", "hippocampus_r", "gm", "wm", "csf")}
     return {
@@ -366,16 +360,12 @@ def _volumes(m: dict, voxel_ml: float) -> dict:
         "grey_matter_ml": s["gm"], "white_matter_ml": s["wm"], "csf_ml": s["csf"], "whole_brain_ml": s["gm"] + s["wm"],
     }
 
-
 # ---------------------------------------------------------------------------------------------
 # Writing
 
 
 def _nifti_bytes(data: np.ndarray, affine: np.ndarray, description: str) -> bytes:
     """A gzipped NIfTI as bytes, byte-identical for identical input (gzip mtime fixed at 0)."""
-    import gzip
-
-    import nibabel as nib
 
     img = nib.Nifti1Image(data, affine)
     img.set_sform(affine, code="mni")
@@ -388,10 +378,8 @@ def _nifti_bytes(data: np.ndarray, affine: np.ndarray, description: str) -> byte
         gz.write(raw)
     return buf.getvalue()
 
-
 def _round(x: float, nd: int) -> float:
     return float(f"{x:.{nd}f}")
-
 
 def _write_subject(out: Path, config: CohortConfig, plan: SubjectPlan, visits: list[Visit]) -> dict:
     """Write one subject into a temporary folder and rename it into place (all or nothing)."""
@@ -423,13 +411,11 @@ def _write_subject(out: Path, config: CohortConfig, plan: SubjectPlan, visits: l
         raise
     return record
 
-
 def _publishable(path: Path, mode: int) -> None:
     """Temporary files and folders are private (0600/0700); give the outputs the usual umask mode."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, mode & ~umask)
-
 
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
@@ -438,10 +424,8 @@ def _sha256(path: str) -> str:
             h.update(block)
     return h.hexdigest()
 
-
 def _description(config: CohortConfig) -> dict:
     """cohort.json: everything but the subject count decides the files (checked when resuming)."""
-    from .deform import mni_grid
 
     shape, affine = mni_grid(config.spacing_mm)
     files = {}
@@ -462,7 +446,6 @@ def _description(config: CohortConfig) -> dict:
         "licence": "NOTICE.txt",
     }
 
-
 def _notice() -> str:
     texts = notice_texts()
     parts = [
@@ -482,7 +465,6 @@ def _notice() -> str:
         parts += ["=" * 100, title, "=" * 100, texts.get(key, "(not found on this machine)").rstrip(), ""]
     return "\n".join(parts) + "\n"
 
-
 @dataclass
 class CohortResult:
     csv_path: Path
@@ -491,7 +473,6 @@ class CohortResult:
     seconds_per_subject: list[float]
     visits_per_subject: list[int]
     prepare_seconds: float = 0.0  # reading the templates and preparing them for the grid (once per process)
-
 
 def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None, threads: int | None = 1) -> CohortResult:
     """Write the cohort into ``output_dir``; resumes a folder made with the same settings.
@@ -565,7 +546,6 @@ def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None
     for name in ("cohort.csv", "cohort.json", "NOTICE.txt"):
         _publishable(out / name, 0o666)
     return result
-
 
 def _differences(old: dict, new: dict) -> list[str]:
     diffs = []

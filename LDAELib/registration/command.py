@@ -6,6 +6,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..inference.image import Image, read_image
+from ..inference.outputs import OutputSet, Sources, check_output, ensure_folder
+from ..inference.provenance import now_iso, sha256_of
+from ..resources import default_model_path
+from ..space import ModelSpaceConfig, to_model_space
+from .native import run_stage_a
+from .stage_a import StageASettings
+from .store import MASK_FILE, StageACache, write_result
+from .template import MNI_AFFINE, TEMPLATE_NAME
+
 MODEL_SPACE_FILE = "model_space.nii.gz"
 
 
@@ -20,10 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-
 def _model_space(model_path):
-    from ..resources import default_model_path
-    from ..space import ModelSpaceConfig
 
     path = model_path or default_model_path()
     if path is None:
@@ -32,19 +39,10 @@ def _model_space(model_path):
 
     return load_model(path).config.space
 
-
 def run(args, progress=None) -> int:
     """Write into ``args.output_dir``: the registered brain (MNI grid), the brain mask (scan grid), the
     transforms both ways (ITK .h5), the bias field, the model-space volume and ``stage_a.json``. All
     files appear together or none does."""
-    from ..inference.image import Image, read_image
-    from ..inference.outputs import OutputSet, Sources, check_output, ensure_folder
-    from ..inference.provenance import now_iso, sha256_of
-    from ..space import to_model_space
-    from .native import run_stage_a
-    from .stage_a import StageASettings
-    from .store import MASK_FILE, StageACache, write_result
-    from .template import MNI_AFFINE, TEMPLATE_NAME
 
     vol = read_image(args.input)
     out = Path(args.output_dir)

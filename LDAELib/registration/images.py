@@ -29,15 +29,6 @@ def set_geometry(img: sitk.Image, affine: np.ndarray) -> sitk.Image:
     return img
 
 
-def affine_of(img: sitk.Image) -> np.ndarray:
-    """4×4 voxel → world RAS affine of a SimpleITK image."""
-    d = np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())
-    a = np.eye(4)
-    a[:3, :3] = RAS_TO_LPS @ d
-    a[:3, 3] = RAS_TO_LPS @ np.array(img.GetOrigin())
-    return a
-
-
 def to_numpy(img: sitk.Image) -> np.ndarray:
     """I,J,K array (a copy) of a scalar SimpleITK image."""
     return np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose(2, 1, 0))

@@ -8,9 +8,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
-from ..errors import EXIT_CANCELLED
+import torch
+
+from ..errors import EXIT_CANCELLED, LDAEError
+from .config import DEMO_RECIPE, STAGES, apply_overrides, load_recipe, save_recipe
+from .data import TrainingData
+from .distributed import resolve_device, setup, teardown
+from .plan import plan
+
 STAGE_CHOICES = ("all", "autoencoder", "ddpm", "representation", "probes", "bundle")
 
 
@@ -30,10 +39,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--write-recipe", metavar="PATH", help="write the recipe in use (after --config/--set/--steps) to PATH and stop")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
-
 def _recipe(args):
-    from ..errors import LDAEError
-    from .config import DEMO_RECIPE, STAGES, apply_overrides, load_recipe
 
     recipe = load_recipe(args.config) if args.config else load_recipe(DEMO_RECIPE)
     sets = list(args.set)
@@ -43,13 +49,8 @@ def _recipe(args):
         sets += [f"{args.stage}.steps={args.steps}", f"{args.stage}.epochs=null"]
     return apply_overrides(recipe, sets) if sets else recipe
 
-
 def run(args) -> int:
-    import torch
 
-    from ..errors import LDAEError
-    from .config import save_recipe
-    from .distributed import setup, teardown
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,14 +80,8 @@ def run(args) -> int:
     finally:
         teardown(ctx)
 
-
 def _dry_run(args, recipe) -> int:
-    import os
-    import time
 
-    from .data import TrainingData
-    from .distributed import resolve_device
-    from .plan import plan
 
     device = resolve_device(args.device)
     data = TrainingData.open(args.cohort, recipe.data, recipe.model.space, args.workdir, write_split=False)

@@ -109,12 +109,6 @@ def wrap(module: nn.Module, ctx: DistContext) -> nn.Module:
     return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    from torch.nn.parallel import DistributedDataParallel
-
-    return module.module if isinstance(module, DistributedDataParallel) else module
-
-
 class StepSampler:
     """This rank's dataset indices for any optimizer step (DistributedSampler semantics, step-indexed).
 

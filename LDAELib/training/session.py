@@ -22,8 +22,20 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from safetensors.torch import load_file, save_file
+
+from ..directions import Direction
 from ..errors import LDAEError
-from .autoencoder import AutoencoderObjective, Latents, channel_usage, encode_latents, latent_scale_of
+from ..model import LDAEConfig, LDAEModel
+from ..nets.autoencoder import build_autoencoder
+from ..nets.semantic_encoder import SemanticEncoder
+from .autoencoder import (
+    AutoencoderObjective,
+    Latents,
+    channel_usage,
+    encode_latents,
+    latent_scale_of,
+)
 from .checkpoint import final_checkpoint, load_checkpoint, read_final, write_json_atomic
 from .config import Recipe, comparable
 from .data import TrainingData
@@ -38,7 +50,6 @@ ORDER = ("autoencoder", "ddpm", "representation", "probes", "bundle")
 
 def _strip(sd: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
 
 class TrainingSession:
     """Runs the stages of ``recipe`` on ``cohort`` in ``workdir`` (in this process's share under torchrun).
@@ -158,7 +169,6 @@ class TrainingSession:
             self.prepare_volumes()
             if self.ctx.is_main:
                 ck = load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False)
-                from ..nets.autoencoder import build_autoencoder
 
                 ae = build_autoencoder(self.recipe.model.autoencoder)
                 ae.load_state_dict(_strip(ck.groups["ema"], "autoencoder."))
@@ -203,7 +213,6 @@ class TrainingSession:
         return self._run(obj, "representation", stop_at, {"latent_scale": lat.scale})
 
     def _ema_encoder(self):
-        from ..nets.semantic_encoder import SemanticEncoder
 
         ck = load_checkpoint(self._require("representation", "probes"), with_optimizer=False)
         enc = SemanticEncoder.from_config(self.recipe.model.encoder)
@@ -231,7 +240,6 @@ class TrainingSession:
             if val_rows:
                 vcodes = encode_codes(enc, data, val_rows, self.ctx.device, plane, cfg.batch_size)
                 metrics["val"] = probe_metrics(dirs, vcodes, [data.rows[i] for i in val_rows], cfg)
-            from safetensors.torch import save_file
 
             folder.mkdir(parents=True, exist_ok=True)
             tensors = {}
@@ -248,9 +256,6 @@ class TrainingSession:
         return self._read_probes(folder)[1]
 
     def _read_probes(self, folder: Path):
-        from safetensors.torch import load_file
-
-        from ..directions import Direction
 
         if not (folder / "probes.json").is_file() or not (folder / "directions.safetensors").is_file():
             return None
@@ -262,7 +267,6 @@ class TrainingSession:
 
     def export_bundle(self, output: str | Path | None = None) -> Path:
         """Write the EMA weights, the latent scale and the directions as an LDAE bundle."""
-        from ..model import LDAEModel
         from ..weights.bundle import BUNDLE_JSON, save_bundle
 
         out = Path(output) if output else self.workdir / "bundle"
@@ -342,10 +346,8 @@ class TrainingSession:
             return self.export_bundle(output)
         raise LDAEError(f"unknown stage {stage!r}; stages: {', '.join(ORDER)}, all")
 
-
 def _with_latent_scale(config, scale: float):
     """A copy of ``config`` whose latent_scale is the measured one."""
-    from ..model import LDAEConfig
 
     c = LDAEConfig.from_dict(config.to_dict())
     c.latent_scale = float(scale)

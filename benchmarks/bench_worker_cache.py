@@ -1,6 +1,6 @@
 """Measure, through the real worker process, what the encoding cache saves on a second edit.
 
-    python LDAE/Testing/Python/measure_cache.py [--model DIR] [--steps 10] [--threads 2]
+    python benchmarks/bench_worker_cache.py [--model DIR] [--steps 10] [--threads 2]
 
 Without --model a random-weight model of the demo model's size (``LDAELib.model.small_config``:
 3 mm grid, 64×80×64, latent 3×16×20×16) is written to a temporary bundle. Prints the first edit
@@ -25,7 +25,7 @@ def main() -> None:
 
     import nibabel as nib
 
-    from LDAELib.slicer.client import WorkerClient
+    from LDAELib.server.client import WorkerClient
     from LDAELib.testing import phantom_brain
 
     tmp = Path(tempfile.mkdtemp(prefix="ldae-measure-"))
