@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from ..errors import LDAEError
+from ..training.data import VolumeStore, cohort_csv, read_cohort, visit_order
+from ..training.probes import auc, predicted_age
 from .similarity import mse, psnr, ssim
 from .targets import DEFAULT_ALPHAS, DEFAULT_STEPS, EXPECTED_SIGN, SSIM_TARGET_T
 from .volumes import REGIONS, agreement, build_measure, has_volume_truth, label_values, spearman, truth_of
@@ -82,8 +84,6 @@ class _Inputs:
 
 
 def read_inputs(s: EvalSettings) -> _Inputs:
-    from ..training.data import _visit_order, cohort_csv, read_cohort
-
     if not s.workdir.is_dir():
         raise LDAEError(f"work folder not found: {s.workdir} (give the --workdir of 'ldae train')")
     split_path = s.workdir / "split.json"
@@ -121,9 +121,9 @@ def read_inputs(s: EvalSettings) -> _Inputs:
 
     def order(r):
         try:
-            return (float(r.get("months")), _visit_order(r))
+            return (float(r.get("months")), visit_order(r))
         except (TypeError, ValueError):
-            return (_visit_order(r), 0.0)
+            return (visit_order(r), 0.0)
 
     test_rows = {t: sorted(by_subject[t], key=order) for t in sorted(test)}
     train_rows = [r for t in sorted(train) for r in sorted(by_subject.get(t, []), key=order)]
@@ -134,8 +134,6 @@ class Loader:
     """Model-space volumes of cohort rows: from the work folder's cache when it has them (read only), else stage B."""
 
     def __init__(self, rows, space, workdir: Path) -> None:
-        from ..training.data import VolumeStore
-
         self._ro = VolumeStore(rows, space, workdir / "cache", memory=False)
         self._mem = VolumeStore(rows, space, None, memory=True)
         self._index = {id(r): i for i, r in enumerate(rows)}
@@ -416,8 +414,6 @@ def edits_section(s, pipe, model, selected, inp, load, measure, keep, timing):
 
 
 def probe_section(s, pipe, model, inp, load, timing):
-    from ..training.probes import auc, predicted_age
-
     t0 = time.perf_counter()
     rows = [r for subj in inp.test_rows for r in inp.test_rows[subj]]
     out: dict = {"n_visits": len(rows), "n_subjects": len(inp.test_rows)}

@@ -227,7 +227,7 @@ class TrainingData:
     @classmethod
     def open(cls, cohort: str | Path, data_config, space: ModelSpaceConfig, workdir: Path | None, write_split: bool = True) -> "TrainingData":
         rows = read_cohort(cohort)
-        rows.sort(key=lambda r: (r.subject, _visit_order(r), str(r.path)))
+        rows.sort(key=lambda r: (r.subject, visit_order(r), str(r.path)))
         dc = data_config
         split = split_subjects(rows, dc.split_seed, dc.val_fraction, dc.test_fraction, dc.stratify)
         if workdir is not None and write_split:
@@ -245,7 +245,7 @@ class TrainingData:
         return ", ".join(f"{k} {len(self.split[k])} subjects / {len(self.indices[k])} visits" for k in SPLITS)
 
 
-def _visit_order(r: CohortRow):
+def visit_order(r: CohortRow):
     try:
         return float(r.get("visit", r.get("months", 0)) or 0)
     except ValueError:
