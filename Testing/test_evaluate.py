@@ -92,14 +92,14 @@ def test_report_has_every_section_figure_and_file(report):
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for heading in ("## Targets", "## 0. The image-based volume measure", "## 1. Reconstruction", "## 2. Interpolation",
-                    "## 3. Edits", "### disease", "### age", "## 4. Probes"):
+                    "## 3. Edits", "### disease", "### age", "## 4. Probes", "## 5. Real heads"):
         assert heading in md
     assert [p.name for p in out.parent.iterdir()] == ["report"]  # the temporary folder was renamed, nothing else left
     assert m["reconstruction"]["steps"] == [2, 3] and m["edits"]["directions"]["disease"]["alphas"] == [-2.0, 0.0, 2.0]
     assert set(m["reconstruction"]["methods"]) == {"autoencoder", "encoded z_T", "semantic only"}
     for t in m["targets"]:  # every target is reported, met or not, with its goal
         assert t["target"] and "met" in t
-    assert any("T=20" in t["name"] and t["met"] is None for t in m["targets"])  # T=20 not run: said, not hidden
+    assert any("T=10" in t["name"] and t["met"] is None for t in m["targets"])  # T=10 not run: said, not hidden
 
 
 def _table(md: str, after: str) -> dict[str, list[str]]:
@@ -247,8 +247,9 @@ def test_a_failure_midway_leaves_nothing(run, tmp_path):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    with one_thread(), mock.patch.object(rep, "_interpolation_section", boom), pytest.raises(KeyboardInterrupt):
-        evaluate(EvalSettings(workdir=run, output=tmp_path / "report", steps=(2,), subjects=1, alphas=(-1, 1), progress=False, threads=1))
+    with one_thread(), mock.patch.object(rep, "interpolation_section", boom), pytest.raises(KeyboardInterrupt):
+        evaluate(EvalSettings(workdir=run, output=tmp_path / "report", steps=(2,), subjects=1, alphas=(-1, 1), progress=False, threads=1,
+                              real_heads=()))
     _no_leftovers(tmp_path)
 
 
@@ -268,7 +269,7 @@ def test_same_seed_same_numbers(run, tmp_path):
     def go(name, seed):
         with one_thread():
             m = evaluate(EvalSettings(workdir=run, output=tmp_path / name, steps=(2,), subjects=1, alphas=(-1, 1), seed=seed,
-                                      progress=False, threads=1))
+                                      progress=False, threads=1, real_heads=()))
         return m["reconstruction"]
 
     a, b, c = go("a", 5), go("b", 5), go("c", 6)
@@ -290,3 +291,20 @@ def test_failing_semantic_only_samples_are_called_out_with_what_to_do(report):
     assert "SSIM 0.070" in semantic_only_note(failing) and "annotate_bundle" in semantic_only_note(failing)
     failing["reconstruction"]["table"]["semantic only"][str(T)]["ssim"]["mean"] = 0.8
     assert semantic_only_note(failing) == ""
+
+
+def test_real_heads_go_through_the_raw_path_and_are_scored_in_model_space(report):
+    """Section 5: every installed real head with skull is registered (stage A), reconstructed and
+    scored against its own preprocessed input; its numbers reach the targets table."""
+    from LDAELib.evaluation.sections import REAL_HEADS
+
+    _, m, md, _ = report
+    installed = [name for name, path in REAL_HEADS.items() if Path(path).is_file()]
+    heads = m["real_heads"]["heads"]
+    assert [h["name"] for h in heads] == installed
+    for h in heads:
+        assert "error" not in h, h.get("error")
+        assert 0 < h["reconstruction"]["ssim"] <= 1 and 0 < h["reconstruction"]["ssim_brain"] <= 1 and h["stage_a_s"] > 0
+        assert any(h["name"] in t["name"] for t in m["targets"])
+    if installed:
+        assert (Path(m["figures"]["real"]).name == "real_heads.png") and "## 5. Real heads" in md

@@ -27,6 +27,8 @@ class Direction:
         bias: probe bias (used by ``score`` only).
         positive, negative: what +alpha and −alpha move towards, for people.
         alpha_unit: what one unit of alpha means, when calibrated (e.g. "≈ 4.1 years"), else "".
+        scale: multiplies alpha (1 = the authors' step of √E·w/‖w‖ in normalised code per unit); a
+            calibrated direction sets it so that one unit means ``alpha_unit``.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Direction:
     negative: str = ""
     alpha_unit: str = ""
     meta: dict = field(default_factory=dict)
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.weight = torch.as_tensor(self.weight, dtype=torch.float32).reshape(-1).cpu()
@@ -53,18 +56,24 @@ class Direction:
             raise LDAEError(f"direction '{self.name}': the probe weight is zero or not finite")
         if not torch.isfinite(self.std).all() or (self.std <= 0).any():
             raise LDAEError(f"direction '{self.name}': the std statistics must be positive and finite")
+        self.scale = float(self.scale)
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise LDAEError(f"direction '{self.name}': its scale must be a positive number, got {self.scale}")
 
     @property
     def dim(self) -> int:
         return self.weight.numel()
 
     def apply(self, y: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-        """Move codes y (B×E) by alpha (scalar, or (B,) one per row) along the direction."""
+        """Move codes y (B×E) by alpha (scalar, or (B,) one per row) along the direction:
+        ŷ′ = ŷ + alpha·scale·√E·w/‖w‖ on the normalised code."""
         if y.shape[-1] != self.dim:
             raise LDAEError(f"direction '{self.name}' is for {self.dim}-d codes, the model gives {y.shape[-1]}-d codes")
         w = self.weight.to(y.device, torch.float32)
         mu, sd = self.mean.to(y.device, torch.float32), self.std.to(y.device, torch.float32)
         a = torch.as_tensor(alpha, dtype=torch.float32, device=y.device).reshape(-1, 1)
+        if self.scale != 1.0:
+            a = a * self.scale
         y_hat = (y.float() - mu) / sd
         y_hat = y_hat + a * math.sqrt(self.dim) * (w / w.norm())
         return (y_hat * sd + mu).to(y.dtype)

@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--reverse-alpha", type=float, default=2.0, metavar="A", help="alpha of the reversibility check (+A then −A; default 2)")
     p.add_argument("--atlas-subjects", type=int, default=16, metavar="N",
                    help="training subjects whose label maps make the volume measure's ROIs and calibration (default 16)")
+    p.add_argument("--real-heads", nargs="*", metavar="SCAN", default=None,
+                   help="raw scans with skull to reconstruct through the raw path (section 5); default: the real heads installed "
+                   "here (Colin27 from mricron-data, the ITK example subject); with no SCAN, none")
     p.add_argument("--seed", type=int, default=0, help="seed of the subject choice and the semantic-only noise (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
@@ -39,7 +42,7 @@ def run(args) -> int:
         workdir=args.workdir, output=args.output, model=args.model, cohort=args.cohort, steps=tuple(args.steps),
         main_steps=args.edit_steps, subjects=args.subjects, alphas=tuple(args.alphas), reverse_alpha=args.reverse_alpha,
         seed=args.seed, device=args.device, threads=args.threads, atlas_subjects=args.atlas_subjects,
-        verify=not args.no_verify, progress=not args.quiet,
+        verify=not args.no_verify, progress=not args.quiet, real_heads=None if args.real_heads is None else tuple(args.real_heads),
     )
     m = evaluate(settings, command="ldae " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     met = [t for t in m["targets"] if t["met"] is not None]

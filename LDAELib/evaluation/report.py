@@ -113,11 +113,19 @@ def _report(m: dict, figs: dict) -> str:
     r = m["reconstruction"]
     L += ["", "## 1. Reconstruction", "", f"Reference: {r['reference']}. Semantic only: {r['semantic_only']}. "
           "The autoencoder alone (decode(encode(x)), no diffusion) is the ceiling and does not depend on T.", ""]
-    for k, title, nd in (("ssim", "SSIM", 4), ("psnr", "PSNR (dB)", 2), ("mse", "MSE", 6)):
+    for k, title, nd in (("ssim", "SSIM", 4), ("ssim_brain", "SSIM inside the brain", 4), ("psnr", "PSNR (dB)", 2), ("mse", "MSE", 6)):
         L += [f"**{title}**", "", "| method | " + " | ".join(f"T = {T}" for T in r["steps"]) + " |", "|---|" + "---|" * len(r["steps"])]
         for meth in r["methods"]:
             L.append(f"| {meth} | " + " | ".join(_ms(r["table"][meth][str(T)][k], nd) for T in r["steps"]) + " |")
         L.append("")
+    if r.get("brain"):
+        L += [f"{r['brain']}.", ""]
+    var = r.get("variation_vs_reconstruction")
+    if var:
+        L += ["**Variations** (a semantic-only sample, what `ldae vary` and the panel make, against the scan's own reconstruction at the "
+              "same T; SSIM):", "", "| | " + " | ".join(f"T = {T}" for T in r["steps"]) + " |", "|---|" + "---|" * len(r["steps"]),
+              "| mean ± SD | " + " | ".join(_ms(var[str(T)]) for T in r["steps"]) + " |",
+              "| lowest subject | " + " | ".join(fmt(var[str(T)]["min"]) for T in r["steps"]) + " |", ""]
     sem_note = semantic_only_note(m)
     if sem_note:
         L += [sem_note, ""]
@@ -160,10 +168,15 @@ def _report(m: dict, figs: dict) -> str:
     for dname, d in e["directions"].items():
         L += [f"### {dname}: {d['direction']}", "", f"T = {d['steps']}, alphas {', '.join(f'{a:g}' for a in d['alphas'])}, on each subject's first visit.", ""]
         if "spearman" in d:
-            L += ["| region | expected sign | pooled ρ (Δ vs alpha) | median per-subject ρ | mL per alpha |", "|---|---|---|---|---|"]
+            if d.get("years_per_alpha"):
+                L += [f"One unit of alpha: {fmt(d['years_per_alpha'], 1)} years, as the age probe reads the edit.", ""]
+            L += ["| region | expected sign | pooled ρ (Δ vs alpha) | per-subject ρ: median (lowest, highest) | mL per alpha | "
+                  "V(+2) − V(−2), share of V(0) |", "|---|---|---|---|---|---|"]
             for region, sp in d["spearman"].items():
-                L.append(f"| {region} | {'+' if sp['expected_sign'] > 0 else '−'} | {fmt(sp['pooled'], 3)} | {fmt(sp['median_per_subject'], 3)} | "
-                         f"{_ms(sp['ml_per_alpha'], 3)} |")
+                ch = sp.get("change_pm2_fraction")
+                L.append(f"| {region} | {'+' if sp['expected_sign'] > 0 else '−'} | {fmt(sp['pooled'], 3)} | {fmt(sp['median_per_subject'], 3)} "
+                         f"({fmt(sp.get('min_per_subject'), 2)}, {fmt(sp.get('max_per_subject'), 2)}) | {_ms(sp['ml_per_alpha'], 3)} | "
+                         f"{_ms(ch, 3) if ch else 'n/a'} |")
             L += ["", "Per subject ρ (ventricles / hippocampus): " + "; ".join(
                 f"{s}: {fmt(d['spearman']['ventricles']['per_subject'][s], 2)} / {fmt(d['spearman']['hippocampus']['per_subject'][s], 2)}"
                 for s in d["spearman"]["ventricles"]["per_subject"]) + ".", ""]
@@ -192,6 +205,24 @@ def _report(m: dict, figs: dict) -> str:
                  f"r = {fmt(a.get('pearson_r'), 3)}). {a['how']}.")
     if p.get("validation_subjects_from_training"):
         L.append(f"* For reference, the training run's probe metrics on its validation subjects: `{json.dumps(p['validation_subjects_from_training'])}`.")
+    rh = m.get("real_heads")
+    if rh is not None:
+        L += ["", "## 5. Real heads with skull, through the raw path", "", f"T = {rh['steps']}; {rh['how']}. They are not synthetic: three "
+              "real people (Colin27 is also one of the cohort's two template identities, so it is the less independent check).", ""]
+        if not rh["heads"]:
+            L.append("None of the real heads is installed on this machine (see docs/training.md).")
+        else:
+            L += ["| head | stage A | similarity to template | autoencoder SSIM (volume / brain) | LDAE SSIM (volume / brain) | variation vs reconstruction |",
+                  "|---|---|---|---|---|---|"]
+            for h in rh["heads"]:
+                if "error" in h:
+                    L.append(f"| {h['name']} | failed: {h['error']} | | | | |")
+                    continue
+                L.append(f"| {h['name']} | {fmt(h['stage_a_s'], 1)} s | {fmt(h['quality'].get('similarity'), 3)} | "
+                         f"{fmt(h['autoencoder']['ssim'])} / {fmt(h['autoencoder']['ssim_brain'])} | {fmt(h['reconstruction']['ssim'])} / "
+                         f"{fmt(h['reconstruction']['ssim_brain'])} | {fmt(h['variation_vs_reconstruction'])} |")
+        if "real" in figs:
+            L += ["", f"![real heads]({figs['real']})"]
     tm = m["timing"]
     L += ["", "## Run", "", f"{fmt(tm['total_s'], 1)} s in all (" + ", ".join(f"{k[:-2]} {fmt(v, 1)} s" for k, v in tm.items() if k != "total_s")
           + f"); torch threads: {st['threads'] or torch.get_num_threads()}. Command: `{st.get('command', '')}`.", ""]
@@ -246,6 +277,7 @@ def evaluate(settings: EvalSettings, command: str = "") -> dict:
         m["interpolation"] = sections.interpolation_section(s, pipe, selected, inp, load, measure, keep, timing)
         m["edits"] = sections.edits_section(s, pipe, model, selected, inp, load, measure, keep, timing)
         m["probes"] = sections.probe_section(s, pipe, model, inp, load, timing)
+        m["real_heads"] = sections.real_heads_section(s, model, pipe, keep, timing)
         m["targets"] = targets(m)
         t_fig = time.perf_counter()
         figs = _figures(tmp, keep, m, measure, space)
@@ -284,6 +316,12 @@ def _figures(folder: Path, keep: dict, m: dict, measure: RegionMeasure | None, s
     if any("volumes_ml" in d for d in m["edits"]["directions"].values()):
         figures.volume_alpha_figure(folder / "volume_vs_alpha.png", {k: d for k, d in m["edits"]["directions"].items() if "volumes_ml" in d}, list(REGIONS))
         out["volume_alpha"] = "volume_vs_alpha.png"
+    if keep.get("real"):
+        rows = []
+        for name, x, ae, rec, var in keep["real"][:3]:
+            rows += [(f"{name[:18]}: input", x), ("autoencoder", ae), ("LDAE", rec), ("variation", var)]
+        figures.strip_figure(folder / "real_heads.png", rows, figures.roi_centre(None, space.shape), "real heads through the raw path (model space)")
+        out["real"] = "real_heads.png"
     if keep.get("edit"):
         subj, alphas, imgs = keep["edit"]
         i0 = alphas.index(0.0)

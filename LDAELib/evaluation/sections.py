@@ -28,7 +28,7 @@ import torch
 from ..errors import LDAEError
 from ..training.data import VolumeStore, cohort_csv, read_cohort, visit_order
 from ..training.probes import auc, predicted_age
-from .similarity import mse, psnr, ssim
+from .similarity import BRAIN_DILATION, BRAIN_THRESHOLD, brain_mask, mse, psnr, ssim
 from .targets import DEFAULT_ALPHAS, DEFAULT_STEPS, EXPECTED_SIGN, SSIM_TARGET_T
 from .volumes import REGIONS, agreement, build_measure, has_volume_truth, label_values, spearman, truth_of
 
@@ -50,6 +50,7 @@ class EvalSettings:
     atlas_subjects: int = 16
     verify: bool = True
     progress: bool = True
+    real_heads: tuple[str, ...] | None = None  # raw scans with skull (section 5); None: the ones installed here (REAL_HEADS)
 
     def __post_init__(self) -> None:
         self.workdir, self.output = Path(self.workdir), Path(self.output)
@@ -182,7 +183,8 @@ def _t(x) -> torch.Tensor:
 
 
 def _sim(a, ref) -> dict:
-    return {"ssim": ssim(a, ref, data_range=1.0), "psnr": psnr(a, ref, data_range=1.0), "mse": mse(a, ref)}
+    return {"ssim": ssim(a, ref, data_range=1.0), "ssim_brain": ssim(a, ref, data_range=1.0, mask=brain_mask(ref)),
+            "psnr": psnr(a, ref, data_range=1.0), "mse": mse(a, ref)}
 
 
 def _summary(values) -> dict:
@@ -255,7 +257,8 @@ def measure_section(s, inp, load, space, rng, tests: list, timing: dict):
 def reconstruction_section(s, pipe, selected, inp, load, measure, keep, timing):
     t0 = time.perf_counter()
     methods = ["autoencoder", "encoded z_T", "semantic only"]
-    per = {m: {str(T): {k: [] for k in ("ssim", "psnr", "mse")} for T in s.steps} for m in methods}
+    per = {m: {str(T): {k: [] for k in ("ssim", "ssim_brain", "psnr", "mse")} for T in s.steps} for m in methods}
+    variation = {str(T): [] for T in s.steps}  # a semantic-only sample (what ``vary`` makes) against the scan's reconstruction
     per_subject = []
     bar = _bar(s, len(selected), "reconstruction")
     for si, subj in enumerate(selected):
@@ -276,6 +279,9 @@ def reconstruction_section(s, pipe, selected, inp, load, measure, keep, timing):
                     per[name][str(T)][k].append(m[k])
                 if name != "autoencoder":
                     rec_s.setdefault(name, {})[str(T)] = m
+            v = ssim(sem, rec, data_range=1.0)
+            variation[str(T)].append(v)
+            rec_s.setdefault("variation vs reconstruction", {})[str(T)] = v
             if T == s.main_steps:
                 keep.setdefault("recon", {})[subj] = (x, ae, rec, sem)
         if s.main_steps not in s.steps:
@@ -295,7 +301,10 @@ def reconstruction_section(s, pipe, selected, inp, load, measure, keep, timing):
                             for k in per_subject[0]["volumes_ml"][region] if k != "truth"}
                    for region in REGIONS}
     timing["reconstruction_s"] = time.perf_counter() - t0
+    var_table = {T: {**_summary(v), "min": float(min(v)) if v else float("nan")} for T, v in variation.items()}
     return {"volume_measure_on_decoded": decoded, "methods": methods, "steps": list(s.steps), "table": table, "per_subject": per_subject,
+            "variation_vs_reconstruction": var_table,
+            "brain": f"SSIM inside the brain: the SSIM map averaged over the input's voxels above {BRAIN_THRESHOLD}, dilated by {BRAIN_DILATION}",
             "reference": "the model-space input (stage B of the raw test visit, its first visit); SSIM/PSNR with data_range 1",
             "semantic_only": f"z_T ~ N(0, I) from a generator seeded with seed·1000003 + subject index (seed {s.seed}), the scan's y_sem"}
 
@@ -390,7 +399,7 @@ def edits_section(s, pipe, model, selected, inp, load, measure, keep, timing):
             if dname == "disease" and "edit" not in keep:
                 keep["edit"] = (subj, alphas, imgs)
             bar.update(1)
-        res = {"alphas": alphas, "alpha0_index": i0, "steps": T, "direction": d.describe(),
+        res = {"alphas": alphas, "alpha0_index": i0, "steps": T, "direction": d.describe(), "years_per_alpha": d.meta.get("years_per_alpha"),
                "composition_max_abs_diff": {"per_subject": dict(zip(selected, comp)), "max": max(comp) if comp else float("nan")},
                "reversibility": {"alpha": float(s.reverse_alpha), "per_subject": rev,
                                  "summary": {ref: {k: _summary([r[ref][k] for r in rev]) for k in ("ssim", "mse")}
@@ -403,9 +412,15 @@ def edits_section(s, pipe, model, selected, inp, load, measure, keep, timing):
                 da = [a for subj in vols for a in alphas]
                 dv = [vv - v[region][i0] for subj, v in vols.items() for vv in v[region]]
                 slope = [float(np.polyfit(alphas, v[region], 1)[0]) for v in vols.values()]
-                sp[region] = {"per_subject": per_s, "pooled": spearman(da, dv), "median_per_subject": float(np.nanmedian(list(per_s.values())))
-                              if any(np.isfinite(list(per_s.values()))) else float("nan"),
+                finite = [v for v in per_s.values() if np.isfinite(v)]
+                sp[region] = {"per_subject": per_s, "pooled": spearman(da, dv),
+                              "median_per_subject": float(np.median(finite)) if finite else float("nan"),
+                              "min_per_subject": float(min(finite)) if finite else float("nan"),
+                              "max_per_subject": float(max(finite)) if finite else float("nan"),
                               "expected_sign": EXPECTED_SIGN.get((dname, region), 0), "ml_per_alpha": _summary(slope)}
+                if 2.0 in alphas and -2.0 in alphas:  # V(+2) − V(−2) as a share of the reconstruction's volume
+                    sp[region]["change_pm2_fraction"] = _summary([(v[region][alphas.index(2.0)] - v[region][alphas.index(-2.0)]) / v[region][i0]
+                                                                  for v in vols.values() if v[region][i0]])
             res["spearman"] = sp
         out[dname] = res
     bar.close()
@@ -449,6 +464,55 @@ def probe_section(s, pipe, model, inp, load, timing):
         out["validation_subjects_from_training"] = val
     timing["probes_s"] = time.perf_counter() - t0
     return out
+
+
+REAL_HEADS = {
+    "Colin27 (mricron-data)": "/usr/share/mricron/templates/ch2.nii.gz",
+    "ITK example subject (insighttoolkit5-examples)": "/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz",
+}
+"""Real heads with skull that Debian's packages install (docs/training.md: where they come from)."""
+
+
+def real_heads_section(s, model, pipe, keep, timing):
+    """Raw scans with skull through the default raw path (stage A, then stage B), reconstructed at
+    the main T and scored in model space against the preprocessed input (volume and brain SSIM),
+    beside the autoencoder alone; a variation scored against the reconstruction."""
+    from ..inference.image import read_image
+    from ..inference.space import to_model
+    from ..registration import StageACache
+
+    t0 = time.perf_counter()
+    T = s.main_steps
+    heads = {Path(p).name: p for p in s.real_heads} if s.real_heads is not None else {k: p for k, p in REAL_HEADS.items() if Path(p).is_file()}
+    out, cache = [], StageACache()
+    bar = _bar(s, len(heads), "real heads", "scan")
+    for name, path in heads.items():
+        rec: dict = {"name": name, "path": str(path)}
+        try:
+            t_a = time.perf_counter()
+            prep = to_model(read_image(path), "raw", model.config.space, cache=cache)
+            rec["stage_a_s"] = time.perf_counter() - t_a
+        except LDAEError as err:
+            rec["error"] = str(err)
+            out.append(rec)
+            bar.update(1)
+            continue
+        x = _t(prep.x)
+        enc = pipe.encode(x, T)
+        ae = pipe.decode(enc.z0)
+        recon = pipe.reconstruct(enc, T)
+        g = torch.Generator().manual_seed(int(s.seed))
+        var = pipe.sample(enc.y_sem, torch.randn(tuple(enc.z0.shape), generator=g, dtype=torch.float32), T)
+        rec.update(quality=prep.quality, autoencoder=_sim(ae, x), reconstruction=_sim(recon, x),
+                   variation_vs_reconstruction=ssim(var, recon, data_range=1.0))
+        keep.setdefault("real", []).append((name, x, ae, recon, var))
+        out.append(rec)
+        bar.update(1)
+    bar.close()
+    timing["real_heads_s"] = time.perf_counter() - t0
+    return {"steps": T, "heads": out,
+            "how": "each raw head through stage A (N4, brain extraction, registration to MNI) and stage B, as `ldae` runs a raw scan; "
+                   "SSIM in model space against that preprocessed input"}
 
 
 def _read_probes_json(workdir: Path):

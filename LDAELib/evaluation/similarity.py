@@ -66,7 +66,7 @@ def psnr(a, b, data_range: float | None = None) -> float:
     return math.inf if m == 0.0 else 10.0 * math.log10(r * r / m)
 
 
-def ssim(a, b, data_range: float | None = None) -> float:
+def ssim(a, b, data_range: float | None = None, mask=None) -> float:
     """Mean structural similarity (Wang et al. 2004) of volume ``a`` against the reference ``b``.
 
     Gaussian-weighted local statistics (σ = 1.5 voxels, window cut at 3.5 σ → 11 voxels, separable,
@@ -75,6 +75,9 @@ def ssim(a, b, data_range: float | None = None) -> float:
     reference). The SSIM map is averaged over the volume less a 5-voxel border, where the window
     would reach past the edge. This equals ``skimage.metrics.structural_similarity(a, b,
     gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=R)`` on float64 input.
+
+    ``mask`` (boolean, the volume's shape): average the SSIM map over the mask's voxels (inside the
+    border) only, e.g. ``brain_mask(b)`` for the SSIM inside the brain.
 
     Returns a float in [−1, 1]; 1 means identical. Each axis must be at least 11 voxels long.
     """
@@ -94,7 +97,26 @@ def ssim(a, b, data_range: float | None = None) -> float:
     c1, c2 = (SSIM_K1 * r) ** 2, (SSIM_K2 * r) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     inner = tuple(slice(pad, n - pad) for n in s.shape)
-    return float(s[inner].mean(dtype=np.float64))
+    if mask is None:
+        return float(s[inner].mean(dtype=np.float64))
+    m = _volume(mask).astype(bool)
+    if m.shape != s.shape:
+        raise ValueError(f"the mask's shape {m.shape} is not the volumes' {s.shape}")
+    sel = s[inner][m[inner]]
+    return float(sel.mean(dtype=np.float64)) if sel.size else float("nan")
+
+
+BRAIN_THRESHOLD, BRAIN_DILATION = 0.02, 2
+
+
+def brain_mask(x, threshold: float = BRAIN_THRESHOLD, dilate: int = BRAIN_DILATION) -> np.ndarray:
+    """The brain of a model-space volume (intensities in [0, 1]): voxels above ``threshold``, dilated
+    by ``dilate`` voxels so that the brain's edge counts as inside. Boolean, the volume's shape."""
+    from scipy.ndimage import binary_dilation
+
+    v = _volume(x)
+    m = v > threshold
+    return binary_dilation(m, iterations=dilate) if dilate else m
 
 
 def slice_ssim(a, b, data_range: float) -> float:

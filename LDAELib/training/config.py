@@ -236,6 +236,8 @@ class ProbeConfig:
         group_column, disease_value: the CSV column and the value that mark the atrophy group
             (``disease`` direction: +alpha towards it).
         age_column: the CSV column of the age in years (``age`` direction: +alpha older).
+        years_per_alpha: calibrate the ``age`` direction so that one unit of alpha is this many
+            years as its own probe reads the edit (0 = the authors' step, whatever it means in years).
     """
 
     l2: float = 1e-2
@@ -243,6 +245,11 @@ class ProbeConfig:
     group_column: str = "group"
     disease_value: str = "disease"
     age_column: str = "age"
+    years_per_alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.years_per_alpha >= 0:
+            raise LDAEError(f"years_per_alpha must be 0 (no calibration) or positive, got {self.years_per_alpha}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "ProbeConfig":

@@ -2,10 +2,12 @@
 
 * ``disease``: logistic regression, label 1 = the atrophy group; +alpha moves towards it.
 * ``age``: ridge regression on the age in years; +alpha moves older. One unit of alpha is
-  calibrated by the probe itself: an edit by alpha moves the normalised code by alpha·√E·w/‖w‖,
-  which changes the probe's predicted age by alpha · target_std · √E · ‖w‖ years. That number is
-  ``Direction.alpha_unit`` ("4.2 years") and ``meta["years_per_alpha"]``. (The probe's view of the
-  edit; what the decoder makes of it is measured by the evaluation.)
+  calibrated by the probe itself: an edit by alpha·scale moves the normalised code by
+  alpha·scale·√E·w/‖w‖, which changes the probe's predicted age by alpha · scale · target_std · √E ·
+  ‖w‖ years. With ``ProbeConfig.years_per_alpha`` set, ``scale`` is chosen so that one unit is that
+  many years (else scale 1, the authors' step); the number is ``Direction.alpha_unit`` ("5.0
+  years") and ``meta["years_per_alpha"]``. (The probe's view of the edit; what the decoder makes of
+  it is measured by the evaluation.)
 
 Codes, probes and metrics on the validation subjects (AUC of the group, MAE of the age) go to
 ``probes/`` in the work folder.
@@ -65,10 +67,14 @@ def fit_directions(codes: torch.Tensor, rows: list[CohortRow], config: ProbeConf
     d.meta.update(logit_per_alpha=float(math.sqrt(e) * d.weight.double().norm()),
                   target=f"{config.group_column} == {config.disease_value}", trained_on="EMA semantic codes of the training subjects' visits")
     a = fit_linear_probe(codes, age, "age", "continuous", l2=config.l2, positive="older", negative="younger")
-    years = float(a.meta["target_std"] * math.sqrt(e) * a.weight.double().norm())
+    unscaled = float(a.meta["target_std"] * math.sqrt(e) * a.weight.double().norm())
+    if config.years_per_alpha:
+        a.scale = float(config.years_per_alpha) / unscaled
+    years = unscaled * a.scale
     a.alpha_unit = f"{years:.1f} years"
-    a.meta.update(years_per_alpha=years, target=config.age_column, trained_on="EMA semantic codes of the training subjects' visits",
-                  calibration="the age probe's predicted change for an edit of alpha = 1 (target_std·√E·‖w‖)")
+    a.meta.update(years_per_alpha=years, years_per_unscaled_alpha=unscaled, target=config.age_column,
+                  trained_on="EMA semantic codes of the training subjects' visits",
+                  calibration="the age probe's predicted change for an edit of alpha = 1 (scale·target_std·√E·‖w‖)")
     return {"disease": d, "age": a}
 
 

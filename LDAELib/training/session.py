@@ -247,7 +247,8 @@ class TrainingSession:
                 tensors[f"{name}.weight"], tensors[f"{name}.mean"], tensors[f"{name}.std"] = d.weight, d.mean, d.std
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "directions.safetensors"))
             record = {"representation": fp, "metrics": metrics,
-                      "directions": {n: {"bias": d.bias, "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": d.meta} for n, d in dirs.items()}}
+                      "directions": {n: {"bias": d.bias, "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": d.meta,
+                                          "scale": d.scale} for n, d in dirs.items()}}
             write_json_atomic(folder / "probes.json", record)
             v = metrics.get("val", {})
             self.echo(f"probes: disease and age fitted on {len(train_rows)} training visits; 1 alpha of age ≈ {dirs['age'].alpha_unit}"
@@ -261,7 +262,8 @@ class TrainingSession:
             return None
         record = json.loads((folder / "probes.json").read_text())
         t = load_file(str(folder / "directions.safetensors"))
-        dirs = {n: Direction(n, t[f"{n}.weight"], t[f"{n}.mean"], t[f"{n}.std"], m["bias"], m["positive"], m["negative"], m["alpha_unit"], m["meta"])
+        dirs = {n: Direction(n, t[f"{n}.weight"], t[f"{n}.mean"], t[f"{n}.std"], m["bias"], m["positive"], m["negative"], m["alpha_unit"], m["meta"],
+                             float(m.get("scale", 1.0)))
                 for n, m in record["directions"].items()}
         return dirs, record
 

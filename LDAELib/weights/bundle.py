@@ -87,7 +87,8 @@ def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None
             "config": model.config.to_dict(),
             "dtype": str(dtype).replace("torch.", ""),
             "directions": {
-                dname: {"bias": d.bias, "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": d.meta}
+                dname: {"bias": d.bias, "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": d.meta,
+                        **({"scale": d.scale} if d.scale != 1.0 else {})}
                 for dname, d in model.directions.items()
             },
             "source": {k: v for k, v in identity.items() if k != "licence"},
@@ -243,7 +244,8 @@ def load_bundle(folder: str | Path, *, verify: bool = True) -> LDAEModel:
             w, mu, sd = dsd[f"{dname}.weight"], dsd[f"{dname}.mean"], dsd[f"{dname}.std"]
         except KeyError:
             raise LDAEError(f"{folder / _DIRECTIONS} lacks the tensors of direction '{dname}'; re-create the bundle") from None
-        directions[dname] = Direction(dname, w, mu, sd, float(dm.get("bias", 0.0)), dm.get("positive", ""), dm.get("negative", ""), dm.get("alpha_unit", ""), dm.get("meta", {}))
+        directions[dname] = Direction(dname, w, mu, sd, float(dm.get("bias", 0.0)), dm.get("positive", ""), dm.get("negative", ""),
+                                      dm.get("alpha_unit", ""), dm.get("meta", {}), float(dm.get("scale", 1.0)))
     licence_path = folder / _LICENCE
     identity = {
         "name": meta.get("name", folder.name),
