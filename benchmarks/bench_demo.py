@@ -1,6 +1,6 @@
 """The demo model in use: what a user waits for, per operation, on this machine.
 
-Loads the shipped demo model (or ``--model``) the way ``ldae`` does (``LDAELib.runtime.make_pipeline``
+Loads the shipped demo model (or ``--model``) the way ``ldae`` does (``LDAELib.pipeline.make_pipeline``
 with the tuned allocator), takes the shipped example visit in model space, and times with
 ``time.perf_counter`` after one warm-up call:
 
@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from LDAELib.resources import default_model_path, example_scans  # noqa: E402
-from LDAELib.runtime import cpu_name, make_pipeline, tune_allocator  # noqa: E402
+from LDAELib.accel import cpu_name, tune_allocator
+from LDAELib.pipeline import make_pipeline  # noqa: E402
 from LDAELib.space import to_model_space  # noqa: E402
 from LDAELib.weights import load_model  # noqa: E402
 

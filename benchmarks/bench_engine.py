@@ -87,11 +87,11 @@ MODES: dict[str, tuple[torch.dtype, bool, torch.dtype]] = {
 }
 """mode name → (network dtype, channels_last, decoder dtype); a bfloat16 decoder always runs
 channels-last. float32 is the reference every mode is compared with. ``float32+bf16-decode`` is
-what ``LDAELib.runtime.make_pipeline`` picks by default on CPUs with native bfloat16: the encoders
+what ``LDAELib.pipeline.make_pipeline`` picks by default on CPUs with native bfloat16: the encoders
 and the DDIM loop exactly as float32, the decoder in bfloat16 channels-last."""
 
 TUNED_ALLOCATOR_MODES = {"float32+bf16-decode"}
-"""Modes measured as ``ldae`` and the Slicer worker run: with ``LDAELib.runtime.tune_allocator()``
+"""Modes measured as ``ldae`` and the Slicer worker run: with ``LDAELib.accel.tune_allocator()``
 (glibc keeps freed memory instead of unmapping it after every call). The other modes keep glibc's
 defaults, so float32 vs float32+bf16-decode on ``unet_step`` (the same computation) shows the
 allocator's share alone."""
@@ -303,7 +303,7 @@ def run_one(args) -> dict:
     steps = args.steps_one
     dtype, cl, dec = MODES[mode]
     if mode in TUNED_ALLOCATOR_MODES:
-        from LDAELib.runtime import tune_allocator
+        from LDAELib.accel import tune_allocator
 
         tune_allocator()
     device = torch.device(args.device)

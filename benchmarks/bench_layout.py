@@ -1,6 +1,6 @@
 """float32 in the standard (NCDHW) or the channels-last (NDHWC) layout, on this CPU.
 
-``runtime.make_pipeline`` keeps float32 networks in the standard layout. On the CPU the project's
+``pipeline.make_pipeline`` keeps float32 networks in the standard layout. On the CPU the project's
 benchmarks were first taken on (AVX-512 BF16) both layouts ran float32 at the same speed; oneDNN's
 AVX2 kernels may prefer channels-last. This script measures, in float32 and in one process:
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from LDAELib.evaluation.similarity import ssim  # noqa: E402
 from LDAELib.pipeline import LDAEPipeline  # noqa: E402
 from LDAELib.resources import default_model_path, example_scans  # noqa: E402
-from LDAELib.runtime import cpu_name, tune_allocator  # noqa: E402
+from LDAELib.accel import cpu_name, tune_allocator  # noqa: E402
 from LDAELib.space import to_model_space  # noqa: E402
 from bench_demo import timed  # noqa: E402  (beside this script)
 

@@ -3,7 +3,7 @@
 ``bench_engine.py`` measures each stage in a process that also counts FLOPs and samples the CPU
 load; its peak RSS comes out ≈ 0.8 GiB above that of a plain process doing the same work. This
 script is the plain process: it loads the official-size random weights that ``bench_engine.py``
-prepared (``--workdir``), builds the pipeline with ``LDAELib.runtime.make_pipeline`` (optionally
+prepared (``--workdir``), builds the pipeline with ``LDAELib.pipeline.make_pipeline`` (optionally
 with ``--weight-storage float16``) and then tunes the allocator (what ``ldae`` and the Slicer worker
 do), takes the float32 encoding that bench_engine's
 cold edit saved (the loop of float32+bf16-decode is bit-identical to float32's), and runs the warm
@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_engine as engine  # noqa: E402
 from LDAELib.pipeline import Encoding  # noqa: E402
-from LDAELib.runtime import make_pipeline, tune_allocator  # noqa: E402
+from LDAELib.accel import tune_allocator
+from LDAELib.pipeline import make_pipeline  # noqa: E402
 
 
 def main() -> None:

@@ -2,10 +2,10 @@
 
 What the Slicer worker does while the user drags the alpha slider with "Slices on screen only":
 DDIM sampling at the preview's step count from the scan's cached inversion, then a slab decode of
-the model slices under the axial view (``slice_preview.preview_slabs``; GroupNorm statistics of the
+the model slices under the axial view (``pipeline.preview.preview_slabs``; GroupNorm statistics of the
 decode of the scan's DDIM reconstruction at the preview's step count, recorded once per scan; the
 coarsest decoder level computed on the whole volume). Measured per model, with the pipeline that ``ldae`` and the worker build
-(``runtime.make_pipeline``: float32 loop, bfloat16 decoder where the CPU computes it natively,
+(``pipeline.make_pipeline``: float32 loop, bfloat16 decoder where the CPU computes it natively,
 tuned allocator):
 
 * ``warm preview``: a new alpha on a cached encoding (preview steps + slab decode), median of
@@ -45,9 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_engine as engine  # noqa: E402
-from LDAELib import slice_preview as sp  # noqa: E402
-from LDAELib.pipeline import Encoding, _Progress  # noqa: E402
-from LDAELib.runtime import make_pipeline, tune_allocator  # noqa: E402
+from LDAELib.evaluation.similarity import slice_ssim  # noqa: E402
+from LDAELib.inference.operations import visible_slab  # noqa: E402
+from LDAELib.pipeline import Encoding, Progress  # noqa: E402
+from LDAELib.pipeline.preview import preview_slabs  # noqa: E402
+from LDAELib.accel import tune_allocator
+from LDAELib.pipeline import make_pipeline  # noqa: E402
 
 
 def _timed(fn, repeats: int) -> tuple[dict, object]:
@@ -71,7 +74,7 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> dict:
     a, b = a.double(), b.double()
     rng = float(b.max() - b.min()) or 1.0
     mse = float(((a - b) ** 2).mean())
-    return {"ssim": sp.slice_ssim(a, b, rng), "psnr_db": 10 * np.log10(rng**2 / mse) if mse > 0 else float("inf"),
+    return {"ssim": slice_ssim(a, b, rng), "psnr_db": 10 * np.log10(rng**2 / mse) if mse > 0 else float("inf"),
             "max_abs_diff": float((a - b).abs().max()), "max_abs_diff_rel": float((a - b).abs().max()) / rng}
 
 
@@ -104,35 +107,35 @@ def bench_model(name: str, pipe, enc, direction, what: str, args) -> dict:
     centre = n_s // 2
     shape = tuple(int(s) * pipe.model.config.autoencoder.downsampling for s in enc.z0.shape[2:])
     eye = np.eye(4)
-    slab = sp.visible_slab("axial", [0.0, 0.0, float(centre)], shape, eye, lambda p: np.asarray(p), shape)
+    slab = visible_slab("axial", [0.0, 0.0, float(centre)], shape, eye, lambda p: np.asarray(p), shape)
     rec = {"model": what, "alpha": alpha, "axial_slice": centre, "slab": list(slab), "decode_dtype": str(pipe.decode_dtype),
            "once_per_scan": {}, "previews": []}
     print(f"[{name}] {what}: slab {slab} of {shape}", flush=True)
     # The result the preview stands for: full quality, float32 loop, whole decode.
     if args.steps not in enc.z_T:
-        rec["once_per_scan"][f"inversion_T{args.steps}_s"], _ = _once(lambda: pipe._ensure(enc, args.steps, _Progress(args.steps, None, None)))
+        rec["once_per_scan"][f"inversion_T{args.steps}_s"], _ = _once(lambda: pipe.ensure(enc, args.steps, Progress(args.steps)))
     t_full, full = _once(lambda: pipe.edit(enc, direction, [alpha], args.steps))
     rec["full_edit_warm_s"] = t_full
     full_slice = full[0, 0, :, :, centre]
     for steps in args.preview_steps:
         if steps not in enc.z_T:
-            t_inv, _ = _once(lambda: pipe._ensure(enc, steps, _Progress(steps, None, None)))
+            t_inv, _ = _once(lambda: pipe.ensure(enc, steps, Progress(steps)))
             rec["once_per_scan"][f"inversion_T{steps}_s"] = t_inv
         for stats in args.stats:
-            t_stats, _ = _once(lambda: sp.source_stats(pipe, enc, steps if stats == "reconstruction" else None))
+            t_stats, _ = _once(lambda: pipe.source_stats(enc, steps if stats == "reconstruction" else None))
             rec["once_per_scan"][f"groupnorm_stats_{stats}_T{steps}_s"] = t_stats
         for dtype in args.sampling:
             autocast = torch.bfloat16 if dtype == "bfloat16" else None
-            timing, (pv,) = _timed(lambda: sp.preview_slabs(pipe, enc, direction, alpha, steps, [slab], stats=args.stats[0],
+            timing, (pv,) = _timed(lambda: preview_slabs(pipe, enc, direction, alpha, steps, [slab], stats=args.stats[0],
                                                              autocast=autocast), args.repeats)
-            st0 = sp.source_stats(pipe, enc, steps if args.stats[0] == "reconstruction" else None)
-            decode_timing, _ = _timed(lambda: sp.decode_slab(pipe, pv.z0, 2, slab[1:], st0, exact_levels=1), args.repeats)
+            st0 = pipe.source_stats(enc, steps if args.stats[0] == "reconstruction" else None)
+            decode_timing, _ = _timed(lambda: pipe.decode_slab(pv.z0, 2, slab[1:], st0, exact_levels=1), args.repeats)
             same_latent_full = pipe.decode(pv.z0)[0, 0, :, :, centre]
             entry = {"steps": steps, "sampling_dtype": dtype, "stats": args.stats[0], "warm_preview": timing, "slab_decode": decode_timing,
                      "preview_vs_result": _compare(pv.slice(centre), full_slice), "slab_vs_full_decode": {}}
             for stats in args.stats:
-                st = sp.source_stats(pipe, enc, steps if stats == "reconstruction" else None)
-                got = sp.decode_slab(pipe, pv.z0, 2, slab[1:], st, exact_levels=1)[0, 0, :, :, centre - slab[1]]
+                st = pipe.source_stats(enc, steps if stats == "reconstruction" else None)
+                got = pipe.decode_slab(pv.z0, 2, slab[1:], st, exact_levels=1)[0, 0, :, :, centre - slab[1]]
                 entry["slab_vs_full_decode"][stats] = _compare(got, same_latent_full)
             rec["previews"].append(entry)
             fid = ", ".join(f"{k} {v['ssim']:.4f}" for k, v in entry["slab_vs_full_decode"].items())

@@ -43,7 +43,7 @@ ORIENTATIONS = [((0, 1, 2), (1, 1, 1), 0.0), ((1, 2, 0), (-1, -1, 1), 10.0), ((0
 
 
 def machine() -> str:
-    from LDAELib.runtime import cpu_name
+    from LDAELib.accel import cpu_name
 
     cpu = cpu_name()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
