@@ -322,3 +322,55 @@ def test_no_scan_is_left_on_disk_after_the_module_closes(harness, tiny_bundle):
     assert list(temp.rglob("*.nii")), "the worker reads the scan from a file while the model is loaded"
     harness.close()  # the application exits: cleanup()
     assert list(temp.rglob("*.nii*")) == []
+
+
+# ---------------------------------------------------------------------- first use: PyTorch
+def test_loading_the_model_never_imports_torch_into_the_application(harness, tiny_bundle):
+    widget = harness.open_module()
+    load_model(harness, widget, tiny_bundle)
+    wait_loaded(harness, widget)
+    assert not harness.pytorch_utils.imported_torch, "PyTorchUtilsLogic.torchInstalled() imports torch into Slicer"
+
+
+def test_an_old_torch_is_upgraded_through_the_pytorch_extension_before_the_worker_starts(harness, tiny_bundle, monkeypatch):
+    from importlib import metadata
+
+    from LDAELib.slicer import dependencies
+
+    real = metadata.version
+
+    def version(name):  # what pip's metadata says: torch 2.3.1 until the PyTorch extension upgrades it
+        if name == "torch":
+            return harness.pytorch_utils.installed_version
+        return real(name)
+
+    harness.pytorch_utils.installed_version = "2.3.1"
+    monkeypatch.setattr(dependencies, "version", version)
+    widget = harness.open_module()
+    load_model(harness, widget, tiny_bundle)
+    wait_loaded(harness, widget)
+    assert [r["torchVersionRequirement"] for r in harness.pytorch_utils.install_requests] == [f">={dependencies.torch_minimum()}"]
+
+
+# ---------------------------------------------------------------------- the module's own self-test
+def test_the_self_test_keeps_the_python_path_and_leaves_no_worker_running(harness, tmp_path, monkeypatch):
+    """Reload and Test runs LDAETest.runTest() directly (no unittest runner, so no addCleanup), with
+    PythonSlicer found on the PATH; here a PythonSlicer that records its environment."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "pythonslicer.log"
+    bin_dir.mkdir()
+    fake = bin_dir / "PythonSlicer"
+    fake.write_text(f'#!/bin/sh\necho "$$|$PYTHONPATH" >> "{log}"\nexec "{sys.executable}" "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site-of-another-extension"))
+    harness.import_module()
+    harness.module.runTest()
+    runs = [line.split("|", 1) for line in log.read_text().splitlines()]
+    assert len(runs) >= 3  # the tiny model, then one worker per test
+    import LDAELib
+
+    lib_root = str(Path(LDAELib.__file__).resolve().parents[1])
+    for pid, path in runs:
+        entries = path.split(os.pathsep)
+        assert entries[0] == lib_root and str(tmp_path / "site-of-another-extension") in entries, path
+        assert not Path(f"/proc/{pid}").exists() or "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text(), f"PythonSlicer {pid} still runs"

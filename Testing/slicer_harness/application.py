@@ -59,11 +59,14 @@ class SliceWidget:
 
 
 class LayoutManager:
-    def __init__(self, scene) -> None:
+    def __init__(self, scene, home: Path) -> None:
         import vtk
 
         self.app_logic = slicer.vtkSlicerApplicationLogic()
         self.app_logic.SetMRMLScene(scene)
+        (home / "share" / "ColorFiles").mkdir(parents=True, exist_ok=True)  # an empty application share folder
+        self.app_logic.SetHomeDirectory(str(home))
+        self.app_logic.SetShareDirectory("share")
         self.slice_logics, self.widgets = vtk.vtkCollection(), {}
         for name, orientation in VIEWS:
             logic = slicer.vtkMRMLSliceLogic()
@@ -138,7 +141,7 @@ class Application:
         self.temporaryPath = str(temp / "slicer-temp")
         self.cachePath = str(temp / "slicer-cache")
         Path(self.temporaryPath).mkdir(parents=True, exist_ok=True)
-        self._layout = LayoutManager(scene)
+        self._layout = LayoutManager(scene, temp / "slicer-home")
         self._modules = ModuleManager(modules)
         self.override_cursor_depth = 0
         self.status_messages: list[str] = []
