@@ -117,12 +117,12 @@ def ensure_packages(requirements_file: str | Path, *, interactive: bool = True, 
     (``slicer.util.pip_install``) after ``confirm(text)`` when ``interactive``."""
     requirements = read_requirements(requirements_file)
     missing = missing_requirements(requirements, version_of)
-    if not missing:
-        return []
-    if packaging is not None:
+    if packaging is not None:  # pip_ensure checks again itself, asks, installs, offers a restart
         packaging.pip_ensure(packaging.load_requirements(requirements_file), skip_packages=SKIP_PACKAGES, requester="LDAE",
                              prompt_install=interactive)
         return missing
+    if not missing:
+        return []
     if interactive and confirm is not None and not confirm("LDAE needs these Python packages, which will be installed now: "
                                                            + ", ".join(missing)):
         raise LDAEError("LDAE cannot run without its Python packages (" + ", ".join(missing) + ").")

@@ -7,9 +7,14 @@ outputs are noise; they exercise every code path, not the method.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
+
+LIB_ROOT = Path(__file__).resolve().parents[2]
+"""The folder that holds this LDAELib (the repository, or Slicer's qt-scripted-modules folder)."""
 
 
 def tiny_config():
@@ -44,6 +49,16 @@ def make_tiny_bundle(folder: str | Path, seed: int = 1) -> Path:
                        licence="Random weights made for tests; no licence restrictions. Outputs are noise.")
 
 
+def make_tiny_bundle_with(python: str, folder: str | Path) -> Path:
+    """``make_tiny_bundle(folder)`` run by another Python (``PythonSlicer``, so torch never enters
+    the application), with this LDAELib put first on its PYTHONPATH and the rest of it kept."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(LIB_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    code = f"from LDAELib.slicer.testing import make_tiny_bundle; make_tiny_bundle({str(folder)!r})"
+    subprocess.run([python, "-c", code], check=True, env=env, cwd=str(LIB_ROOT))
+    return Path(folder)
+
+
 def synthetic_brain(shape=(45, 54, 45), spacing=4.0, seed: int = 0, ventricles: float = 1.0):
     """A smooth head-like volume (I,J,K order) and an MNI-like 4×4 voxel → RAS affine (mm).
 
@@ -58,3 +73,17 @@ def synthetic_brain(shape=(45, 54, 45), spacing=4.0, seed: int = 0, ventricles: 
     affine = np.diag([-spacing, spacing, spacing, 1.0])
     affine[:3, 3] = [spacing * (shape[0] - 1) / 2, -spacing * (shape[1] - 1) / 2 - 18, -spacing * (shape[2] - 1) / 2 + 18]
     return v.astype(np.float32), affine
+
+
+def add_synthetic_brain(scene, name: str, seed: int = 0, ventricles: float = 1.0):
+    """``synthetic_brain`` as a scalar volume node of ``scene`` (with its geometry and a display node)."""
+    import slicer
+
+    from .nodes import numpy_to_matrix
+
+    data, affine = synthetic_brain(seed=seed, ventricles=ventricles)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetIJKToRASMatrix(numpy_to_matrix(affine))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(data.transpose(2, 1, 0)))  # I,J,K -> K,J,I
+    node.CreateDefaultDisplayNodes()
+    return node
