@@ -1,22 +1,13 @@
 """LDAE: edit and interpolate brain T1 MRI with the Latent Diffusion Autoencoder, inside 3D Slicer.
 
-The shape of Slicer's scripted-module template: module metadata, a parameter node, a Widget that
-only wires the panel (Resources/UI/LDAE.ui) to the Logic, a Logic usable from the Python console,
-a Test. Behaviour lives in ``LDAELib.slicer`` (adapter: MRML nodes in and out; slider: when previews
-run; dependencies: first-use installs; panel_text: what the panel says). Nothing heavy is imported
-here: no torch, no numpy work, no installs.
-
-Console use::
-
-    import LDAE
-    logic = LDAE.LDAELogic()                                  # the demo model, or logic.setModel(folder)
-    edited = logic.edit(volumeNode, "cn", -2.0)               # waits; returns the new volume node
-    frames = logic.interpolate(visit1, visit2, [0.25, 0.5, 0.75])
+Slicer's scripted-module template: module, parameter node, a Widget that only wires the panel
+(Resources/UI/LDAE.ui), a Logic for the panel and the Python console, a Test. Behaviour lives in
+``LDAELib.slicer`` (logic, session, slider, adapter, dependencies, panel_text, views). Nothing
+heavy is imported here. Console: ``LDAE.LDAELogic().edit(volumeNode, "cn", -2.0)``.
 """
 
 import logging
 import os
-import shutil
 import sys
 from typing import Annotated, Optional
 
@@ -27,17 +18,9 @@ from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.util import VTKObservationMixin
-
-try:
-    from slicer.i18n import tr as _
-    from slicer.i18n import translate
-except ImportError:  # Slicer < 5.4
-    def _(text):
-        return text
-
-    def translate(context, text):
-        return text
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if os.path.isdir(os.path.join(os.path.dirname(MODULE_DIR), "LDAELib")) and os.path.dirname(MODULE_DIR) not in sys.path:
@@ -60,21 +43,17 @@ class LDAE(ScriptedLoadableModule):
         self.parent.dependencies = []  # PyTorchUtils (PyTorch extension) is used on first run, not at load
         self.parent.contributors = ["LDAE for 3D Slicer contributors"]
         self.parent.helpText = _(
-            "Edit a brain T1 MRI along an attribute (towards Alzheimer's disease or healthy) with a slider, interpolate between "
-            "two timepoints of a patient, and draw stochastic variations, with the Latent Diffusion Autoencoder. Results are "
-            "new volumes beside the source, with their provenance. Research software, not for clinical use: every result is a "
-            "model's output, not an acquired scan. See <a href=\"https://github.com/ldae-slicer/SlicerLDAE#readme\">the documentation</a>.")
+            "Edit a brain T1 MRI along an attribute (towards Alzheimer's disease or healthy) with a slider, interpolate between two "
+            "timepoints of a patient and draw stochastic variations, with the Latent Diffusion Autoencoder. Results are new volumes "
+            "beside the source, with their provenance. Research software, not for clinical use: a result is a model's output, "
+            "not an acquired scan. See <a href=\"https://github.com/ldae-slicer/SlicerLDAE#readme\">the documentation</a>.")
         self.parent.acknowledgementText = _("Method: ") + CITATION + _(
             " The authors' pretrained weights come under their own terms (non-commercial research use).")
 
 
 @parameterNodeWrapper
 class LDAEParameterNode:
-    """GUI state kept in the scene. inputVolume, alpha (edit strength; its sign picks the side);
-    steps / previewSteps (DDIM steps of full results and of the quick preview); previewVisibleSlices
-    (preview only the slices on screen); showDifference / differenceFromReconstruction (the edit's
-    colour overlay and its reference); timepointA/B, fractions, useMonths (interpolation);
-    numberOfVariations, seed (variations). ``direction`` is kept by code (the model's list)."""
+    """GUI state kept in the scene (docs/slicer.md, The panel). ``direction`` is set by code from the model's list."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     inputRegistered: bool = True
@@ -95,9 +74,8 @@ class LDAEParameterNode:
 
 
 class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Wires the panel to the logic and shows what runs (``LDAELib.slicer.session.PanelRuns``).
-    Runs never block the GUI: a QTimer polls the worker. ``logic``: an LDAELogic to use (tests,
-    scripts); by default one is made in ``setup``."""
+    """Wires the panel to the logic and shows what runs (``LDAELib.slicer.session.PanelRuns``); a QTimer
+    polls the worker, so runs never block the GUI. ``logic``: an LDAELogic to use (default: a new one)."""
 
     def __init__(self, parent=None, logic=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -112,8 +90,8 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = self.logic or LDAELogic()
-        self.runs = PanelRuns(show=self.logic.showResults, report_error=slicer.util.errorDisplay, is_starting=self.logic.isStarting)
-        self.runs.on_change = self.showRuns
+        self.runs = PanelRuns(show=self.logic.showResults, report_error=slicer.util.errorDisplay, is_starting=self.logic.isStarting,
+                              on_change=self.showRuns)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         ui.modelSourceComboBox.addItem(_("Demo model (bundled)"), "demo")
@@ -122,12 +100,11 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.modelSourceComboBox.model().item(0).setEnabled(False)  # greyed out, still explained
             ui.modelSourceComboBox.setItemText(0, _("Demo model (not installed)"))
             ui.modelSourceComboBox.currentIndex = 1
-        for device in ("auto", "cpu", "cuda"):
-            ui.deviceComboBox.addItem(device)
+        ui.deviceComboBox.addItems(["auto", "cpu", "cuda"])
         ui.deviceComboBox.currentText = qt.QSettings().value(SETTINGS_DEVICE, "auto")
         ui.modelPathLineEdit.currentPath = qt.QSettings().value(SETTINGS_MODEL_FOLDER, "")
         ui.modelPathLineEdit.settingKey = "LDAEModelFolder"
-        ui.keepEncodingsCheckBox.checked = _settingBool(SETTINGS_KEEP_ENCODINGS)
+        ui.keepEncodingsCheckBox.checked = slicer.util.settingsValue(SETTINGS_KEEP_ENCODINGS, False, converter=slicer.util.toBool)
         slider = ui.alphaSliderWidget
         for widget, signal, slot in (
                 (ui.keepEncodingsCheckBox, "toggled(bool)", lambda on: qt.QSettings().setValue(SETTINGS_KEEP_ENCODINGS, bool(on))),
@@ -159,11 +136,10 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
-        for timer in (getattr(self, "_pollTimer", None), getattr(self, "_previewTimer", None)):
-            if timer is not None:
-                timer.stop()
+        for timer in (t for t in (getattr(self, "_pollTimer", None), getattr(self, "_previewTimer", None)) if t is not None):
+            timer.stop()
         if self.logic:
-            self.logic.close()
+            self.logic.close()  # the worker ends; every file written for it is deleted
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -256,14 +232,11 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onParameterNodeModified()
 
     def updateDirections(self) -> None:
-        combo, info = self.ui.directionComboBox, self.logic.modelInfo()
+        combo = self.ui.directionComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        for d in (info or {}).get("model", {}).get("directions", []):
-            combo.addItem(d["description"], d["name"])
-        if info is None:  # before loading: the direction every LDAE model of the authors has
-            combo.addItem(_("cn (towards CN / AD; the model's own list appears once it is loaded)"), "cn")
-        combo.addItem(panel_text.CUSTOM_PROBE, "")
+        for text, name in panel_text.direction_items(self.logic.modelInfo()):
+            combo.addItem(text, name)
         if self._parameterNode:
             combo.currentIndex = max(0, combo.findData(self._parameterNode.direction))
         combo.blockSignals(wasBlocked)
@@ -278,11 +251,10 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.directionHintLabel.text = panel_text.direction_hint(next((d for d in directions if d["name"] == name), None), not name)
 
     def currentDirection(self):
-        if self.ui.directionComboBox.currentData:
-            return self.ui.directionComboBox.currentData
-        if not self.ui.probePathLineEdit.currentPath:
+        direction = self.ui.directionComboBox.currentData or self.ui.probePathLineEdit.currentPath
+        if not direction:
             raise ValueError(_("Choose a probe file for the custom direction."))
-        return self.ui.probePathLineEdit.currentPath
+        return direction
 
     def onCopyDiagnostics(self) -> None:
         qt.QApplication.clipboard().setText(self.logic.diagnosticsReport())
@@ -314,13 +286,9 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyInterpolation(self) -> None:
         p = self._parameterNode
-
-        def start():
-            values = [float(v) for v in p.fractions.replace(",", " ").split()]
-            when = {"months": values, "fractions": None} if p.useMonths else {"fractions": values}
-            return self.logic.startInterpolate(p.timepointA, p.timepointB, steps=p.steps, **when, **self._options())
-
-        self._run(_("Failed to start the interpolation."), start, _("Interpolating"))
+        self._run(_("Failed to start the interpolation."), lambda: self.logic.startInterpolate(
+            p.timepointA, p.timepointB, steps=p.steps, **panel_text.interpolation_points(p.fractions, p.useMonths), **self._options()),
+            _("Interpolating"))
 
     def onApplyVariations(self) -> None:
         p = self._parameterNode
@@ -386,25 +354,9 @@ def _timer(interval: int, slot, singleShot: bool = False):
     return timer
 
 
-def _settingBool(key: str, default: bool = False) -> bool:
-    """A yes/no application setting (QSettings gives strings back on some platforms)."""
-    value = qt.QSettings().value(key, default)
-    return value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes")
-
-
-def pythonSlicerExecutable() -> str:
-    """The Python to run the worker with: PythonSlicer beside the application, else this one."""
-    for candidate in (shutil.which("PythonSlicer"), *(os.path.join(os.path.dirname(sys.executable), n) for n in ("PythonSlicer.exe", "PythonSlicer"))):
-        if candidate and os.path.isfile(candidate):
-            return candidate
-    return sys.executable
-
-
 class LDAELogic(LDAELogicBase, ScriptedLoadableModuleLogic):
-    """LDAE on volume nodes, for the panel and for scripts (methods: ``LDAELib.slicer.logic``): edit,
-    interpolate and vary wait and return the new nodes; start* return a job to poll. Errors a user
-    can cause raise ``LDAELib.errors.LDAEError`` with a message that says what to do. This class
-    adds what only the application knows: settings, PythonSlicer, its folders, first-use installs."""
+    """LDAE on volume nodes for the panel and scripts (its methods: ``LDAELib.slicer.logic``), plus what only
+    the application knows: settings, its folders, first-use installs. User errors raise ``LDAEError``."""
 
     def __init__(self, modelPath=None, device=None, python=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -417,15 +369,13 @@ class LDAELogic(LDAELogicBase, ScriptedLoadableModuleLogic):
     def lastModelFolder(self):
         return qt.QSettings().value(SETTINGS_MODEL_FOLDER, "") or None
 
-    def workerPython(self) -> str:
-        return pythonSlicerExecutable()
-
     def temporaryFolder(self):
         app = getattr(slicer, "app", None)  # None in plain Python (slicer-core): the system's temporary folder
         return app.temporaryPath if app is not None else None
 
     def encodingCacheFolder(self):
-        return os.path.join(slicer.app.cachePath, "LDAE", "encodings") if _settingBool(SETTINGS_KEEP_ENCODINGS) else None
+        keep = slicer.util.settingsValue(SETTINGS_KEEP_ENCODINGS, False, converter=slicer.util.toBool)
+        return os.path.join(slicer.app.cachePath, "LDAE", "encodings") if keep else None
 
     def ensureDependencies(self, interactive: bool = True) -> None:
         """torch through the PyTorch extension, the rest from Resources/requirements.txt, asked for on first use."""
@@ -439,38 +389,8 @@ class LDAELogic(LDAELogicBase, ScriptedLoadableModuleLogic):
         app = getattr(slicer, "app", None)  # the application repaints while a script waits
         return app.processEvents if app is not None else None
 
-    def loadExampleScans(self, scene=None):
-        return LDAELogicBase.loadExampleScans(scene or slicer.mrmlScene)
-
-    @staticmethod
-    def visibleRegion():
-        """The axial, coronal and sagittal slices on screen, as a preview region (None if none)."""
-        from LDAELib.slicer.nodes import visible_region
-
-        lm = slicer.app.layoutManager()
-        widgets = [lm.sliceWidget(name) for name in lm.sliceViewNames()] if lm is not None else []
-        return visible_region([w.mrmlSliceNode() for w in widgets if w is not None and w.isVisible()])
-
-    def showResults(self, job) -> None:
-        """An interpolation's sequence in the Sequences toolbar (shown: Slicer creates it hidden),
-        else the first volume with its difference or spread map as a coloured overlay."""
-        volumes = [n for n in job.nodes if n.IsA("vtkMRMLScalarVolumeNode")]
-        browser = next((n for n in job.nodes if n.IsA("vtkMRMLSequenceBrowserNode")), None)
-        if browser is not None:
-            slicer.modules.sequences.showSequenceBrowser(browser)
-            slicer.util.setSliceViewerLayers(background=browser.GetProxyNode(browser.GetMasterSequenceNode()), fit=True)
-        elif volumes:
-            overlay = next((n for n in volumes if n.GetAttribute("LDAE.Operation") in ("difference", "spread")), None)
-            base = next((n for n in volumes if n is not overlay), volumes[0])
-            slicer.util.setSliceViewerLayers(background=base, foreground=overlay, foregroundOpacity=0.5 if overlay else 0.0)
-
-    def diagnosticsText(self) -> str:
-        from LDAELib.slicer.dependencies import installed_version
-
-        return panel_text.diagnostics_text(self.modelInfo(), installed_version("torch"))
-
     def diagnosticsReport(self) -> str:
-        return panel_text.diagnostics_report(self.modelInfo(), slicer.app.applicationVersion, self._python or self.workerPython())
+        return LDAELogicBase.diagnosticsReport(self, slicer.app.applicationVersion)
 
 
 class LDAETest(ScriptedLoadableModuleTest):
@@ -482,27 +402,25 @@ class LDAETest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_LDAE_edit()
-        self.setUp()
-        self.test_LDAE_interpolate()
+        for test in (self.test_LDAE_edit, self.test_LDAE_interpolate):
+            self.setUp()
+            test()
 
     def _logic(self):
         import tempfile
 
         from LDAELib.slicer.testing import make_tiny_bundle_with
 
-        folder = make_tiny_bundle_with(pythonSlicerExecutable(), os.path.join(tempfile.mkdtemp(prefix="LDAE-test-"), "tiny"))
-        return LDAELogic(modelPath=folder, device="cpu")
-
-    def _volume(self, name, seed, ventricles=1.0):
-        from LDAELib.slicer.testing import add_synthetic_brain
-
-        return add_synthetic_brain(slicer.mrmlScene, name, seed=seed, ventricles=ventricles)  # I,J,K -> a volume node
+        logic = LDAELogic(device="cpu")
+        logic.setModel(make_tiny_bundle_with(logic.workerPython(), os.path.join(tempfile.mkdtemp(prefix="LDAE-test-"), "tiny")), "cpu")
+        return logic
 
     def test_LDAE_edit(self):
+        from LDAELib.slicer.nodes import ijk_to_ras
+        from LDAELib.slicer.testing import add_synthetic_brain
+
         self.delayDisplay("Starting the edit test")
-        logic, source = self._logic(), self._volume("visit1", 0)
+        logic, source = self._logic(), add_synthetic_brain(slicer.mrmlScene, "visit1", seed=0)
         try:
             before = slicer.util.arrayFromVolume(source).copy()
             edited = logic.edit(source, "cn", -2.0, steps=3)
@@ -510,17 +428,17 @@ class LDAETest(ScriptedLoadableModuleTest):
             logic.close()
         self.assertEqual(edited.GetName(), "visit1 LDAE cn α=-2.0")
         self.assertEqual(edited.GetImageData().GetDimensions(), source.GetImageData().GetDimensions())
-        m1, m2 = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        source.GetIJKToRASMatrix(m1)
-        edited.GetIJKToRASMatrix(m2)
-        self.assertTrue(all(m1.GetElement(i, j) == m2.GetElement(i, j) for i in range(4) for j in range(4)))
+        self.assertTrue((ijk_to_ras(source) == ijk_to_ras(edited)).all())
         self.assertEqual((edited.GetAttribute("LDAE.Direction"), edited.GetAttribute("LDAE.SourceNodeID")), ("cn", source.GetID()))
         self.assertTrue((before == slicer.util.arrayFromVolume(source)).all())
         self.delayDisplay("Edit test passed")
 
     def test_LDAE_interpolate(self):
+        from LDAELib.slicer.testing import add_synthetic_brain
+
         self.delayDisplay("Starting the interpolation test")
-        logic, a, b = self._logic(), self._volume("visit1", 0), self._volume("visit2", 1, ventricles=1.5)
+        logic = self._logic()
+        a, b = add_synthetic_brain(slicer.mrmlScene, "visit1", seed=0), add_synthetic_brain(slicer.mrmlScene, "visit2", seed=1, ventricles=1.5)
         try:
             frames = logic.interpolate(a, b, [0.25, 0.5, 0.75], steps=3)
         finally:

@@ -106,6 +106,7 @@ STUBS = textwrap.dedent('''
     class QSettings:
         def value(self, key, default=None): return default
         def setValue(self, key, value): pass
+        def contains(self, key): return False
     qt.QSettings = QSettings
     sys.modules["qt"] = qt
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
@@ -126,6 +127,10 @@ STUBS = textwrap.dedent('''
     packaging.load_requirements = lambda path: [l.strip() for l in open(path) if l.strip() and not l.startswith("#")]
     packaging.pip_ensure = lambda reqs, **kw: calls.append((reqs, kw))
     sys.modules["slicer.packaging"] = packaging
+    i18n = types.ModuleType("slicer.i18n")  # Slicer >= 5.4
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    sys.modules["slicer.i18n"] = i18n
     ptu = types.ModuleType("PyTorchUtils")
     class PyTorchUtilsLogic:
         def torchInstalled(self): return True

@@ -13,9 +13,19 @@ are the module's console API (camelCase, as Slicer's), e.g.::
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 from ..errors import LDAEError
+
+
+def python_slicer() -> str:
+    """``PythonSlicer`` (on the PATH, or beside this interpreter), else this interpreter."""
+    here = os.path.dirname(sys.executable)
+    for candidate in (shutil.which("PythonSlicer"), os.path.join(here, "PythonSlicer.exe"), os.path.join(here, "PythonSlicer")):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return sys.executable
 
 
 class LDAELogicBase:
@@ -147,12 +157,47 @@ class LDAELogicBase:
         return self.adapter().vary(volumeNode, n, seed, steps, wait=wait, idle=self.idle(), **options)
 
     @staticmethod
-    def loadExampleScans(scene):
+    def loadExampleScans(scene=None):
         """The two shipped example visits of one synthetic subject, 36 months apart (held out of the
-        demo model's training), in a patient/study folder of ``scene``."""
+        demo model's training), in a patient/study folder of ``scene`` (default: Slicer's scene)."""
+        import slicer
+
         from .nodes import add_example_scans
 
-        return add_example_scans(scene)
+        return add_example_scans(scene or slicer.mrmlScene)
+
+    # ------------------------------------------------------------------ the views and the panel's texts
+    @staticmethod
+    def visibleRegion():
+        """The axial, coronal and sagittal slices on screen, as a preview region (None if none)."""
+        import slicer
+
+        from .views import slices_on_screen
+
+        app = getattr(slicer, "app", None)
+        return slices_on_screen(app.layoutManager() if app is not None else None)
+
+    @staticmethod
+    def showResults(job) -> None:
+        """An interpolation's sequence in the Sequences toolbar, else the first volume and its colour overlay."""
+        import slicer
+
+        from .views import show_results
+
+        show_results(job, getattr(getattr(slicer, "modules", None), "sequences", None))
+
+    def diagnosticsText(self) -> str:
+        """torch, device, threads, memory (from the worker; before it runs, the installed torch)."""
+        from .dependencies import installed_version
+        from .panel_text import diagnostics_text
+
+        return diagnostics_text(self.modelInfo(), installed_version("torch"))
+
+    def diagnosticsReport(self, slicerVersion=None) -> str:
+        """A JSON report for bug reports (Slicer, platform, model, the worker's diagnostics)."""
+        from .panel_text import diagnostics_report
+
+        return diagnostics_report(self.modelInfo(), slicerVersion, self._python or self.workerPython())
 
     # ------------------------------------------------------------------ hooks the module's Logic fills in
     def lastModelFolder(self):
@@ -160,8 +205,8 @@ class LDAELogicBase:
         return None
 
     def workerPython(self) -> str:
-        """The interpreter for the worker (``PythonSlicer`` in Slicer)."""
-        return sys.executable
+        """The interpreter for the worker: ``PythonSlicer`` in Slicer, so torch never enters the application."""
+        return python_slicer()
 
     def temporaryFolder(self):
         """Where the private exchange folder is made (Slicer's temporary path); None: the system's."""

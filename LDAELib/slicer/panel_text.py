@@ -28,6 +28,22 @@ def variations_note(model: dict) -> str:
     return "Note from the model's card: " + note if note else ""
 
 
+def direction_items(info: dict | None) -> list[tuple[str, str]]:
+    """(text, name) of the direction list: the model's directions, or before loading the one every
+    LDAE model of the authors has; then the custom probe file (name "")."""
+    directions = ((info or {}).get("model") or {}).get("directions", [])
+    items = [(d["description"], d["name"]) for d in directions]
+    if info is None:
+        items.append(("cn (towards CN / AD; the model's own list appears once it is loaded)", "cn"))
+    return items + [(CUSTOM_PROBE, "")]
+
+
+def interpolation_points(text: str, months: bool) -> dict:
+    """The 'At' field as arguments of an interpolation: {"fractions": [...]} or {"months": [...]}."""
+    values = [float(v) for v in text.replace(",", " ").split()]
+    return {"months": values, "fractions": None} if months else {"fractions": values}
+
+
 def direction_hint(direction: dict | None, custom: bool) -> str:
     """Which side of the slider goes where ('−α: towards AD · +α: towards CN')."""
     if direction and (direction.get("positive") or direction.get("negative")):

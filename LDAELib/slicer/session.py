@@ -27,12 +27,13 @@ class PanelRuns:
         show: called with a finished job whose nodes should be shown (the Logic's ``showResults``).
         report_error: called with a message for a failed main job (an error dialog in Slicer).
         is_starting: whether the worker is still loading the model (keep polling meanwhile).
+        on_change: called whenever what the panel shows changed.
         clock, debounce: for the slider's previews (seconds).
     """
 
     def __init__(self, show: Callable = lambda job: None, report_error: Callable[[str], None] = lambda text: None,
-                 is_starting: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.monotonic,
-                 debounce: float = 0.15) -> None:
+                 is_starting: Callable[[], bool] = lambda: False, on_change: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic, debounce: float = 0.15) -> None:
         self.show, self.report_error, self.is_starting = show, report_error, is_starting
         self.previews = SliderPreviews(clock, debounce)
         self.job = self.preview_job = self.warm_job = None
@@ -41,7 +42,7 @@ class PanelRuns:
         self._compute_after_wait: Callable | None = None
         self._promote_after_wait: Callable | None = None
         self.status, self.progress = "", (0, 0)
-        self.on_change: Callable[[], None] = lambda: None
+        self.on_change = on_change
 
     # ------------------------------------------------------------------ what the panel shows
     @property
