@@ -204,4 +204,4 @@ def test_panel_renders_to_the_docs_screenshot(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width >= 400 and height >= 500
-    assert (REPO / "docs" / "screenshots" / "ldae_panel.png").is_file()
+    assert (REPO / "Resources" / "Screenshots" / "ldae_panel.png").is_file()
