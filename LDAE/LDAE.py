@@ -130,9 +130,7 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer = _timer(100, self.onPoll)
         self._previewTimer = _timer(0, lambda: self.runs.start_due_preview(self.startPreview), singleShot=True)
         self.initializeParameterNode()
-        self.updateModelSection()
-        self.updateDirections()
-        self.showRuns()
+        self.onModelReady()  # an injected logic may have its model loaded already
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -222,11 +220,12 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._pollTimer.start()  # onPoll shows the model once the worker reports it ready
 
     def onModelReady(self) -> None:
-        info = self.logic.modelInfo()
+        info = self.logic.modelInfo() or {}
         self._shownWorkerPid = info.get("pid")
-        self.ui.modelStatusLabel.text = panel_text.model_status(info["model"])
-        self.ui.licenceLabel.text = panel_text.licence(info["model"])
-        self.ui.variationsNoteLabel.text = panel_text.variations_note(info["model"])  # only the text: the section owns visibility
+        if info.get("model"):
+            self.ui.modelStatusLabel.text = panel_text.model_status(info["model"])
+            self.ui.licenceLabel.text = panel_text.licence(info["model"])
+            self.ui.variationsNoteLabel.text = panel_text.variations_note(info["model"])  # the section owns visibility
         self.updateDirections()
         self.updateModelSection()
         self.onParameterNodeModified()

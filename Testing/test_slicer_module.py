@@ -374,3 +374,18 @@ def test_the_self_test_keeps_the_python_path_and_leaves_no_worker_running(harnes
         entries = path.split(os.pathsep)
         assert entries[0] == lib_root and str(tmp_path / "site-of-another-extension") in entries, path
         assert not Path(f"/proc/{pid}").exists() or "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text(), f"PythonSlicer {pid} still runs"
+
+
+def test_the_widget_works_with_the_logic_it_is_given(harness, tiny_bundle):
+    LDAE = harness.import_module()
+    logic = LDAE.LDAELogic(modelPath=tiny_bundle, device="cpu")
+    logic.startWorker(wait=True)
+    source = add_volume("visit1")
+    widget = harness.open_module(logic=logic)
+    assert widget.logic is logic
+    assert "tiny random test model" in widget.ui.modelStatusLabel.text and widget.ui.applyEditButton.enabled
+    widget.ui.livePreviewCheckBox.checked = False
+    widget.ui.stepsSpinBox.value = 2
+    widget.ui.applyEditButton.click()
+    harness.wait_until(lambda: any(n.GetName().startswith("visit1 LDAE cn") for n in volumes(slicer.mrmlScene)), TIMEOUT, "the edit")
+    assert source.GetID() == slicer.mrmlScene.GetSingletonNode("LDAE", "vtkMRMLScriptedModuleNode").GetNodeReferenceID("inputVolume")
