@@ -146,8 +146,8 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._unbindParameterNode()
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self.runs.polling and self.logic.isLoaded():
-            self.onCancel()
+        self._previewTimer.stop()
+        self.runs.drop_all()  # the worker stays warm; late results of the closed scene are ignored
         self.logic.forgetScans()
         self.setParameterNode(None)
 

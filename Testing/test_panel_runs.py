@@ -156,3 +156,13 @@ def test_stopping_forgets_every_run(panel):
     panel.runs.run(FakeJob, "Editing")
     panel.runs.stopped()
     assert not panel.runs.busy and not panel.runs.can_cancel and panel.runs.status.startswith("Cancelled")
+
+
+def test_a_scene_close_stops_every_run_softly_and_ignores_what_they_report_later(panel):
+    preview = _full_preview(panel)
+    main = panel.runs.run(FakeJob, "Editing")
+    panel.runs.drop_all()
+    assert main.cancelled == "soft" and preview.cancelled == "soft"
+    assert not panel.runs.can_cancel and "scene was closed" in panel.runs.status
+    main.finish("error", error="'visit1' was removed from the scene")
+    assert panel.errors == [] and panel.shown == []

@@ -79,7 +79,7 @@ def test_ui_file_loads_offscreen_with_slicer_widgets_declared():
 
 
 def test_every_widget_the_module_uses_exists_in_the_ui():
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text(encoding="utf-8")))
+    used = set(re.findall(r"\bui\.(\w+)", MODULE.read_text(encoding="utf-8")))  # self.ui.x and the local alias ui.x
     widgets = ui_widgets()
     assert used, "no widget references found"
     assert used - set(widgets) == set(), f"missing in LDAE.ui: {sorted(used - set(widgets))}"

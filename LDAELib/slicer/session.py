@@ -188,6 +188,14 @@ class PanelRuns:
             self.preview_job.cancel(kill=False)
 
     # ------------------------------------------------------------------ stopping
+    def drop_all(self, text: str = "The scene was closed: its runs were stopped; nothing was added.") -> None:
+        """Stop every run softly (the warm worker drops them at its next network call and keeps the
+        model loaded) and forget them, so whatever they still report is ignored (a scene close)."""
+        for job in (self.job, self.preview_job, self.warm_job):
+            if job is not None and not job.done:
+                job.cancel(kill=False)
+        self.stopped(text)
+
     def stopped(self, text: str = "Cancelled: nothing was added to the scene. The model is loaded again on the next run.") -> None:
         """Everything was stopped (Cancel, scene close, new model): forget every run."""
         self.job = self.preview_job = self.warm_job = self._preview_request = self._warmed = None
