@@ -18,7 +18,6 @@ import json
 import re
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -74,6 +73,7 @@ def s4ext() -> dict:
 
 # ---------------------------------------------------------------------- package data
 def test_pip_and_the_slicer_extension_ship_the_same_one_list():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["tool"]["setuptools"]["package-data"]["LDAELib"] == patterns()
     cmake = (REPO / "LDAE" / "CMakeLists.txt").read_text(encoding="utf-8")
