@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -431,5 +434,55 @@ def test_a_model_whose_card_warns_about_variations_says_so_on_the_console_and_on
             made = a.vary(src, n=2, seed=1, steps=2)
         assert "no brain from noise" in caplog.text
         assert all(json.loads(n.GetAttribute("LDAE.Provenance"))["model_limitation"] == "no brain from noise" for n in made)
+    finally:
+        a.close()
+
+
+def _scan_files(folder) -> list:
+    return sorted(p.name for p in Path(folder).rglob("*.nii*"))
+
+
+def test_the_scans_written_for_the_worker_are_deleted_on_close(tiny_bundle, scene, nifti_files, tmp_path):
+    """The copies of patient scans live in a private folder (under the application's temporary
+    folder) only while the worker may read them."""
+    a = LDAESlicerAdapter(tiny_bundle, device="cpu", threads=1, temp_root=tmp_path)
+    try:
+        src = load(scene, nifti_files["visit1"], "visit1")
+        a.edit(src, "cn", 1.0, steps=2)
+        assert a.temp_dir.parent == tmp_path and oct(a.temp_dir.stat().st_mode & 0o777) == "0o700"
+        assert [n for n in _scan_files(a.temp_dir) if n.startswith("source_")]
+    finally:
+        a.close()
+    assert not a.temp_dir.exists() and _scan_files(tmp_path) == []
+
+
+def test_a_kill_or_a_scene_close_deletes_the_scans_written_for_the_worker(tiny_bundle, scene, nifti_files, tmp_path):
+    a = LDAESlicerAdapter(tiny_bundle, device="cpu", threads=1, temp_root=tmp_path)
+    try:
+        src = load(scene, nifti_files["visit1"], "visit1")
+        job = a.start_edit(src, "cn", [1.0], steps=400)
+        assert _scan_files(a.temp_dir)
+        job.cancel()  # kill
+        assert not [n for n in _scan_files(a.temp_dir) if n.startswith("source_")]
+        a.edit(src, "cn", 1.0, steps=2)  # written again for the new worker
+        a.forget_sources()  # what the module does when the scene closes
+        assert not [n for n in _scan_files(a.temp_dir) if n.startswith("source_")]
+    finally:
+        a.close()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the interpreter")
+def test_a_worker_that_dies_while_loading_leaves_its_reason(tiny_bundle, tmp_path):
+    python = tmp_path / "dying-python"
+    python.write_text('#!/bin/sh\necho "ModuleNotFoundError: No module named monai" >&2\nexit 1\n')
+    python.chmod(0o755)
+    a = LDAESlicerAdapter(tiny_bundle, python=str(python), device="cpu", temp_root=tmp_path)
+    try:
+        a.start_worker(wait=False)
+        deadline = time.monotonic() + 30
+        while a.starting and time.monotonic() < deadline:
+            a.poll(0.1)
+        assert not a.starting
+        assert "exit code 1" in a.start_error and "No module named monai" in a.start_error
     finally:
         a.close()

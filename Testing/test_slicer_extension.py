@@ -27,8 +27,8 @@ def test_catalog_entry_matches_the_cmake_project():
     assert cmake_set(cmake, "EXTENSION_DEPENDS") == "PyTorch"
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
         assert cmake_set(cmake, key)
-    assert cmake_set(cmake, "EXTENSION_ICONURL").endswith("LDAE/Resources/Icons/LDAE.png")
-    assert cmake_set(cmake, "EXTENSION_SCREENSHOTURLS").endswith("docs/screenshots/ldae_panel.png")
+    assert cmake_set(cmake, "EXTENSION_ICONURL").endswith("/Resources/Icons/LDAE.png")  # the extension's own icon (top-level Resources/)
+    assert cmake_set(cmake, "EXTENSION_SCREENSHOTURLS").endswith("Resources/Screenshots/ldae_panel.png")
     s4ext = (REPO / "LDAE.s4ext").read_text()
     assert "\ndepends PyTorch\n" in s4ext and "\ncategory Neuroimaging\n" in s4ext
     assert (REPO / "LICENSE").is_file()
@@ -46,7 +46,7 @@ def test_icon_is_a_128_pixel_png_and_the_screenshot_exists():
     png = (REPO / "LDAE" / "Resources" / "Icons" / "LDAE.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (128, 128)
-    assert (REPO / "docs" / "screenshots" / "ldae_panel.png").is_file()
+    assert (REPO / "Resources" / "Screenshots" / "ldae_panel.png").is_file()
 
 
 def test_requirements_never_bring_torch_and_pin_nothing_exactly():

@@ -79,7 +79,7 @@ def test_ui_file_loads_offscreen_with_slicer_widgets_declared():
 
 
 def test_every_widget_the_module_uses_exists_in_the_ui():
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text(encoding="utf-8")))
+    used = set(re.findall(r"\bui\.(\w+)", MODULE.read_text(encoding="utf-8")))  # self.ui.x and the local alias ui.x
     widgets = ui_widgets()
     assert used, "no widget references found"
     assert used - set(widgets) == set(), f"missing in LDAE.ui: {sorted(used - set(widgets))}"
@@ -106,6 +106,7 @@ STUBS = textwrap.dedent('''
     class QSettings:
         def value(self, key, default=None): return default
         def setValue(self, key, value): pass
+        def contains(self, key): return False
     qt.QSettings = QSettings
     sys.modules["qt"] = qt
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
@@ -126,6 +127,10 @@ STUBS = textwrap.dedent('''
     packaging.load_requirements = lambda path: [l.strip() for l in open(path) if l.strip() and not l.startswith("#")]
     packaging.pip_ensure = lambda reqs, **kw: calls.append((reqs, kw))
     sys.modules["slicer.packaging"] = packaging
+    i18n = types.ModuleType("slicer.i18n")  # Slicer >= 5.4
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    sys.modules["slicer.i18n"] = i18n
     ptu = types.ModuleType("PyTorchUtils")
     class PyTorchUtilsLogic:
         def torchInstalled(self): return True
@@ -199,4 +204,4 @@ def test_panel_renders_to_the_docs_screenshot(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width >= 400 and height >= 500
-    assert (REPO / "docs" / "screenshots" / "ldae_panel.png").is_file()
+    assert (REPO / "Resources" / "Screenshots" / "ldae_panel.png").is_file()

@@ -374,3 +374,39 @@ def test_the_command_line_and_the_worker_record_the_same_provenance(tiny_bundle,
     assert served == cli
     assert cli["inputs"] == [{"path": str(scans["a"].resolve()), "sha256": cli["inputs"][0]["sha256"]}]
     assert cli["model"]["verified"] is True and cli["input_space"] == "mni" and cli["alpha"] == 1.5
+
+
+def _dying_python(tmp_path, message: str, code: int) -> str:
+    """An interpreter that writes ``message`` on stderr and exits, before any protocol line: a
+    worker that dies while loading (a CUDA error, a missing module, a native crash)."""
+    script = tmp_path / "dying-python"
+    script.write_text(f'#!/bin/sh\necho "{message}" >&2\nexit {code}\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the interpreter")
+def test_a_worker_that_dies_before_any_line_reports_its_exit_code_and_stderr(tmp_path):
+    client = WorkerClient(tmp_path, python=_dying_python(tmp_path, "RuntimeError: CUDA error: no kernel image", 3), device="cpu")
+    client.start(wait=False)
+    deadline, exit_msg = time.monotonic() + 30, None
+    while exit_msg is None and time.monotonic() < deadline:
+        exit_msg = next((m for m in client.poll(0.1) if m["type"] == "exit"), None)
+    assert exit_msg is not None and exit_msg["returncode"] == 3
+    assert "exit code 3" in exit_msg["message"] and "CUDA error: no kernel image" in exit_msg["message"]
+
+
+def test_killing_on_windows_opens_no_console_window(monkeypatch):
+    """taskkill is a console program: without CREATE_NO_WINDOW a console window flashes up."""
+    from LDAELib.server import client as client_module
+
+    import types
+
+    calls = []
+    monkeypatch.setattr(client_module, "os", types.SimpleNamespace(name="nt"))  # the client's view only
+    monkeypatch.setattr(client_module, "subprocess", types.SimpleNamespace(
+        run=lambda args, **kwargs: calls.append((args, kwargs)), DEVNULL=-3, CREATE_NO_WINDOW=0x08000000))
+    client_module.kill_process_tree(type("Proc", (), {"pid": 4242})())
+    (args, kwargs), = calls
+    assert args[:4] == ["taskkill", "/T", "/F", "/PID"] and args[4] == "4242"
+    assert kwargs["creationflags"] & 0x08000000  # CREATE_NO_WINDOW

@@ -110,8 +110,12 @@ class WorkerClient:
         except OSError as err:
             raise WorkerError(f"could not start the LDAE worker with {self.python}: {err}") from None
         # Each reader gets this process's own queue: a killed predecessor's late "exit" cannot reach it.
-        threading.Thread(target=self._read_stdout, args=(self.proc, self._messages), daemon=True, name="ldae-worker-stdout").start()
-        threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True, name="ldae-worker-stderr").start()
+        # The stdout reader waits for the stderr reader before it reports the exit, so the exit's
+        # message holds the whole stderr tail (a worker dying while loading says why: issue #16).
+        stderr_reader = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True, name="ldae-worker-stderr")
+        stderr_reader.start()
+        threading.Thread(target=self._read_stdout, args=(self.proc, self._messages, stderr_reader), daemon=True,
+                         name="ldae-worker-stdout").start()
         if wait:
             return self.wait_ready(timeout)
         return None
@@ -137,7 +141,7 @@ class WorkerClient:
                 time.sleep(0.02)
         return self.info
 
-    def _read_stdout(self, proc: subprocess.Popen, messages: queue.Queue) -> None:
+    def _read_stdout(self, proc: subprocess.Popen, messages: queue.Queue, stderr_reader: threading.Thread | None = None) -> None:
         for line in proc.stdout:
             line = line.strip()
             if not line:
@@ -149,6 +153,8 @@ class WorkerClient:
                 continue
             messages.put(msg)
         rc = proc.wait()
+        if stderr_reader is not None:
+            stderr_reader.join(timeout=5.0)  # the tail is complete before the exit is reported
         messages.put({"type": "exit", "returncode": rc})
 
     def _read_stderr(self, proc: subprocess.Popen) -> None:
@@ -204,6 +210,7 @@ class WorkerClient:
             if t in protocol.FINAL_TYPES:
                 self._pending.pop(msg.get("id"), None)
             if t == "exit":
+                msg.setdefault("message", self._exit_text(msg))  # exit code and stderr tail, for the panel
                 for rid in list(self._pending):
                     result.append({"type": "error", "id": rid, "kind": "WorkerExit", "message": self._exit_text(msg)})
                 self._pending.clear()
@@ -284,7 +291,9 @@ class WorkerClient:
 def kill_process_tree(proc: subprocess.Popen) -> None:
     """Kill ``proc`` and all its descendants (it was started in a new session / process group)."""
     if os.name == "nt":
-        subprocess.run(["taskkill", "/T", "/F", "/PID", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        # CREATE_NO_WINDOW: taskkill is a console program; without it a console window flashes up.
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+                       creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000))
         return
     try:
         os.killpg(proc.pid, signal.SIGKILL)

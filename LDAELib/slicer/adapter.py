@@ -23,76 +23,15 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import Cancelled, LDAEError
+from ..errors import LDAEError
 from ..server.client import WorkerClient, WorkerError
 from . import nodes as mrml
+from .job import Job
 
 INPUT_SPACE_LABELS = {"mni": "registered to MNI", "model": "already in model space", "raw": "raw scan (register first)"}
-
-
-class Job:
-    """One request to the worker, seen from the Slicer side.
-
-    state: "running", "done", "error" or "cancelled". ``progress``: the last progress message
-    (done, total, stage, eta). ``nodes``: the new nodes once done. ``error``: the message.
-    Callbacks ``on_progress(job, msg)`` and ``on_done(job)`` run on the polling thread.
-    """
-
-    def __init__(self, adapter: "LDAESlicerAdapter", request_id: int, kind: str, build: Callable[[dict], list], out_dir: Path | None) -> None:
-        self.adapter, self.id, self.kind = adapter, request_id, kind
-        self._build, self.out_dir = build, out_dir
-        self.state = "running"
-        self.progress: dict | None = None
-        self.result: dict | None = None
-        self.nodes: list = []
-        self.error: str | None = None
-        self.started = time.monotonic()
-        self.on_progress: Callable[["Job", dict], None] | None = None
-        self.on_done: Callable[["Job"], None] | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.state != "running"
-
-    def poll(self) -> bool:
-        """Handle what the worker sent so far; True once this job has ended."""
-        self.adapter.poll()
-        return self.done
-
-    def wait(self, idle: Callable[[], None] | None = None, timeout: float | None = None) -> list:
-        """Block until the job ends; returns its nodes, raises LDAEError or Cancelled."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.done:
-            self.adapter.poll(0.05 if idle is None else 0.0)
-            if idle is not None:
-                idle()
-                time.sleep(0.02)
-            if deadline is not None and time.monotonic() > deadline and not self.done:
-                self.cancel()
-                raise LDAEError(f"LDAE {self.kind} did not finish within {timeout:g} s and was stopped")
-        if self.state == "error":
-            raise LDAEError(self.error)
-        if self.state == "cancelled":
-            raise Cancelled(f"LDAE {self.kind} was cancelled; nothing was added to the scene")
-        return self.nodes
-
-    def cancel(self, kill: bool = True) -> None:
-        """Stop the job. ``kill`` ends the worker's whole process tree at once (the model is
-        loaded again on the next run); ``kill=False`` asks the warm worker to stop at its next
-        network call."""
-        self.adapter.cancel(self, kill=kill)
-
-    # ------------------------------------------------------------------ (adapter side)
-    def _finish(self, state: str, error: str | None = None) -> None:
-        self.state, self.error = state, error
-        if self.out_dir is not None:
-            shutil.rmtree(self.out_dir, ignore_errors=True)
-        if self.on_done is not None:
-            self.on_done(self)
 
 
 class LDAESlicerAdapter:
@@ -102,7 +41,9 @@ class LDAESlicerAdapter:
         model_path: the model folder (bundle or the authors' files) the worker loads.
         python: interpreter for the worker (``PythonSlicer`` in Slicer; default the current one).
         device, dtype, threads: worker settings (see ``LDAELib.server.worker``).
-        temp_dir: where volumes are exchanged with the worker (default: a new temporary folder).
+        temp_dir: where volumes are exchanged with the worker (default: a new private folder in
+            ``temp_root``, or in the system's temporary folder; removed by ``close``).
+        temp_root: where that private folder is made (Slicer's temporary path in the module).
         client: an already made ``WorkerClient`` (tests may pass their own); otherwise one is made.
         sequences_logic: the Sequences module logic (the application's is found by itself).
         cache_dir: keep the scans' encodings on disk in this folder, so that a new session starts
@@ -111,18 +52,19 @@ class LDAESlicerAdapter:
 
     def __init__(self, model_path=None, *, python: str | None = None, device: str = "auto", dtype: str = "float32",
                  threads: int | None = None, temp_dir: str | Path | None = None, client: WorkerClient | None = None,
-                 sequences_logic=None, cache_dir: str | Path | None = None) -> None:
+                 sequences_logic=None, cache_dir: str | Path | None = None, temp_root: str | Path | None = None) -> None:
         if client is None and model_path is None:
             raise LDAEError("no model chosen: choose the demo model, the authors' weights folder or a bundle folder")
         self.client = client or WorkerClient(model_path, python=python, device=device, dtype=dtype, threads=threads, cache_dir=cache_dir)
         self._own_temp = temp_dir is None
-        self.temp_dir = Path(temp_dir or tempfile.mkdtemp(prefix="LDAE-"))
+        self.temp_dir = Path(temp_dir or tempfile.mkdtemp(prefix="LDAE-", dir=temp_root))  # mode 0700: the scans are patient data
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.sequences_logic = sequences_logic
         self._jobs: dict[int, Job] = {}
         self._sources: dict[str, tuple[str, Path]] = {}
         self.start_error: str | None = None
         self.on_ready: Callable[[dict], None] | None = None
+        self._stopping = False  # the worker is being ended on purpose: its exit is no failure
 
     # ------------------------------------------------------------------ worker
     @property
@@ -134,7 +76,7 @@ class LDAESlicerAdapter:
         """Start the worker if it is not running; with ``wait`` until the model is loaded."""
         if not self.client.running:
             self.start_error = None
-            self._sources.clear()  # a new process has an empty cache anyway
+            self._stopping = False
             try:
                 self.client.start(wait=False)
             except WorkerError as err:
@@ -149,16 +91,29 @@ class LDAESlicerAdapter:
                 self.on_ready(info)
         return self.client.info
 
+    @property
+    def starting(self) -> bool:
+        """A worker was started and has neither reported ready nor failed yet (keep polling)."""
+        return self.client.proc is not None and self.client.info is None and self.start_error is None and not self._stopping
+
+    def forget_sources(self) -> None:
+        """Delete the scans written for the worker (patient data; the worker re-reads a scan sent again)."""
+        for _, path in self._sources.values():
+            path.unlink(missing_ok=True)
+        self._sources.clear()
+
     def model_info(self) -> dict:
         info = self.start_worker(wait=True)
         return info["model"]
 
     def close(self) -> None:
         """Stop the worker and remove the temporary files."""
+        self._stopping = True
         for job in list(self._jobs.values()):
             job._finish("cancelled")
         self._jobs.clear()
         self.client.close()
+        self.forget_sources()
         if self._own_temp:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -169,6 +124,10 @@ class LDAESlicerAdapter:
             if t == "ready":
                 if self.on_ready:
                     self.on_ready(msg)
+                continue
+            if t == "exit" and self.client.info is None and not self._stopping and self.start_error is None:
+                # died while loading without an error line (CUDA error, missing module, native crash)
+                self.start_error = msg.get("message") or f"the LDAE worker stopped (exit code {msg.get('returncode')})"
                 continue
             if t == "error" and rid is None and msg.get("kind") != "protocol":
                 self.start_error = msg.get("message")
@@ -206,8 +165,9 @@ class LDAESlicerAdapter:
             jobs = list(self._jobs.values())  # the process serves them all
             for j in jobs:
                 self._jobs.pop(j.id, None)
+            self._stopping = True
             self.client.kill()
-            self._sources.clear()
+            self.forget_sources()
             for j in jobs:
                 j._finish("cancelled")
         else:

@@ -1,6 +1,6 @@
 """Render the module panel (Resources/UI/LDAE.ui) to a PNG without Slicer, for docs and tests.
 
-    QT_QPA_PLATFORM=offscreen python LDAE/Testing/Python/render_panel.py docs/screenshots/ldae_panel.png
+    QT_QPA_PLATFORM=offscreen python LDAE/Testing/Python/render_panel.py Resources/Screenshots/ldae_panel.png
 
 PySide6 loads the .ui; Slicer's custom widgets (ctkCollapsibleButton, ctkSliderWidget,
 ctkPathLineEdit, qMRMLNodeComboBox, qMRMLWidget) are drawn by small stand-ins made of plain Qt
