@@ -31,8 +31,8 @@ from LDAELib.slicer.logic import LDAELogicBase  # noqa: E402
 from LDAELib.slicer.session import PanelRuns  # noqa: E402
 
 SETTINGS_MODEL_FOLDER, SETTINGS_DEVICE, SETTINGS_KEEP_ENCODINGS = "LDAE/ModelFolder", "LDAE/Device", "LDAE/KeepEncodingsOnDisk"
-CITATION = ("G. Lozupone et al. Latent Diffusion Autoencoders (LDAE): toward efficient and meaningful unsupervised "
-            "representation learning in medical imaging. arXiv:2504.08635, 2025.")
+SETTINGS_FAST_DECODE = "LDAE/FastDecoder"
+CITATION = "G. Lozupone et al. Latent Diffusion Autoencoders (LDAE): toward efficient and meaningful unsupervised representation learning in medical imaging. arXiv:2504.08635, 2025."  # noqa: E501
 
 
 class LDAE(ScriptedLoadableModule):
@@ -105,9 +105,11 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui.modelPathLineEdit.currentPath = qt.QSettings().value(SETTINGS_MODEL_FOLDER, "")
         ui.modelPathLineEdit.settingKey = "LDAEModelFolder"
         ui.keepEncodingsCheckBox.checked = slicer.util.settingsValue(SETTINGS_KEEP_ENCODINGS, False, converter=slicer.util.toBool)
+        ui.fastDecodeCheckBox.checked = slicer.util.settingsValue(SETTINGS_FAST_DECODE, False, converter=slicer.util.toBool)
         slider = ui.alphaSliderWidget
         for widget, signal, slot in (
                 (ui.keepEncodingsCheckBox, "toggled(bool)", lambda on: qt.QSettings().setValue(SETTINGS_KEEP_ENCODINGS, bool(on))),
+                (ui.fastDecodeCheckBox, "toggled(bool)", lambda on: qt.QSettings().setValue(SETTINGS_FAST_DECODE, bool(on))),
                 (ui.modelSourceComboBox, "currentIndexChanged(int)", self.updateModelSection),
                 (ui.loadModelButton, "clicked(bool)", self.onLoadModel),
                 (ui.copyDiagnosticsButton, "clicked(bool)", self.onCopyDiagnostics),
@@ -213,7 +215,7 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelPathLineEdit.addCurrentPathToHistory()
                 qt.QSettings().setValue(SETTINGS_MODEL_FOLDER, folder)
             qt.QSettings().setValue(SETTINGS_DEVICE, self.ui.deviceComboBox.currentText)
-            self.logic.setModel(folder, device=self.ui.deviceComboBox.currentText)
+            self.logic.setModel(folder, device=self.ui.deviceComboBox.currentText, fastDecode=self.ui.fastDecodeCheckBox.checked)
             self.runs.stopped("")
             self.ui.modelStatusLabel.text = _("Loading the model in the LDAE worker…")
             self.logic.startWorker(wait=False)

@@ -45,16 +45,20 @@ class WorkerClient:
         python: the interpreter to run the worker with (``PythonSlicer`` inside Slicer; default the
             current one).
         device, dtype, threads: passed to the worker (``device="auto"`` picks CUDA when present).
+        decode_dtype: the decoder's precision: "float32" (the authors' numbers) or "auto" (bfloat16
+            where the device computes it natively: faster decodes, within SSIM 0.999).
         env: extra environment variables for the worker.
         cache_dir: keep encodings on disk in this folder (``--cache-dir``; off when None).
     """
 
     def __init__(self, model_path: str | os.PathLike, *, python: str | None = None, device: str = "auto", dtype: str = "float32",
+                 decode_dtype: str = "float32",
                  threads: int | None = None, env: dict | None = None, verify: bool = True, cache_dir: str | os.PathLike | None = None) -> None:
         self.model_path = str(model_path)
         self.cache_dir = str(cache_dir) if cache_dir else None
         self.python = python or sys.executable
         self.device, self.dtype, self.threads, self.verify = device, dtype, threads, verify
+        self.decode_dtype = decode_dtype
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.info: dict | None = None
@@ -67,6 +71,8 @@ class WorkerClient:
     # ------------------------------------------------------------------ lifecycle
     def command(self) -> list[str]:
         cmd = [self.python, "-u", "-m", "LDAELib.server.worker", "--model", self.model_path, "--device", self.device, "--dtype", self.dtype]
+        if self.decode_dtype != "float32":
+            cmd += ["--decode-dtype", self.decode_dtype]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
         if not self.verify:

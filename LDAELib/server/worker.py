@@ -64,7 +64,7 @@ def describe_model(model) -> dict:
     }
 
 
-def diagnostics(device: str, dtype: str) -> dict:
+def diagnostics(device: str, dtype: str, decode_dtype: str = "float32") -> dict:
     """What the diagnostics line shows: torch, device, memory; copyable as a report."""
     import torch
 
@@ -75,6 +75,7 @@ def diagnostics(device: str, dtype: str) -> dict:
         "torch": torch.__version__,
         "device": device,
         "dtype": dtype,
+        "decode_dtype": decode_dtype,
         "threads": torch.get_num_threads(),
         "cuda_available": bool(torch.cuda.is_available()),
         "cuda": torch.version.cuda,
@@ -172,7 +173,8 @@ class Worker:
                 raise Cancelled("cancelled before it started")
             calls_before = dict(self.pipe.calls)
             if op == "info":
-                reply = {"model": self.info, "diagnostics": diagnostics(str(self.pipe.device), self.settings.dtype)}
+                reply = {"model": self.info, "diagnostics": diagnostics(str(self.pipe.device), self.settings.dtype,
+                                                                        str(self.pipe.decode_dtype).replace("torch.", ""))}
             elif op in ("edit", "reconstruct", "vary", "encode", "interpolate"):
                 reply = self._run(op, req, progress, cancel, written)
             else:
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     worker = Worker(model, pipe, emit, settings)
     emit({"type": "ready", "protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid(), "model": worker.info,
-          "diagnostics": diagnostics(settings.device, args.dtype)})
+          "diagnostics": diagnostics(settings.device, args.dtype, str(pipe.decode_dtype).replace("torch.", ""))})
     requests: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(sys.stdin, worker, requests, emit), daemon=True, name="ldae-stdin").start()
     while True:

@@ -40,7 +40,7 @@ class LDAESlicerAdapter:
     Args:
         model_path: the model folder (bundle or the authors' files) the worker loads.
         python: interpreter for the worker (``PythonSlicer`` in Slicer; default the current one).
-        device, dtype, threads: worker settings (see ``LDAELib.server.worker``).
+        device, dtype, decode_dtype, threads: worker settings (see ``LDAELib.server.worker``).
         temp_dir: where volumes are exchanged with the worker (default: a new private folder in
             ``temp_root``, or in the system's temporary folder; removed by ``close``).
         temp_root: where that private folder is made (Slicer's temporary path in the module).
@@ -50,12 +50,13 @@ class LDAESlicerAdapter:
             warm on scans it has seen (off when None: the files are derived from the scans).
     """
 
-    def __init__(self, model_path=None, *, python: str | None = None, device: str = "auto", dtype: str = "float32",
+    def __init__(self, model_path=None, *, python: str | None = None, device: str = "auto", dtype: str = "float32", decode_dtype: str = "float32",
                  threads: int | None = None, temp_dir: str | Path | None = None, client: WorkerClient | None = None,
                  sequences_logic=None, cache_dir: str | Path | None = None, temp_root: str | Path | None = None) -> None:
         if client is None and model_path is None:
             raise LDAEError("no model chosen: choose the demo model, the authors' weights folder or a bundle folder")
-        self.client = client or WorkerClient(model_path, python=python, device=device, dtype=dtype, threads=threads, cache_dir=cache_dir)
+        self.client = client or WorkerClient(model_path, python=python, device=device, dtype=dtype, decode_dtype=decode_dtype,
+                                              threads=threads, cache_dir=cache_dir)
         self._own_temp = temp_dir is None
         self.temp_dir = Path(temp_dir or tempfile.mkdtemp(prefix="LDAE-", dir=temp_root))  # mode 0700: the scans are patient data
         self.temp_dir.mkdir(parents=True, exist_ok=True)

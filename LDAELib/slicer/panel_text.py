@@ -62,7 +62,8 @@ def diagnostics_text(info: dict | None, installed_torch: str | None) -> str:
         if d.get("gpu"):
             device += f" ({d['gpu']}, {d['gpu_memory_free_gb']}/{d['gpu_memory_total_gb']} GB free)"
         mem = f"RAM {d['memory_available_gb']}/{d['memory_total_gb']} GB free" if d.get("memory_total_gb") else ""
-        return f"torch {d['torch']} · {device} · {d['threads']} threads · {mem}"
+        precision = "float32" if d.get("decode_dtype", "float32") == "float32" else f"{d['decode_dtype']} decoder (fast)"
+        return f"torch {d['torch']} · {device} · {precision} · {d['threads']} threads · {mem}"
     if installed_torch:
         return f"torch {installed_torch} installed · device chosen when the model loads"
     return "PyTorch is not installed yet: it is installed through the PyTorch extension on first use"
