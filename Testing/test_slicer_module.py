@@ -181,6 +181,23 @@ def test_load_model_polls_the_worker_and_shows_the_model(harness, tiny_bundle):
     assert harness.errors == []
 
 
+def test_the_fast_decoder_is_one_checkbox_away_and_said_on_the_diagnostics_line(harness, tiny_bundle):
+    """Off by default (results are the authors' float32 numbers); ticked, the worker runs its decoder
+    in the fast precision and the panel says so."""
+    widget = harness.open_module()
+    assert widget.ui.fastDecodeCheckBox.checked is False
+    load_model(harness, widget, tiny_bundle)
+    wait_loaded(harness, widget)
+    assert "--decode-dtype" not in widget.logic.adapter().client.command() and "float32" in widget.ui.diagnosticsLabel.text
+    widget.ui.fastDecodeCheckBox.checked = True
+    load_model(harness, widget, tiny_bundle)
+    wait_loaded(harness, widget)
+    command = widget.logic.adapter().client.command()
+    assert command[command.index("--decode-dtype") + 1] == "auto"
+    assert ("decoder (fast)" in widget.ui.diagnosticsLabel.text) == widget.logic.adapter().client.info["diagnostics"]["decode_dtype"].startswith("bfloat")
+    assert harness.errors == []
+
+
 def test_a_worker_that_dies_while_loading_shows_its_reason(harness, tiny_bundle, tmp_path, monkeypatch):
     """A CUDA error, a missing module or a native crash kills the worker before any protocol line."""
     site = tmp_path / "crash"
