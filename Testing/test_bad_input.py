@@ -372,3 +372,28 @@ def test_the_inference_layer_refuses_non_finite_alphas_and_implausible_inputs(pl
         inf.reconstruct(_implausible(d, "noise"))
     with pytest.raises(LDAEError, match="steps"):
         RunSettings(steps=1000)
+
+
+def test_sigterm_mid_run_leaves_no_output_and_no_temporary_file(place, bundle):
+    """A run ended by SIGTERM (a batch system's time limit, a killed terminal) stops like Ctrl-C:
+    exit 130, no result, no hidden temporary file, no new folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    d, a, b = place
+    before = _hashes(d)
+    proc = subprocess.Popen([sys.executable, "-m", "LDAELib.cli", "interpolate", str(a), str(b), str(d / "frames"), "--at", "0.25", "0.5",
+                             "0.75", "--model", str(bundle), "--steps", "400", "--threads", "1", "--registered"],
+                            stderr=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parents[1]))
+    deadline = time.monotonic() + 120
+    line = ""
+    while time.monotonic() < deadline and "step" not in line:  # the progress bar is running: work has started
+        line = proc.stderr.read(200)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-500:]
+    assert "cancelled" in err and "no output was written" in err
+    assert not (d / "frames").exists() and not _leftovers(d)
+    assert {p: h for p, h in _hashes(d).items() if p in before} == before
