@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LDAEError
+from .similarity import as_volume
 
 
 def require_matplotlib():
@@ -20,16 +21,6 @@ def require_matplotlib():
         raise LDAEError("ldae evaluate draws its figures with matplotlib, which is not installed: pip install matplotlib "
                         "(or pip install -e \".[eval]\")") from None
     return plt
-
-
-def as_volume(x) -> np.ndarray:
-    """A float32 3-D numpy volume from a tensor or array with leading singleton axes."""
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    a = np.asarray(x, dtype=np.float32)
-    while a.ndim > 3:
-        a = a[0]
-    return a
 
 
 def _slices(v: np.ndarray, centre) -> list[np.ndarray]:
@@ -47,10 +38,10 @@ def roi_centre(mask: np.ndarray | None, shape) -> tuple[int, int, int]:
 def reconstruction_figure(path: Path, rows: list[tuple[str, np.ndarray]], reference: np.ndarray, centre, title: str) -> None:
     """Rows of images (input, reconstructions…) and, after each non-input row, its difference from the input."""
     plt = require_matplotlib()
-    ref = as_volume(reference)
+    ref = as_volume(reference, np.float32)
     panels = []
     for name, img in rows:
-        v = as_volume(img)
+        v = as_volume(img, np.float32)
         panels.append((name, v, False))
         if v is not ref and name != "input":
             panels.append((f"{name} − input", v - ref, True))
@@ -77,7 +68,7 @@ def strip_figure(path: Path, images: list[tuple[str, np.ndarray]], centre, title
     """One slice of each image side by side; with ``diff_to``, a second row of differences from that image."""
     plt = require_matplotlib()
     idx = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
-    vols = [(n, as_volume(v)) for n, v in images]
+    vols = [(n, as_volume(v, np.float32)) for n, v in images]
     nrow = 2 if diff_to is not None else 1
     fig, axes = plt.subplots(nrow, len(vols), figsize=(1.9 * len(vols), 2.3 * nrow + 0.4), squeeze=False)
     for c, (name, v) in enumerate(vols):

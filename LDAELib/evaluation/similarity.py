@@ -23,11 +23,12 @@ SSIM_TRUNCATE = 3.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
-def _volume(x) -> np.ndarray:
-    """numpy/torch, A×B×S or 1×…×1×A×B×S → float64 numpy A×B×S."""
+def as_volume(x, dtype=np.float64) -> np.ndarray:
+    """numpy/torch, A×B×S or 1×…×1×A×B×S → a numpy A×B×S array of ``dtype`` (the evaluation's one reader
+    of volumes held as arrays or tensors)."""
     if hasattr(x, "detach"):  # a torch tensor (any dtype or device; bfloat16 has no numpy type)
         x = x.detach().to("cpu").double().numpy()
-    a = np.asarray(x, dtype=np.float64)
+    a = np.asarray(x, dtype=dtype)
     while a.ndim > 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 3:
@@ -36,7 +37,7 @@ def _volume(x) -> np.ndarray:
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _volume(a), _volume(b)
+    x, y = as_volume(a), as_volume(b)
     if x.shape != y.shape:
         raise ValueError(f"volumes differ in shape: {x.shape} vs reference {y.shape}")
     return x, y
@@ -99,7 +100,7 @@ def ssim(a, b, data_range: float | None = None, mask=None) -> float:
     inner = tuple(slice(pad, n - pad) for n in s.shape)
     if mask is None:
         return float(s[inner].mean(dtype=np.float64))
-    m = _volume(mask).astype(bool)
+    m = as_volume(mask).astype(bool)
     if m.shape != s.shape:
         raise ValueError(f"the mask's shape {m.shape} is not the volumes' {s.shape}")
     sel = s[inner][m[inner]]
@@ -114,7 +115,7 @@ def brain_mask(x, threshold: float = BRAIN_THRESHOLD, dilate: int = BRAIN_DILATI
     by ``dilate`` voxels so that the brain's edge counts as inside. Boolean, the volume's shape."""
     from scipy.ndimage import binary_dilation
 
-    v = _volume(x)
+    v = as_volume(x)
     m = v > threshold
     return binary_dilation(m, iterations=dilate) if dilate else m
 

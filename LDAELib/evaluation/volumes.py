@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import LDAEError
+from .similarity import as_volume
 
 BRAIN_THRESHOLD = 0.02
 """Model-space intensity above which a voxel counts as brain (stage B puts the background at 0)."""
@@ -100,7 +101,7 @@ class RegionMeasure:
 
     def raw(self, x) -> dict[str, float]:
         """Uncalibrated measures (mL) of one model-space scan (A×B×S, or with leading singleton axes)."""
-        v = _volume(x)
+        v = as_volume(x, np.float32)
         csf, gm, _wm = tissue_levels(v)
         t = (csf + gm) / 2
         dark = (v < t) & (v > BRAIN_THRESHOLD)
@@ -133,17 +134,6 @@ class RegionMeasure:
             "atlas_visits": self.atlas_visits,
             "training_fit": self.training_fit,
         }
-
-
-def _volume(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    a = np.asarray(x, dtype=np.float32)
-    while a.ndim > 3 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != 3:
-        raise ValueError(f"expected a 3-D volume, got shape {np.shape(x)}")
-    return a
 
 
 def truth_of(row, region: str) -> float | None:
