@@ -260,3 +260,26 @@ def test_malformed_limitations_are_ignored(small_bundle):
     assert model.limitations == {}
     model.identity["source"] = {"limitations": {"vary": 3, "edit": " ", "interpolate": "blurred"}}
     assert model.limitations == {"interpolate": "blurred"}
+
+
+def test_documents_can_join_a_bundle_and_are_then_checked_like_its_weights(tmp_path, small_bundle):
+    """A model card added with annotate_bundle is listed in the manifest (so it is verified), and
+    saving with float16 storage halves the weight files and reads back as float32."""
+    import shutil
+
+    from LDAELib.weights import load_model
+    from LDAELib.weights.bundle import annotate_bundle, save_bundle
+
+    b = Path(shutil.copytree(small_bundle, tmp_path / "b"))
+    annotate_bundle(b, documents={"README.md": "# Model card\n"})
+    model = load_model(b)
+    assert "README.md" in model.identity["files"]
+    (b / "README.md").write_text("# edited\n")
+    with pytest.raises(LDAEError, match="README.md"):
+        load_model(b)
+    with pytest.raises(LDAEError, match="plain file name"):
+        annotate_bundle(small_bundle, documents={"../x.md": "no"})
+    half = save_bundle(load_model(small_bundle), tmp_path / "half", dtype=torch.float16)
+    full = sum((small_bundle / f).stat().st_size for f in ("shift_unet.safetensors", "autoencoder.safetensors"))
+    assert sum((half / f).stat().st_size for f in ("shift_unet.safetensors", "autoencoder.safetensors")) < 0.55 * full
+    assert next(load_model(half).shift_unet.parameters()).dtype == torch.float32

@@ -173,8 +173,10 @@ class SubjectPlan:
             out.append(model.log_change(age, onset, self.factors))
         return out
 
+
 def subject_id(index: int) -> str:
     return f"sub-{index + 1:04d}"
+
 
 def is_disease(index: int, fraction: float) -> bool:
     """Deterministic, evenly spread group assignment: exactly ⌊n·fraction⌋ of the first n subjects.
@@ -184,8 +186,10 @@ def is_disease(index: int, fraction: float) -> bool:
     """
     return math.floor((index + 1) * fraction + 1e-9) > math.floor(index * fraction + 1e-9)
 
+
 def template_for(index: int, templates: tuple[str, ...]) -> str:
     return templates[(index // 2) % len(templates)]
+
 
 def rng_for(seed: int, index: int, *part: int) -> np.random.Generator:
     """The generator of one subject (``part`` = ()), its identity field (1,) or its visit v (2, v).
@@ -193,6 +197,7 @@ def rng_for(seed: int, index: int, *part: int) -> np.random.Generator:
     Derived from (seed, subject index, part) only, so subjects and visits are independent streams.
     """
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index), *part)))
+
 
 def plan_subject(config: CohortConfig, index: int) -> SubjectPlan:
     rng = rng_for(config.seed, index)
@@ -258,6 +263,7 @@ def template_on_grid(name: str, spacing_mm: float) -> TemplateOnGrid:
     shape, affine = mni_grid(spacing_mm)
     return TemplateOnGrid(load_template(name), shape, affine)
 
+
 def _affine_mm(rotation_deg, translation_mm, scale=1.0, anisotropy=(1.0, 1.0, 1.0)) -> np.ndarray:
     """A global map (world mm → world mm) about the brain centre, as 4×4."""
 
@@ -280,6 +286,7 @@ def torch_threads(n: int | None):
     finally:
         torch.set_num_threads(old)
 
+
 def synthesize_subject(config: CohortConfig, index: int, cancel=None, threads: int | None = 1):
     """Generate every visit of subject ``index`` in memory → (SubjectPlan, [Visit, …]).
 
@@ -290,9 +297,8 @@ def synthesize_subject(config: CohortConfig, index: int, cancel=None, threads: i
     with torch_threads(threads):
         return _synthesize_subject(config, index, cancel)
 
+
 def _synthesize_subject(config: CohortConfig, index: int, cancel):
-
-
     plan = plan_subject(config, index)
     tog = template_on_grid(plan.template, float(config.spacing_mm))
     shape, affine = tog.shape, tog.affine
@@ -345,6 +351,7 @@ def _synthesize_subject(config: CohortConfig, index: int, cancel):
                             volumes=_volumes(dict(zip(CHANNELS[1:], measured)), tog.voxel_ml), affine=affine.copy()))
     return plan, visits
 
+
 def _labels(m: dict, inside: np.ndarray) -> np.ndarray:
     classes = np.stack([
         np.clip(m["csf"] - m["ventricles"], 0, None),
@@ -352,6 +359,7 @@ def _labels(m: dict, inside: np.ndarray) -> np.ndarray:
         m["wm"], m["ventricles"], m["hippocampus_l"], m["hippocampus_r"],
     ])
     return np.where(inside, np.argmax(classes, axis=0) + 1, 0).astype(np.uint8)
+
 
 def _volumes(m: dict, voxel_ml: float) -> dict:
     s = {k: float(m[k].sum(dtype=np.float64)) * voxel_ml for k in ("ventricles", "hippocampus_l", "hippocampus_r", "gm", "wm", "csf")}
@@ -378,8 +386,10 @@ def _nifti_bytes(data: np.ndarray, affine: np.ndarray, description: str) -> byte
         gz.write(raw)
     return buf.getvalue()
 
+
 def _round(x: float, nd: int) -> float:
     return float(f"{x:.{nd}f}")
+
 
 def _write_subject(out: Path, config: CohortConfig, plan: SubjectPlan, visits: list[Visit]) -> dict:
     """Write one subject into a temporary folder and rename it into place (all or nothing)."""
@@ -411,11 +421,13 @@ def _write_subject(out: Path, config: CohortConfig, plan: SubjectPlan, visits: l
         raise
     return record
 
+
 def _publishable(path: Path, mode: int) -> None:
     """Temporary files and folders are private (0600/0700); give the outputs the usual umask mode."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, mode & ~umask)
+
 
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
@@ -423,6 +435,7 @@ def _sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
 
 def _description(config: CohortConfig) -> dict:
     """cohort.json: everything but the subject count decides the files (checked when resuming)."""
@@ -445,6 +458,7 @@ def _description(config: CohortConfig) -> dict:
         "random_streams": "numpy SeedSequence(seed, spawn_key=(subject index,)) for the subject's draws, (index, 1) for its identity field, (index, 2, visit) for each visit",
         "licence": "NOTICE.txt",
     }
+
 
 def _notice() -> str:
     texts = notice_texts()
@@ -473,6 +487,7 @@ class CohortResult:
     seconds_per_subject: list[float]
     visits_per_subject: list[int]
     prepare_seconds: float = 0.0  # reading the templates and preparing them for the grid (once per process)
+
 
 def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None, threads: int | None = 1) -> CohortResult:
     """Write the cohort into ``output_dir``; resumes a folder made with the same settings.
@@ -546,6 +561,7 @@ def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None
     for name in ("cohort.csv", "cohort.json", "NOTICE.txt"):
         _publishable(out / name, 0o666)
     return result
+
 
 def _differences(old: dict, new: dict) -> list[str]:
     diffs = []

@@ -30,14 +30,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-def _model_space(model_path):
 
+def _model_space(model_path):
     path = model_path or default_model_path()
     if path is None:
         return ModelSpaceConfig()
     from ..weights import load_model
 
     return load_model(path).config.space
+
 
 def run(args, progress=None) -> int:
     """Write into ``args.output_dir``: the registered brain (MNI grid), the brain mask (scan grid), the

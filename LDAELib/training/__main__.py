@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import EXIT_CANCELLED, EXIT_ERROR, LDAEError
+from .command import add_arguments, run
+
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import LDAEError
-    from .command import EXIT_CANCELLED, EXIT_ERROR, add_arguments, run
-
     p = argparse.ArgumentParser(prog="python -m LDAELib.training", description="Train an LDAE on a cohort (same as 'ldae train').")
     add_arguments(p)
     args = p.parse_args(argv)

@@ -32,6 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe setting, e.g. --set ddpm.lr=2e-4 (repeatable)")
     parser.add_argument("--steps", type=int, metavar="N", help="steps of the named stage (shorthand for --set STAGE.steps=N)")
     parser.add_argument("--output", metavar="DIR", help="bundle folder written at the end (default WORKDIR/bundle)")
+    parser.add_argument("--bundle-dtype", choices=["float32", "float16"], default="float32",
+                        help="storage of the bundle's weights (float16: half the size, read back as float32; default float32)")
     parser.add_argument("--device", default="auto", help="auto (this process's GPU if any, else CPU), cpu, cuda, cuda:1 … (default auto)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time (measured on a few steps) and stop")
@@ -39,8 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--write-recipe", metavar="PATH", help="write the recipe in use (after --config/--set/--steps) to PATH and stop")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
-def _recipe(args):
 
+def _recipe(args):
     recipe = load_recipe(args.config) if args.config else load_recipe(DEMO_RECIPE)
     sets = list(args.set)
     if args.steps is not None:
@@ -49,9 +51,8 @@ def _recipe(args):
         sets += [f"{args.stage}.steps={args.steps}", f"{args.stage}.epochs=null"]
     return apply_overrides(recipe, sets) if sets else recipe
 
+
 def run(args) -> int:
-
-
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = _recipe(args)
@@ -67,7 +68,7 @@ def run(args) -> int:
     try:
         from .session import TrainingSession
 
-        session = TrainingSession(recipe, args.cohort, args.workdir, ctx, progress=not args.quiet)
+        session = TrainingSession(recipe, args.cohort, args.workdir, ctx, progress=not args.quiet, bundle_dtype=args.bundle_dtype)
         try:
             result = session.run(args.stage, args.output)
         except KeyboardInterrupt:
@@ -80,9 +81,8 @@ def run(args) -> int:
     finally:
         teardown(ctx)
 
+
 def _dry_run(args, recipe) -> int:
-
-
     device = resolve_device(args.device)
     data = TrainingData.open(args.cohort, recipe.data, recipe.model.space, args.workdir, write_split=False)
     uncached = [i for s in ("train", "val") for i in data.indices[s] if not data.volumes.is_cached(i)] if args.workdir else \

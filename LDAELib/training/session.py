@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from ..directions import Direction
@@ -51,6 +52,7 @@ ORDER = ("autoencoder", "ddpm", "representation", "probes", "bundle")
 def _strip(sd: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
+
 class TrainingSession:
     """Runs the stages of ``recipe`` on ``cohort`` in ``workdir`` (in this process's share under torchrun).
 
@@ -60,8 +62,11 @@ class TrainingSession:
     """
 
     def __init__(self, recipe: Recipe, cohort: str | Path, workdir: str | Path, ctx: DistContext | None = None,
-                 progress: bool = True, echo: Callable[[str], None] | None = None) -> None:
+                 progress: bool = True, echo: Callable[[str], None] | None = None, bundle_dtype: str = "float32") -> None:
         self.recipe, self.cohort, self.workdir = recipe, Path(cohort), Path(workdir)
+        if bundle_dtype not in ("float32", "float16"):
+            raise LDAEError(f"the bundle's weights are stored as float32 or float16, not {bundle_dtype!r}")
+        self.bundle_dtype = bundle_dtype
         self.ctx = ctx or DistContext()
         self.progress = progress
         self._echo = echo or (lambda s: print(s, file=sys.stderr))
@@ -213,7 +218,6 @@ class TrainingSession:
         return self._run(obj, "representation", stop_at, {"latent_scale": lat.scale})
 
     def _ema_encoder(self):
-
         ck = load_checkpoint(self._require("representation", "probes"), with_optimizer=False)
         enc = SemanticEncoder.from_config(self.recipe.model.encoder)
         enc.load_state_dict(_strip(ck.groups["ema"], "encoder."))
@@ -257,7 +261,6 @@ class TrainingSession:
         return self._read_probes(folder)[1]
 
     def _read_probes(self, folder: Path):
-
         if not (folder / "probes.json").is_file() or not (folder / "directions.safetensors").is_file():
             return None
         record = json.loads((folder / "probes.json").read_text())
@@ -316,7 +319,9 @@ class TrainingSession:
             model.autoencoder.load_state_dict(_strip(ae_ck.groups["ema"], "autoencoder."))
             model.semantic_encoder.load_state_dict(_strip(rep_ck.groups["ema"], "encoder."))
             model.shift_unet.load_state_dict(_strip(rep_ck.groups["ema"], "shift_unet."))
-            save_bundle(model, out, name=self.recipe.name)
+            split_text = json.dumps(split, indent=1) + "\n"
+            save_bundle(model, out, name=self.recipe.name, dtype=getattr(torch, self.bundle_dtype),
+                        extra_files={"training_split.json": split_text})
             self.echo(f"bundle: wrote {out}")
         self.ctx.barrier()
         return out
@@ -347,6 +352,7 @@ class TrainingSession:
         if stage == "bundle":
             return self.export_bundle(output)
         raise LDAEError(f"unknown stage {stage!r}; stages: {', '.join(ORDER)}, all")
+
 
 def _with_latent_scale(config, scale: float):
     """A copy of ``config`` whose latent_scale is the measured one."""

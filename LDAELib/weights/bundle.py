@@ -157,10 +157,11 @@ def manifest_hashes(folder: str | Path) -> dict[str, str]:
 OPERATIONS = ("reconstruct", "edit", "interpolate", "vary")
 
 
-def annotate_bundle(folder: str | Path, *, limitations: dict[str, str]) -> Path:
+def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = None, documents: dict[str, str] | None = None) -> Path:
     """Record in a bundle what its model does badly, by operation (``LDAEModel.limitations``):
-    ``{"vary": "…"}``; an empty text removes an operation's note. The weight files are untouched;
-    ``ldae_bundle.json`` and the manifest are rewritten, so the model id changes.
+    ``{"vary": "…"}``; an empty text removes an operation's note. ``documents``: {name: text} of
+    files to add or replace beside the weights (its model card, README.md). The weight files are
+    untouched; ``ldae_bundle.json`` and the manifest are rewritten, so the model id changes.
 
     The bundle is verified first. The change is made in a copy beside it that then takes its place,
     so a failure leaves the bundle as it was.
@@ -168,6 +169,10 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str]) -> Path:
     folder = Path(folder)
     if not is_bundle(folder):
         raise LDAEError(f"{folder} is not an LDAE bundle (no {BUNDLE_JSON})")
+    limitations, documents = dict(limitations or {}), dict(documents or {})
+    for name in documents:
+        if Path(name).name != name or name in (MANIFEST, BUNDLE_JSON, _LICENCE, _DIRECTIONS, _SHIFT, *_PARTS.values()):
+            raise LDAEError(f"cannot add {name!r} to a bundle: give a plain file name that is not one of the bundle's own files")
     unknown = sorted(set(limitations) - set(OPERATIONS))
     if unknown:
         raise LDAEError(f"unknown operation(s) {', '.join(unknown)}: a limitation names one of {', '.join(OPERATIONS)}")
@@ -195,7 +200,11 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str]) -> Path:
             shutil.copy2(f, tmp / f.name)
         (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2))
         manifest = json.loads((tmp / MANIFEST).read_text())
-        manifest["files"][BUNDLE_JSON] = {"sha256": sha256_file(tmp / BUNDLE_JSON), "bytes": (tmp / BUNDLE_JSON).stat().st_size}
+        for name, text in documents.items():
+            (tmp / name).write_text(text)
+        for name in (BUNDLE_JSON, *documents):
+            manifest["files"][name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+        manifest["files"] = dict(sorted(manifest["files"].items()))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         verify_bundle(tmp)
         shutil.rmtree(old, ignore_errors=True)

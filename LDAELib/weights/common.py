@@ -32,8 +32,8 @@ def torch_load_safe(path: Path):
     if path.stat().st_size == 0:
         raise LDAEError(f"{path} is empty; download it again")
     with open(path, "rb") as f:
-        head = f.read(2)
-    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        head = f.read(4)
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip archive; older files, a pickle
         raise LDAEError(f"{path.name} is not a PyTorch weight file (neither the zip archive torch.save writes nor a pickle); "
                         "check that the right file was given, or download it again")
     try:
