@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from LDAELib.nets.autoencoder import AutoencoderConfig, build_autoencoder, convert_old_keys, infer_autoencoder_config
 from LDAELib.nets.unet import ShiftUNet, UNet, UNetConfig, infer_unet_config
 from LDAELib.accel import cpu_vector_level
-from conftest import FIXTURES, fixture_path, load_fixture, rel_err
+from conftest import fixture_path, load_fixture, rel_err
 
 MODULE_TOL = 2e-5
 SHIFT_ONLY = ("label_emb", "shift_middle_block", "shift_output_blocks", "shift_out")

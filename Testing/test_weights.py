@@ -13,7 +13,7 @@ import torch
 from LDAELib.errors import LDAEError
 from LDAELib.weights import load_model
 from LDAELib.weights.bundle import annotate_bundle, save_bundle, verify_bundle
-from conftest import fixture_path, load_fixture
+from conftest import load_fixture
 
 
 def _copy_official(src: Path, dst: Path) -> Path:

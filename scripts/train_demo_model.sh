@@ -13,7 +13,7 @@ OUT="${1:-demo_run}"
 THREADS="${LDAE_THREADS:-2}"
 RECIPE="$(python -c 'from LDAELib.training.config import DEMO_RECIPE; print(DEMO_RECIPE)')"
 ldae cohort "$OUT/cohort" --subjects 120 --seed 0 --labels --threads "$THREADS"
-ldae train all --cohort "$OUT/cohort" --workdir "$OUT/run" --threads "$THREADS" --config "$RECIPE"
-python -m LDAELib.training.release "$OUT/run/bundle" "$OUT/demo_model"
+ldae train all --cohort "$OUT/cohort" --workdir "$OUT/run" --threads "$THREADS" --config "$RECIPE" \
+    --output "$OUT/demo_model" --bundle-dtype float16
 ldae evaluate --workdir "$OUT/run" --model "$OUT/demo_model" --output "$OUT/evaluation" --threads "$THREADS" --steps 10 20
 echo "bundle: $OUT/demo_model   report: $OUT/evaluation/report.md"
