@@ -397,3 +397,12 @@ def test_sigterm_mid_run_leaves_no_output_and_no_temporary_file(place, bundle):
     assert "cancelled" in err and "no output was written" in err
     assert not (d / "frames").exists() and not _leftovers(d)
     assert {p: h for p, h in _hashes(d).items() if p in before} == before
+
+
+def test_noise_on_the_raw_path_is_named_for_what_it_is(place, bundle, capsys):
+    """Stage A on a volume of noise says it is not a T1 head scan (not that the brain lies outside the field of view)."""
+    d, _, _ = place
+    noise = _save(d / "noise_raw.nii.gz", np.random.default_rng(3).random((60, 72, 60)).astype(np.float32) * 100, np.diag([3.0, 3.0, 3.0, 1.0]))
+    line = _refused(["reconstruct", noise, d / "o.nii.gz", "--model", bundle, "--steps", "2", "--threads", "1", "-q"], capsys, d,
+                    "does not look like a T1-weighted head")
+    assert "outside" not in line

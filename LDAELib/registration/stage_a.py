@@ -306,8 +306,9 @@ def _correlation(a: sitk.Image, b: sitk.Image, mask: sitk.Image) -> float:
 
 def quality_failure(q: dict, s: StageASettings) -> str | None:
     """The message that stops stage A, or None when the figures in ``q`` pass."""
-    fixes = ("Check that the image is a T1-weighted head or brain scan with a correct orientation in its "
-             "header; if it is already registered to MNI, pass it as registered (--registered).")
+    fixes = ("This does not look like a T1-weighted head or brain scan where the template fits: check that the right file "
+             "was loaded, that it is a T1-weighted MRI and that its header's orientation is correct; if it is already "
+             "registered to MNI, pass it as registered (--registered).")
     if q["similarity"] < s.min_similarity:
         return (f"Registration to MNI failed the quality check: the registered brain correlates only "
                 f"{q['similarity']:.2f} with the template (at least {s.min_similarity:.2f} expected). {fixes}")
@@ -408,12 +409,8 @@ def _register(data: np.ndarray, affine: np.ndarray, s: StageASettings, steps: _S
     inside = _brain_inside_fraction(tmpl["m6"], aff, native)
     steps.end()
     early = _correlation(images.resample(work, tmpl["t2"], aff), tmpl["t2"], tmpl["m2"])
-    if early < 0.5 * s.min_similarity:  # noise, a phantom or another contrast: not a head the template fits
-        raise LDAEError(
-            f"This does not look like a T1-weighted head or brain scan: after an affine registration it correlates "
-            f"{early:.2f} with the MNI T1 template (a T1 scan gives over {s.min_similarity:.2f}). Check that the right file "
-            "was loaded and that it is a T1-weighted MRI."
-        )
+    if early < 0.5 * s.min_similarity:  # noise, a phantom or another contrast: stop before the rest of the work
+        raise LDAEError(quality_failure({"similarity": round(early, 4), "brain_volume_ml": 0.0}, s))
     if inside < s.min_brain_inside:
         raise LDAEError(
             f"The field of view does not contain the whole brain: after registration to MNI about "
