@@ -19,6 +19,7 @@ from LDAELib.pipeline import LDAEPipeline
 from LDAELib.evaluation.similarity import slice_ssim
 from LDAELib.nets import slab
 from LDAELib.pipeline.preview import preview_edit
+from LDAELib.testing import phantom_brain
 from LDAELib.weights import random_model
 
 
@@ -31,11 +32,9 @@ def one_thread():
 
 
 def brain(shape) -> torch.Tensor:
-    g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = g[0] ** 2 / 0.75**2 + g[1] ** 2 / 0.8**2 + g[2] ** 2 / 0.7**2
-    v = np.where(r < 1, 0.6 + 0.3 * np.cos(6 * g[0]) * np.sin(5 * g[1]), 0.0)
-    vent = g[0] ** 2 / 0.15**2 + g[1] ** 2 / 0.25**2 + g[2] ** 2 / 0.15**2
-    return torch.tensor(np.where(vent < 1, 0.15, v), dtype=torch.float32)[None, None]
+    """The test phantom on a model-space grid, scaled to [0, 1] (1×1×A×B×S)."""
+    v, _ = phantom_brain(tuple(shape), 3.0)
+    return torch.from_numpy(v / v.max())[None, None]
 
 
 @pytest.fixture(scope="module")
