@@ -28,9 +28,11 @@ def world_grid(shape, affine):
     return [sum(affine[d, c] * idx[c] for c in range(3)) + affine[d, 3] for d in range(3)]
 
 
-def synthetic_brain(shape, affine, peak=1000.0):
-    """A smooth ellipsoidal 'brain' (~140×170×120 mm, centred near the MNI origin) on a 0 background,
-    with slow internal structure so correlation is not decided by the edge alone."""
+def world_pattern(shape, affine, peak=1000.0):
+    """A smooth pattern defined in world millimetres (so the same object on any grid, rotated or not):
+    an ellipsoid (~140×170×120 mm, centred near the MNI origin) on a 0 background, with slow internal
+    structure so correlation is not decided by the edge alone. Unlike ``LDAELib.testing.phantom_brain``
+    (voxel-defined), it is what resampling tests need."""
     x, y, z = world_grid(shape, affine)
     r = np.sqrt((x / 70.0) ** 2 + ((y + 18.0) / 85.0) ** 2 + ((z - 10.0) / 60.0) ** 2)
     mask = 1.0 / (1.0 + np.exp((r - 1.0) / 0.04))
@@ -53,7 +55,7 @@ def rotation(axis, degrees):
 
 @pytest.fixture(scope="module")
 def mni_volume():
-    return synthetic_brain(MNI_SHAPE, MNI_AFFINE)
+    return world_pattern(MNI_SHAPE, MNI_AFFINE)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,7 @@ def test_round_trip_anisotropic_oblique_input():
     affine[:3, :3] = rotation(0, 12.0) @ rotation(2, -20.0) @ np.diag([1.0, 1.0, 3.0])
     # centre the grid on the world origin, where the brain is
     affine[:3, 3] = -affine[:3, :3] @ ((np.array(shape) - 1) / 2)
-    vol = synthetic_brain(shape, affine, peak=300.0)
+    vol = world_pattern(shape, affine, peak=300.0)
     x, ctx = to_model_space(vol, affine)
     assert x.shape == (128, 160, 128)
     back = from_model_space(x, ctx)
@@ -135,7 +137,7 @@ def test_round_trip_anisotropic_oblique_input():
 
 def test_inputs_are_not_modified():
     affine = np.diag([4.0, 4.0, 4.0, 1.0]) @ _centring((40, 48, 40))
-    vol = synthetic_brain((40, 48, 40), affine)
+    vol = world_pattern((40, 48, 40), affine)
     vol_before, affine_before = vol.copy(), affine.copy()
     x, ctx = to_model_space(vol, affine)
     x_before = x.copy()
