@@ -1,7 +1,7 @@
 """The demo model in use: what a user waits for, per operation, on this machine.
 
 Loads the shipped demo model (or ``--model``) the way ``ldae`` does (``LDAELib.pipeline.make_pipeline``
-with the tuned allocator), takes the shipped example visit in model space, and times with
+with the tuned allocator; float32 decoder by default, ``--decode-dtype auto`` for ``--fast-decode``), takes the shipped example visit in model space, and times with
 ``time.perf_counter`` after one warm-up call:
 
 * ``cold edit``: encoder + semantic encoder + T inversion steps + T sampling steps + decode, on an
@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from LDAELib.resources import default_model_path, example_scans  # noqa: E402
-from LDAELib.accel import cpu_name, tune_allocator
+from LDAELib.accel import cpu_name, tune_allocator  # noqa: E402
 from LDAELib.pipeline import make_pipeline  # noqa: E402
 from LDAELib.space import to_model_space  # noqa: E402
 from LDAELib.weights import load_model  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--decode-dtype", default="auto")
+    p.add_argument("--decode-dtype", default="float32", help="float32 (ldae's default) or auto (--fast-decode)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
