@@ -3,6 +3,7 @@
     ldae train all --cohort COHORT --workdir RUN                      # every stage, then the bundle
     ldae train ddpm --cohort COHORT --workdir RUN --steps 2000        # one stage
     ldae train --dry-run --cohort COHORT [--config recipe.yaml]        # plan and estimated time
+    ldae train autoencoder --cohort C --workdir RUN --save-stage F     # a finished stage as float16 (handover.py)
     torchrun --nproc_per_node 4 -m LDAELib.cli train all --cohort … --workdir …   # data-parallel
 """
 
@@ -39,6 +40,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time (measured on a few steps) and stop")
     parser.add_argument("--no-measure", action="store_true", help="with --dry-run: print the plan without measuring the time")
     parser.add_argument("--write-recipe", metavar="PATH", help="write the recipe in use (after --config/--set/--steps) to PATH and stop")
+    parser.add_argument("--save-stage", metavar="FILE", help="with a stage name: write that finished stage's EMA weights in float16 to FILE "
+                        "(a hand-over, to go on training elsewhere) and stop")
+    parser.add_argument("--load-stage", metavar="FILE", help="with a stage name: take that stage from a hand-over FILE as finished "
+                        "(same recipe and cohort; earlier stages loaded first) and stop")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -69,6 +74,15 @@ def run(args) -> int:
         from .session import TrainingSession
 
         session = TrainingSession(recipe, args.cohort, args.workdir, ctx, progress=not args.quiet, bundle_dtype=args.bundle_dtype)
+        if args.save_stage or args.load_stage:
+            if args.stage not in ("autoencoder", "ddpm", "representation") or (args.save_stage and args.load_stage):
+                raise LDAEError("--save-stage and --load-stage take one training stage: ldae train autoencoder|ddpm|representation --save-stage FILE (or --load-stage FILE)")
+            if ctx.is_main:
+                if args.save_stage:
+                    session.save_stage(args.stage, args.save_stage)
+                else:
+                    session.load_stage(args.stage, args.load_stage)
+            return 0
         try:
             result = session.run(args.stage, args.output)
         except KeyboardInterrupt:

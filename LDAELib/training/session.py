@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -42,6 +42,7 @@ from .config import Recipe, comparable
 from .data import TrainingData
 from .ddpm import DDPMObjective
 from .distributed import DistContext
+from .handover import load_handover, read_handover, save_handover
 from .probes import encode_codes, fit_directions, probe_metrics
 from .representation import RepresentationObjective
 from .trainer import StageResult, module_fingerprint, run_stage
@@ -332,6 +333,29 @@ class TrainingSession:
         if notice.is_file():
             text += "\n" + "=" * 100 + "\nNOTICE.txt of the training cohort\n" + "=" * 100 + "\n" + notice.read_text()
         return text
+
+    # ------------------------------------------------------------------ hand-overs (handover.py)
+    def upstream_of(self, stage: str) -> dict:
+        """The fingerprints of the stages ``stage`` trains on, as they are in the work folder now."""
+        earlier = {"autoencoder": (), "ddpm": ("autoencoder",), "representation": ("autoencoder", "ddpm")}[stage]
+        return {s: module_fingerprint(self.stage_dir(s)) for s in earlier}
+
+    def save_stage(self, stage: str, path: str | Path) -> dict:
+        """Write the finished ``stage`` as a float16 hand-over file."""
+        self.data  # noqa: B018  (the split must exist: the hand-over records it)
+        rec = save_handover(self.workdir, stage, path)
+        self.echo(f"{stage}: wrote {path} ({rec['bytes'] / 1e6:.1f} MB, {rec['step']} steps, SHA-256 {rec['file_sha256'][:16]}…)")
+        return rec
+
+    def load_stage(self, stage: str, path: str | Path) -> dict:
+        """Take ``stage`` from a hand-over file as finished, after checking it belongs to this training."""
+        self.data  # noqa: B018
+        rec, _ = read_handover(path)
+        if rec["stage"] != stage:
+            raise LDAEError(f"{path} holds the {rec['stage']} stage, not {stage}; run 'ldae train {rec['stage']} --load-stage {path}'")
+        rec = load_handover(self.workdir, path, self.upstream_of(stage))
+        self.echo(f"{stage}: loaded {path} ({rec['step']} steps, float16 weights); the next stage can start")
+        return rec
 
     def run(self, stage: str = "all", output: str | Path | None = None, stop_at: int | None = None):
         """Run one stage, or every stage from the first incomplete one to the bundle (``all``)."""

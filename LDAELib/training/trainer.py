@@ -327,5 +327,7 @@ def module_fingerprint(stage_dir: Path) -> dict:
     if p is None:
         return {}
     st = json.loads((p / "state.json").read_text())
-    return {"stage": Path(stage_dir).name, "checkpoint": p.name, "sha256": st["files"]["weights.safetensors"]["sha256"]}
+    # A stage loaded from a hand-over (handover.py) keeps the SHA-256 of the float32 weights it was made from.
+    sha = (st.get("handover") or {}).get("weights_sha256") or st["files"]["weights.safetensors"]["sha256"]
+    return {"stage": Path(stage_dir).name, "checkpoint": p.name, "sha256": sha}
 
