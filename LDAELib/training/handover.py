@@ -65,7 +65,8 @@ def _recipe_of(workdir: Path) -> dict:
         raise LDAEError(f"{workdir} has no readable recipe.json ({err}); is it an 'ldae train' work folder?") from None
 
 
-def _stage(stage: str) -> str:
+def stage_name(stage: str) -> str:
+    """``stage`` if a hand-over can hold it, else one clear error."""
     if stage not in STAGES:
         raise LDAEError(f"a hand-over holds one training stage ({', '.join(STAGES)}), not {stage!r}")
     return stage
@@ -74,7 +75,7 @@ def _stage(stage: str) -> str:
 def save_handover(workdir: str | Path, stage: str, path: str | Path) -> dict:
     """Write the finished ``stage`` of ``workdir`` to ``path`` (float16 EMA weights); returns its record."""
     workdir, path = Path(workdir), Path(path)
-    stage_dir = workdir / _stage(stage)
+    stage_dir = workdir / stage_name(stage)
     fin, ck_path = read_final(stage_dir), final_checkpoint(stage_dir)
     if fin is None or ck_path is None:
         raise LDAEError(f"the {stage} stage is not complete in {workdir}: only a finished stage can be handed over")
@@ -124,19 +125,20 @@ def read_handover(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise LDAEError(f"{path} is not an LDAE stage hand-over (write one with 'ldae train STAGE --save-stage FILE')")
     if int(record.get("version", 0)) > VERSION:
         raise LDAEError(f"{path} was written by a newer LDAE (hand-over v{record.get('version')}); update LDAE")
-    _stage(record.get("stage"))
+    stage_name(record.get("stage"))
     return record, {k: (v.float() if v.is_floating_point() else v) for k, v in weights.items()}
 
 
-def load_handover(workdir: str | Path, path: str | Path, current_upstream: dict) -> dict:
-    """Make the stage in ``path`` the finished stage of ``workdir``; returns the hand-over's record.
+def load_handover(workdir: str | Path, stage: str, path: str | Path, current_upstream: dict) -> dict:
+    """Make ``stage``, read from ``path``, the finished stage of ``workdir``; returns the hand-over's record.
 
     ``current_upstream``: the fingerprints of the earlier stages in ``workdir`` now, which must be
     the ones the handed-over stage was trained on.
     """
     workdir = Path(workdir)
     record, weights = read_handover(path)
-    stage = record["stage"]
+    if record["stage"] != stage:
+        raise LDAEError(f"{path} holds the {record['stage']} stage, not {stage}; run 'ldae train {record['stage']} --load-stage {path}'")
     if comparable(_recipe_of(workdir)) != record["recipe"]:
         raise LDAEError(f"{path} was trained with other model or data settings than {workdir / 'recipe.json'}; "
                         "load it into a work folder started with the same recipe")

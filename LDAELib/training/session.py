@@ -42,7 +42,7 @@ from .config import Recipe, comparable
 from .data import TrainingData
 from .ddpm import DDPMObjective
 from .distributed import DistContext
-from .handover import load_handover, read_handover, save_handover
+from .handover import load_handover, save_handover, stage_name
 from .probes import encode_codes, fit_directions, probe_metrics
 from .representation import RepresentationObjective
 from .trainer import StageResult, module_fingerprint, run_stage
@@ -350,10 +350,7 @@ class TrainingSession:
     def load_stage(self, stage: str, path: str | Path) -> dict:
         """Take ``stage`` from a hand-over file as finished, after checking it belongs to this training."""
         self.data  # noqa: B018
-        rec, _ = read_handover(path)
-        if rec["stage"] != stage:
-            raise LDAEError(f"{path} holds the {rec['stage']} stage, not {stage}; run 'ldae train {rec['stage']} --load-stage {path}'")
-        rec = load_handover(self.workdir, path, self.upstream_of(stage))
+        rec = load_handover(self.workdir, stage, path, self.upstream_of(stage_name(stage)))
         self.echo(f"{stage}: loaded {path} ({rec['step']} steps, float16 weights); the next stage can start")
         return rec
 
