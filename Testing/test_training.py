@@ -522,3 +522,23 @@ def test_latent_shift_is_learned_shipped_and_undone_by_the_pipeline(tiny_cohort,
     (bundle / "latent_shift.safetensors").unlink()
     with pytest.raises(LDAEError, match="latent_shift"):
         load_model(bundle)
+
+
+def test_latent_batches_draw_the_mean_or_a_sample_and_the_demo_recipe_uses_the_mean():
+    """``latent: mean`` gives the diffusion stages (μ − shift)·scale, the z0 the pipeline encodes;
+    ``sample`` adds σ·ε. The demo recipe trains both diffusion stages on the mean (docs/training.md)."""
+    from LDAELib.training.autoencoder import Latents
+    from LDAELib.training.config import DEMO_RECIPE, load_recipe
+    from LDAELib.training.ddpm import LatentBatches
+
+    g = torch.Generator().manual_seed(0)
+    mu, sigma = torch.randn(3, 2, 4, 5, 4, generator=g), torch.full((3, 2, 4, 5, 4), 0.5)
+    lat = Latents([10, 11, 12], mu, sigma, 2.0, {}, mu.mean(0))
+    mean = LatentBatches(lat, 1000, "mean", 0, 2, torch.device("cpu"))([11, 12], step=3)
+    sample = LatentBatches(lat, 1000, "sample", 0, 2, torch.device("cpu"))([11, 12], step=3)
+    assert torch.equal(mean["z0"], lat.scaled_means([11, 12]))
+    assert torch.equal(mean["noise"], sample["noise"]) and torch.equal(mean["t"], sample["t"])
+    spread = (sample["z0"] - mean["z0"]) / 2.0  # σ·ε, unscaled
+    assert 0.4 < float(spread.std()) < 0.6
+    recipe = load_recipe(DEMO_RECIPE)
+    assert recipe.ddpm.latent == "mean" and recipe.representation.latent == "mean"
