@@ -86,9 +86,18 @@ def test_a_handover_is_refused_where_it_does_not_belong(handed, tiny_cohort, tmp
     with pytest.raises(LDAEError, match="already complete"):
         s.load_stage("autoencoder", out / "autoencoder.safetensors")
 
-    other = apply_overrides(recipe, ["model.unet_args.base_channel=16"])
+    # Settings of the stage and those before it must match; a later stage's may differ.
+    wider_unet = apply_overrides(recipe, ["model.unet_args.base_channel=16"])
+    s2 = _session(wider_unet, tiny_cohort, tmp_path / "wider_unet")
+    s2.load_stage("autoencoder", out / "autoencoder.safetensors")
     with pytest.raises(LDAEError, match="other model or data settings"):
-        _session(other, tiny_cohort, tmp_path / "other").load_stage("autoencoder", out / "autoencoder.safetensors")
+        s2.load_stage("ddpm", out / "ddpm.safetensors")
+    other_plane = _session(apply_overrides(recipe, ["model.slicing_plane=coronal"]), tiny_cohort, tmp_path / "plane")
+    other_plane.load_stage("autoencoder", out / "autoencoder.safetensors")
+    other_plane.load_stage("ddpm", out / "ddpm.safetensors")  # the encoder's slicing plane is the next stage's
+    other_vae = apply_overrides(recipe, ["model.vae_args.latent_channels=2"])
+    with pytest.raises(LDAEError, match="other model or data settings"):
+        _session(other_vae, tiny_cohort, tmp_path / "other").load_stage("autoencoder", out / "autoencoder.safetensors")
     fewer = tmp_path / "fewer"  # the same cohort less one subject: another split
     shutil.copytree(tiny_cohort, fewer)
     rows = (fewer / "cohort.csv").read_text().splitlines(keepends=True)

@@ -448,3 +448,19 @@ def comparable(recipe_dict: dict) -> dict:
     model.pop("x0_clip", None)  # used by DDIM at inference only, not in training
     data = {k: v for k, v in recipe_dict.get("data", {}).items() if k not in ("disk_cache", "memory_cache")}
     return {"model": model, "data": data}
+
+
+# The model settings a stage's weights do not depend on: those of the later stages.
+_LATER_STAGE_SETTINGS = {
+    "autoencoder": ("unet_args", "enc_args", "num_timesteps", "latent_shift", "slicing_plane"),
+    "ddpm": ("enc_args", "slicing_plane"),
+    "representation": (),
+}
+
+
+def comparable_for(stage: str, comparable_dict: dict) -> dict:
+    """The part of ``comparable(...)`` that ``stage``'s weights were trained under: the data settings and
+    the model settings of this stage and the earlier ones. A finished autoencoder serves a recipe with
+    another diffusion UNet; a DDPM, one with another semantic encoder."""
+    model = {k: v for k, v in comparable_dict.get("model", {}).items() if k not in _LATER_STAGE_SETTINGS[stage]}
+    return {"model": model, "data": comparable_dict.get("data", {})}

@@ -14,7 +14,8 @@ The file's metadata (``ldae_handover``, JSON) records the stage, its step count,
 and data settings, the split's subjects, the weights each earlier stage was trained on, the final
 losses and the SHA-256 of the float32 weights it came from. Loading refuses a file made with other
 model or data settings, another split, or on other weights of an earlier stage than the work
-folder holds. The loaded stage keeps the original weights' SHA-256 as its fingerprint, so a later
+folder holds; settings of later stages may differ (an autoencoder serves a recipe with another
+diffusion UNet). The loaded stage keeps the original weights' SHA-256 as its fingerprint, so a later
 stage handed over from the same training is recognised as trained on it: the weights differ from
 those originals by float16 rounding only (the demo autoencoder's decode(μ): SSIM 0.999996 against
 float32, largest difference 5e-4 on a [0, 1] image).
@@ -40,7 +41,7 @@ from .checkpoint import (
     read_final,
     save_checkpoint,
 )
-from .config import comparable
+from .config import comparable, comparable_for
 
 FORMAT, VERSION = "ldae-stage-handover", 1
 KEY = "ldae_handover"
@@ -139,9 +140,10 @@ def load_handover(workdir: str | Path, stage: str, path: str | Path, current_ups
     record, weights = read_handover(path)
     if record["stage"] != stage:
         raise LDAEError(f"{path} holds the {record['stage']} stage, not {stage}; run 'ldae train {record['stage']} --load-stage {path}'")
-    if comparable(_recipe_of(workdir)) != record["recipe"]:
-        raise LDAEError(f"{path} was trained with other model or data settings than {workdir / 'recipe.json'}; "
-                        "load it into a work folder started with the same recipe")
+    if comparable_for(stage, comparable(_recipe_of(workdir))) != comparable_for(stage, record["recipe"]):
+        raise LDAEError(f"{path} was trained with other model or data settings than {workdir / 'recipe.json'} "
+                        f"has for the {stage} stage and the ones before it; load it into a work folder started "
+                        "with the same settings for those stages")
     if split_digest(workdir) != record["split_sha256"]:
         raise LDAEError(f"{path} was trained on another split of subjects than {workdir / 'split.json'}; "
                         "use the same cohort (same 'ldae cohort' seed and subjects) and split seed")
