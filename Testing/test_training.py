@@ -542,3 +542,29 @@ def test_latent_batches_draw_the_mean_or_a_sample_and_the_demo_recipe_uses_the_m
     assert 0.4 < float(spread.std()) < 0.6
     recipe = load_recipe(DEMO_RECIPE)
     assert recipe.ddpm.latent == "mean" and recipe.representation.latent == "mean"
+
+
+def test_shift_blocks_can_start_as_copies_of_the_eps_branch():
+    """shift_init=eps_branch: the gradient estimator's blocks start as the ε-branch's, blind to the
+    code, and g starts at zero; the default keeps the zero (guided-diffusion) start."""
+    from LDAELib.nets.unet import ShiftUNet
+    from LDAELib.training.config import RepresentationStageConfig
+    from LDAELib.training.representation import copy_eps_branch_into_shift_blocks
+
+    with pytest.raises(LDAEError, match="shift_init"):
+        RepresentationStageConfig(shift_init="random")
+    assert RepresentationStageConfig().shift_init == "zero"
+    torch.manual_seed(0)
+    net = ShiftUNet(tiny_recipe().model.unet).eval()
+    copy_eps_branch_into_shift_blocks(net)
+    assert int(torch.count_nonzero(net.shift_out[-1].weight)) > 0  # not touched: the objective zeroes it
+    net.shift_out.load_state_dict(net.out.state_dict())  # with the ε-branch's head, g is ε exactly …
+    x, t = torch.randn(2, 3, 8, 10, 8), torch.tensor([10, 900])
+    with torch.no_grad():
+        eps, g = net(x, t, torch.randn(2, 16))
+        _, g_other = net(x, t, torch.randn(2, 16) * 5)
+    assert torch.equal(eps, g) and torch.equal(g, g_other)  # … and the code changes nothing yet
+    state = net.state_dict()
+    for k, v in state.items():
+        if k.startswith("shift_output_blocks.") and "emb_z_layers" not in k:
+            assert torch.equal(v, state[k.replace("shift_output_blocks.", "output_blocks.", 1)]), k

@@ -201,6 +201,11 @@ class RepresentationStageConfig(StageConfig):
     average-pooled to the ``code_regression_grid`` and standardised over the training scans, from y_sem.
     It keeps the codes from collapsing to one vector when the cohort varies little and the stage is
     short (docs/training.md, "Why the demo recipe adds a code regression").
+
+    ``shift_init``: how the gradient estimator's blocks start. ``zero`` (the guided-diffusion
+    initialisation, residual branches at zero) or ``eps_branch`` (not in the paper): the shift
+    middle and output blocks start as copies of the trained ε-branch's, their semantic modulation
+    at zero. Either way ``shift_out`` starts at zero, so training starts from the plain DDPM.
     """
 
     steps: int = 5000
@@ -210,9 +215,12 @@ class RepresentationStageConfig(StageConfig):
     snr_exponent: float = 0.1
     code_regression_weight: float = 0.0
     code_regression_grid: tuple[int, int, int] = (4, 5, 4)
+    shift_init: str = "zero"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.shift_init not in ("zero", "eps_branch"):
+            raise LDAEError(f"shift_init must be 'zero' or 'eps_branch', got {self.shift_init!r}")
         if self.latent not in ("sample", "mean"):
             raise LDAEError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
         if not self.code_regression_weight >= 0:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import LDAEError
 from ..nets.semantic_encoder import SemanticEncoder
+from ..nets.blocks import ResBlock
 from ..nets.unet import ShiftUNet
 from .autoencoder import Latents
 from .config import RepresentationStageConfig
@@ -40,6 +41,19 @@ SHIFT_PARTS = ("label_emb", "shift_middle_block", "shift_output_blocks", "shift_
 
 def is_shift_parameter(name: str) -> bool:
     return name.split(".", 1)[0] in SHIFT_PARTS
+
+
+def copy_eps_branch_into_shift_blocks(shift: ShiftUNet) -> None:
+    """Start the gradient estimator's middle and output blocks as copies of the ε-branch's (same
+    shapes), with every semantic modulation (``emb_z_layers``) at zero, so y changes nothing yet."""
+    with torch.no_grad():
+        for src, dst in ((shift.middle_block, shift.shift_middle_block), (shift.output_blocks, shift.shift_output_blocks)):
+            own = dst.state_dict()
+            dst.load_state_dict({**own, **{k: v for k, v in src.state_dict().items() if k in own}})
+            for m in dst.modules():
+                if isinstance(m, ResBlock) and m.shift:
+                    nn.init.zeros_(m.emb_z_layers[-1].weight)
+                    nn.init.zeros_(m.emb_z_layers[-1].bias)
 
 
 def shift_coefficients(num_timesteps: int, snr_exponent: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,8 +156,11 @@ class RepresentationObjective(Objective):
         if missing:
             raise LDAEError(f"the DDPM weights do not fit this ShiftUNet (missing {sorted(missing)[:3]}…); were the stages trained with the same recipe?")
         shift.load_state_dict({k: unet_state[k] for k in eps_keys}, strict=False)
-        for part in ("shift_middle_block", "shift_output_blocks"):
-            zero_init_outputs(getattr(shift, part))
+        if config.shift_init == "eps_branch":
+            copy_eps_branch_into_shift_blocks(shift)
+        else:
+            for part in ("shift_middle_block", "shift_output_blocks"):
+                zero_init_outputs(getattr(shift, part))
         nn.init.zeros_(shift.shift_out[-1].weight)
         nn.init.zeros_(shift.shift_out[-1].bias)
         for name, p in shift.named_parameters():
