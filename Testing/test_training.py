@@ -568,3 +568,34 @@ def test_shift_blocks_can_start_as_copies_of_the_eps_branch():
     for k, v in state.items():
         if k.startswith("shift_output_blocks.") and "emb_z_layers" not in k:
             assert torch.equal(v, state[k.replace("shift_output_blocks.", "output_blocks.", 1)]), k
+
+
+def test_coarse_loss_counts_white_errors_once_and_smooth_errors_pool_cubed_times():
+    """coarse_loss_weight: the pooled ε-error, times the voxels pooled, is about the plain error for
+    white noise and pool³ times it for an error constant over each pooled block."""
+    from LDAELib.training.config import RepresentationStageConfig
+    from LDAELib.training.representation import RepresentationLoss
+
+    for bad in (dict(coarse_loss_weight=-1.0), dict(coarse_loss_pool=0), dict(coarse_loss_pool=2.5)):
+        with pytest.raises(LDAEError, match="coarse_loss"):
+            RepresentationStageConfig(**bad)
+
+    class Fixed(torch.nn.Module):  # stands in for the encoder and the ShiftUNet: ε is given, g = 0
+        def __init__(self, eps):
+            super().__init__()
+            self.eps = eps
+
+        def forward(self, zt, t, y):
+            return self.eps, torch.zeros_like(self.eps)
+
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(4, 3, 8, 8, 8, generator=gen)
+    white = noise + 0.3 * torch.randn(noise.shape, generator=gen)
+    smooth = noise + 0.3 * torch.randn(4, 3, 2, 2, 2, generator=gen).repeat_interleave(4, 2).repeat_interleave(4, 3).repeat_interleave(4, 4)
+    encoder = lambda x: torch.zeros(x.shape[0], 16)  # noqa: E731
+    x, z0, t = torch.zeros(4, 1, 16, 16, 16), torch.zeros_like(noise), torch.full((4,), 500)
+    for eps, ratio in ((white, 1.0), (smooth, 64.0)):
+        loss = RepresentationLoss(encoder, Fixed(eps), 1000, 0.1, "axial", coarse_loss_weight=1.0, coarse_loss_pool=4)
+        loss.encoder = encoder
+        _, parts = loss(x, z0, t, noise)
+        assert float(parts["coarse_mse"]) / float(parts["mse"]) == pytest.approx(ratio, rel=0.35)

@@ -206,6 +206,13 @@ class RepresentationStageConfig(StageConfig):
     initialisation, residual branches at zero) or ``eps_branch`` (not in the paper): the shift
     middle and output blocks start as copies of the trained ε-branch's, their semantic modulation
     at zero. Either way ``shift_out`` starts at zero, so training starts from the plain DDPM.
+
+    ``coarse_loss_weight`` (0 = the authors' objective; not in the paper) adds the same weighted
+    ε-error after average-pooling it over ``coarse_loss_pool``³ latent voxels, times the number of
+    voxels pooled: an error that is white in space counts the same there as in the plain loss, an
+    error as smooth as the pooling (a ventricle too small, a shape too narrow) ``pool³`` times more.
+    The plain loss is dominated by fine detail that a short code cannot hold; this term rewards the
+    gradient estimator for what the code can carry.
     """
 
     steps: int = 5000
@@ -216,6 +223,8 @@ class RepresentationStageConfig(StageConfig):
     code_regression_weight: float = 0.0
     code_regression_grid: tuple[int, int, int] = (4, 5, 4)
     shift_init: str = "zero"
+    coarse_loss_weight: float = 0.0
+    coarse_loss_pool: int = 4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -225,6 +234,10 @@ class RepresentationStageConfig(StageConfig):
             raise LDAEError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
         if not self.code_regression_weight >= 0:
             raise LDAEError(f"code_regression_weight must be 0 or positive, got {self.code_regression_weight}")
+        if not self.coarse_loss_weight >= 0:
+            raise LDAEError(f"coarse_loss_weight must be 0 or positive, got {self.coarse_loss_weight}")
+        if int(self.coarse_loss_pool) != self.coarse_loss_pool or self.coarse_loss_pool < 1:
+            raise LDAEError(f"coarse_loss_pool must be a positive integer, got {self.coarse_loss_pool!r}")
         grid = tuple(self.code_regression_grid)
         if len(grid) != 3 or any(int(k) != k or k < 1 for k in grid):
             raise LDAEError(f"code_regression_grid must be three positive integers, got {self.code_regression_grid!r}")

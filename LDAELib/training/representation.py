@@ -112,8 +112,10 @@ class RepresentationLoss(nn.Module):
     """(x, z0, t, noise) → (SNR-weighted ε-loss of ε + c_t·g [+ code regression], parts). Holds E and the ShiftUNet."""
 
     def __init__(self, encoder: SemanticEncoder, shift_unet: ShiftUNet, num_timesteps: int, snr_exponent: float, plane: str,
-                 code_regression: CodeRegression | None = None, code_regression_weight: float = 0.0) -> None:
+                 code_regression: CodeRegression | None = None, code_regression_weight: float = 0.0,
+                 coarse_loss_weight: float = 0.0, coarse_loss_pool: int = 4) -> None:
         super().__init__()
+        self.coarse_loss_weight, self.coarse_loss_pool = float(coarse_loss_weight), int(coarse_loss_pool)
         self.encoder, self.shift_unet, self.plane = encoder, shift_unet, plane
         self.code_regression, self.code_regression_weight = code_regression, float(code_regression_weight)
         coef, weight = shift_coefficients(num_timesteps, snr_exponent)
@@ -132,6 +134,12 @@ class RepresentationLoss(nn.Module):
         loss = (self.weight[t] * per_item).mean()
         base = (eps.detach().float() - noise.float()).pow(2).flatten(1).mean(1)
         parts = {"mse": per_item.mean().detach(), "mse_eps_only": base.mean().detach(), "code_sd": code_spread(y)}
+        if self.coarse_loss_weight > 0:
+            k = self.coarse_loss_pool
+            coarse = nn.functional.avg_pool3d(pred - noise.float(), k, ceil_mode=True).pow(2).flatten(1).mean(1) * k**3
+            base_coarse = nn.functional.avg_pool3d(eps.detach().float() - noise.float(), k, ceil_mode=True).pow(2).flatten(1).mean(1) * k**3
+            parts["coarse_mse"], parts["coarse_mse_eps_only"] = coarse.mean().detach(), base_coarse.mean().detach()
+            loss = loss + self.coarse_loss_weight * (self.weight[t] * coarse).mean()
         if code_target is not None and self.code_regression is not None:
             reg = self.code_regression(y, code_target)
             parts["code_regression"] = reg.detach()
@@ -172,7 +180,8 @@ class RepresentationObjective(Objective):
                 torch.manual_seed(config.seed + 1)
                 head = CodeRegression.fitted(model_config.encoder.emb_dim, config.code_regression_grid, latents, [r for r in self.items if latents.has(r)])
         self.module = RepresentationLoss(encoder, shift, model_config.num_timesteps, config.snr_exponent, model_config.slicing_plane,
-                                         head, config.code_regression_weight).to(self.device)
+                                         head, config.code_regression_weight, config.coarse_loss_weight,
+                                         config.coarse_loss_pool).to(self.device)
         self.val_rows = [r for r in data.indices["val"] if latents.has(r)]
         self.draw = LatentBatches(latents, model_config.num_timesteps, config.latent, config.seed, STAGE_ID, self.device)
 
