@@ -599,3 +599,33 @@ def test_coarse_loss_counts_white_errors_once_and_smooth_errors_pool_cubed_times
         loss.encoder = encoder
         _, parts = loss(x, z0, t, noise)
         assert float(parts["coarse_mse"]) / float(parts["mse"]) == pytest.approx(ratio, rel=0.35)
+
+
+def test_a_second_training_in_the_same_work_folder_stops_at_once(tiny_cohort, tmp_path):
+    """While one process trains in a work folder, another `ldae train` there (run or a hand-over load)
+    fails before writing anything and names the first; when the first ends, however it ends, the
+    folder is free again."""
+    from LDAELib.training import TrainingSession
+
+    work = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from LDAELib.training.lock import workdir_lock
+            with workdir_lock({str(work)!r}):
+                print("held", flush=True)
+                time.sleep(120)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        session = TrainingSession(tiny_recipe(steps=2), tiny_cohort, work, progress=False, echo=lambda m: None)
+        with pytest.raises(LDAEError, match=rf"another ldae train is working in .*pid {holder.pid}"):
+            session.run("all")
+        with pytest.raises(LDAEError, match="another ldae train"):
+            session.load_stage("autoencoder", tmp_path / "any.safetensors")
+        assert not (work / "autoencoder").exists()
+    finally:
+        holder.kill()  # killed, not left to release the lock itself
+        holder.wait()
+    session.run("autoencoder")
+    assert (work / "autoencoder" / "final.json").is_file()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -43,6 +44,7 @@ from .data import TrainingData
 from .ddpm import DDPMObjective
 from .distributed import DistContext
 from .handover import load_handover, save_handover, stage_name
+from .lock import workdir_lock
 from .probes import encode_codes, fit_directions, probe_metrics
 from .representation import RepresentationObjective
 from .trainer import StageResult, module_fingerprint, run_stage
@@ -73,6 +75,7 @@ class TrainingSession:
         self._echo = echo or (lambda s: print(s, file=sys.stderr))
         self._data: TrainingData | None = None
         self._latents: Latents | None = None
+        self._holds_lock = False
         self._check_recipe()
 
     # ------------------------------------------------------------------ plumbing
@@ -347,15 +350,38 @@ class TrainingSession:
         self.echo(f"{stage}: wrote {path} ({rec['bytes'] / 1e6:.1f} MB, {rec['step']} steps, SHA-256 {rec['file_sha256'][:16]}…)")
         return rec
 
+    @contextmanager
+    def _locked(self):
+        """The work folder's training lock (LDAELib.training.lock), taken by the main process only
+        and once per call chain (``run("all")`` runs the stages through ``run``)."""
+        if not self.ctx.is_main or self._holds_lock:
+            yield
+            return
+        with workdir_lock(self.workdir):
+            self._holds_lock = True
+            try:
+                yield
+            finally:
+                self._holds_lock = False
+
     def load_stage(self, stage: str, path: str | Path) -> dict:
         """Take ``stage`` from a hand-over file as finished, after checking it belongs to this training."""
+        with self._locked():
+            return self._load_stage(stage, path)
+
+    def _load_stage(self, stage: str, path: str | Path) -> dict:
         self.data  # noqa: B018
         rec = load_handover(self.workdir, stage, path, self.upstream_of(stage_name(stage)))
         self.echo(f"{stage}: loaded {path} ({rec['step']} steps, float16 weights); the next stage can start")
         return rec
 
     def run(self, stage: str = "all", output: str | Path | None = None, stop_at: int | None = None):
-        """Run one stage, or every stage from the first incomplete one to the bundle (``all``)."""
+        """Run one stage, or every stage from the first incomplete one to the bundle (``all``).
+        Another process training in the same work folder stops this one at once (``workdir_lock``)."""
+        with self._locked():
+            return self._run_named(stage, output, stop_at)
+
+    def _run_named(self, stage: str, output: str | Path | None, stop_at: int | None):
         if stage == "all":
             for s in ORDER:
                 r = self.run(s, output, stop_at)
