@@ -601,6 +601,92 @@ def test_coarse_loss_counts_white_errors_once_and_smooth_errors_pool_cubed_times
         assert float(parts["coarse_mse"]) / float(parts["mse"]) == pytest.approx(ratio, rel=0.35)
 
 
+def test_paired_items_take_coarse_anatomy_from_the_code_and_detail_from_z_t():
+    """pair_probability: z_t is built from the partner scan A, the target's x̂0 keeps A's fine detail
+    and takes the item's own (B's) coarse anatomy; a pair of one scan is the plain objective."""
+    from LDAELib.training.config import RepresentationStageConfig
+    from LDAELib.training.representation import RepresentationLoss, coarse_part, pair_candidates
+
+    for bad in (dict(pair_probability=1.5), dict(pair_with="template"), dict(pair_pool=0)):
+        with pytest.raises(LDAEError, match="pair_"):
+            RepresentationStageConfig(**bad)
+
+    class Denoiser(torch.nn.Module):  # ε that makes x̂0 exactly the given x0 (g = 0)
+        def __init__(self, x0):
+            super().__init__()
+            self.x0 = x0
+
+        def forward(self, zt, t, y):
+            ab = self.ab[t].view(-1, 1, 1, 1, 1)
+            return (zt - ab.sqrt() * self.x0) / (1 - ab).sqrt(), torch.zeros_like(zt)
+
+    gen = torch.Generator().manual_seed(0)
+    b = torch.randn(2, 3, 8, 8, 8, generator=gen)
+    offset = torch.tensor([0.7, -0.4]).view(2, 1, 1, 1, 1)
+    detail = 0.5 * torch.randn(b.shape, generator=gen)
+    a = b + offset + detail
+    noise, t = torch.randn(b.shape, generator=gen), torch.tensor([300, 700])
+    x = torch.zeros(2, 1, 16, 16, 16)
+
+    def mse(x0, **kw):
+        net = Denoiser(x0)
+        loss = RepresentationLoss(lambda v: torch.zeros(v.shape[0], 16), net, 1000, 0.1, "axial", pair_pool=2)
+        net.ab, loss.encoder = loss.alphas_cumprod, (lambda v: torch.zeros(v.shape[0], 16))
+        return float(loss(x, b, t, noise, **kw)[1]["mse"])
+
+    assert mse(b) < 1e-9 and mse(b, z0_pair=b.clone()) < 1e-9  # plain objective: x̂0 = the scan
+    kept = a - coarse_part(a - b, 2)  # A's detail (minus its block means), B's coarse level
+    assert mse(kept, z0_pair=a) < 1e-9
+    assert mse(b, z0_pair=a) > 0.01 and mse(a, z0_pair=a) > 0.01  # neither copying B nor keeping A
+    # the offset between the scans is coarse and goes entirely to B's level:
+    assert torch.allclose(coarse_part(offset.expand_as(b).clone(), 2), offset.expand_as(b), atol=1e-6)
+
+    class Row:
+        def __init__(self, subject):
+            self.subject = subject
+
+    rows = [Row("s1"), Row("s1"), Row("s2"), Row("s1"), Row("s3")]
+    assert pair_candidates(rows, [0, 1, 2, 3, 4], "subject") == {0: [1, 3], 1: [0, 3], 2: [], 3: [0, 1], 4: []}
+    assert pair_candidates(rows, [0, 2, 4], "any") == {0: [2, 4], 2: [0, 4], 4: [0, 2]}
+
+
+def test_paired_training_builds_z_t_from_another_visit_of_the_same_subject(trained, tiny_cohort, tmp_path):
+    """pair_probability = 1 in a real (tiny) run: every item's z_t comes from another visit of its
+    subject, so the frozen ε-branch alone misses the paired target by more than the plain one; the
+    partner draw is seeded and stays within the subject."""
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.representation import RepresentationObjective
+
+    work, _ = trained
+    logs = {}
+    for p in (0.0, 1.0):
+        w = tmp_path / f"p{p}"
+        w.mkdir()
+        for part in ("autoencoder", "ddpm", "latents", "cache"):
+            shutil.copytree(work / part, w / part)
+        for f in ("recipe.json", "split.json"):
+            shutil.copy(work / f, w / f)
+        recipe = tiny_recipe()
+        recipe.representation.pair_probability = p
+        session = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None)
+        session.train_representation()
+        logs[p] = [json.loads(r) for r in (w / "representation" / "log.jsonl").read_text().splitlines()]
+    train = {p: np.mean([r["mse_eps_only"] for r in rows if r["split"] == "train"]) for p, rows in logs.items()}
+    assert train[1.0] > 1.05 * train[0.0], train
+
+    obj = object.__new__(RepresentationObjective)  # the partner draw alone: seeded, same subject
+    obj.config = tiny_recipe().representation
+    obj.config.pair_probability = 1.0
+    rows = read_cohort(tiny_cohort)
+    items = list(range(len(rows)))
+    from LDAELib.training.representation import pair_candidates
+    obj.partners = pair_candidates(rows, items, "subject")
+    for r in items:
+        a = obj._partner(r, 3)
+        assert a == obj._partner(r, 3)
+        assert (a != r) == bool(obj.partners[r]) and rows[a].subject == rows[r].subject
+
+
 def test_a_second_training_in_the_same_work_folder_stops_at_once(tiny_cohort, tmp_path):
     """While one process trains in a work folder, another `ldae train` there (run or a hand-over load)
     fails before writing anything and names the first; when the first ends, however it ends, the

@@ -213,6 +213,16 @@ class RepresentationStageConfig(StageConfig):
     error as smooth as the pooling (a ventricle too small, a shape too narrow) ``pool³`` times more.
     The plain loss is dominated by fine detail that a short code cannot hold; this term rewards the
     gradient estimator for what the code can carry.
+
+    ``pair_probability`` (0 = the authors' objective; not in the paper): the share of items whose
+    noisy latent z_t is built from another scan A (``pair_with``: ``subject``, another visit of the
+    same subject; ``any``, any training scan) while y_sem comes from the item's own scan B. The
+    target keeps A's fine detail and takes B's coarse anatomy: x̂0* = z0_A − L(z0_A − z0_B), L the
+    mean over ``pair_pool``³ latent voxels, spread back by trilinear interpolation; in ε terms
+    ε* = noise + √snr_t · L(z0_A − z0_B). With y_sem and z_t from one scan the target is the plain
+    one. An edit is exactly that disagreement (an edited code, a source's inverted noise); the plain
+    objective never shows it, and a frozen ε-branch reads coarse anatomy from z_t, so the gradient
+    estimator learns nothing that depends on the code there (handover/demo_model/README.md).
     """
 
     steps: int = 5000
@@ -225,9 +235,18 @@ class RepresentationStageConfig(StageConfig):
     shift_init: str = "zero"
     coarse_loss_weight: float = 0.0
     coarse_loss_pool: int = 4
+    pair_probability: float = 0.0
+    pair_with: str = "subject"
+    pair_pool: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0.0 <= self.pair_probability <= 1.0:
+            raise LDAEError(f"pair_probability must be between 0 and 1, got {self.pair_probability!r}")
+        if self.pair_with not in ("subject", "any"):
+            raise LDAEError(f"pair_with must be 'subject' or 'any', got {self.pair_with!r}")
+        if int(self.pair_pool) != self.pair_pool or self.pair_pool < 1:
+            raise LDAEError(f"pair_pool must be a positive integer, got {self.pair_pool!r}")
         if self.shift_init not in ("zero", "eps_branch"):
             raise LDAEError(f"shift_init must be 'zero' or 'eps_branch', got {self.shift_init!r}")
         if self.latent not in ("sample", "mean"):

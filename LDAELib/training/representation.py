@@ -32,6 +32,7 @@ from .autoencoder import Latents
 from .config import RepresentationStageConfig
 from .data import TrainingData, semantic_input
 from .ddpm import LatentBatches, alphas_cumprod_tensor, zero_init_outputs
+from .distributed import item_generator
 from .trainer import Objective
 
 STAGE_ID = 3
@@ -108,13 +109,23 @@ def code_spread(y: torch.Tensor) -> torch.Tensor:
     return y.detach().float().std(0).mean()
 
 
+def coarse_part(delta: torch.Tensor, pool: int) -> torch.Tensor:
+    """L(δ): the mean of δ (B×C×D×H×W) over pool³ blocks, spread back to δ's grid by trilinear
+    interpolation (pool 1: δ itself)."""
+    if pool == 1:
+        return delta
+    low = nn.functional.avg_pool3d(delta, pool, ceil_mode=True)
+    return nn.functional.interpolate(low, size=delta.shape[2:], mode="trilinear", align_corners=False)
+
+
 class RepresentationLoss(nn.Module):
     """(x, z0, t, noise) → (SNR-weighted ε-loss of ε + c_t·g [+ code regression], parts). Holds E and the ShiftUNet."""
 
     def __init__(self, encoder: SemanticEncoder, shift_unet: ShiftUNet, num_timesteps: int, snr_exponent: float, plane: str,
                  code_regression: CodeRegression | None = None, code_regression_weight: float = 0.0,
-                 coarse_loss_weight: float = 0.0, coarse_loss_pool: int = 4) -> None:
+                 coarse_loss_weight: float = 0.0, coarse_loss_pool: int = 4, pair_pool: int = 2) -> None:
         super().__init__()
+        self.pair_pool = int(pair_pool)
         self.coarse_loss_weight, self.coarse_loss_pool = float(coarse_loss_weight), int(coarse_loss_pool)
         self.encoder, self.shift_unet, self.plane = encoder, shift_unet, plane
         self.code_regression, self.code_regression_weight = code_regression, float(code_regression_weight)
@@ -123,21 +134,28 @@ class RepresentationLoss(nn.Module):
         self.register_buffer("coef", coef, persistent=False)
         self.register_buffer("weight", weight, persistent=False)
 
-    def forward(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, code_target: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, code_target: torch.Tensor | None = None,
+                z0_pair: torch.Tensor | None = None):
+        """``z0_pair`` (optional, same shape as z0): the latent z_t is built from (``pair_probability``);
+        rows equal to z0 give the plain objective."""
         view = (-1, *([1] * (z0.dim() - 1)))
         ab = self.alphas_cumprod[t].view(view)
+        target = noise.float()
+        if z0_pair is not None:
+            target = target + (ab / (1 - ab)).sqrt() * coarse_part(z0_pair.float() - z0.float(), self.pair_pool)
+            z0 = z0_pair
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
         y = self.encoder(semantic_input(x, self.plane))
         eps, g = self.shift_unet(zt, t, y)
         pred = eps.detach().float() + self.coef[t].view(view) * g.float()
-        per_item = (pred - noise.float()).pow(2).flatten(1).mean(1)
+        per_item = (pred - target).pow(2).flatten(1).mean(1)
         loss = (self.weight[t] * per_item).mean()
-        base = (eps.detach().float() - noise.float()).pow(2).flatten(1).mean(1)
+        base = (eps.detach().float() - target).pow(2).flatten(1).mean(1)
         parts = {"mse": per_item.mean().detach(), "mse_eps_only": base.mean().detach(), "code_sd": code_spread(y)}
         if self.coarse_loss_weight > 0:
             k = self.coarse_loss_pool
-            coarse = nn.functional.avg_pool3d(pred - noise.float(), k, ceil_mode=True).pow(2).flatten(1).mean(1) * k**3
-            base_coarse = nn.functional.avg_pool3d(eps.detach().float() - noise.float(), k, ceil_mode=True).pow(2).flatten(1).mean(1) * k**3
+            coarse = nn.functional.avg_pool3d(pred - target, k, ceil_mode=True).pow(2).flatten(1).mean(1) * k**3
+            base_coarse = nn.functional.avg_pool3d(eps.detach().float() - target, k, ceil_mode=True).pow(2).flatten(1).mean(1) * k**3
             parts["coarse_mse"], parts["coarse_mse_eps_only"] = coarse.mean().detach(), base_coarse.mean().detach()
             loss = loss + self.coarse_loss_weight * (self.weight[t] * coarse).mean()
         if code_target is not None and self.code_regression is not None:
@@ -145,6 +163,17 @@ class RepresentationLoss(nn.Module):
             parts["code_regression"] = reg.detach()
             loss = loss + self.code_regression_weight * reg
         return loss, parts
+
+
+def pair_candidates(rows: list, items: list[int], pair_with: str) -> dict[int, list[int]]:
+    """For each item, the other items z_t may be built from: the same subject's other visits
+    (``subject``) or every other item (``any``)."""
+    if pair_with == "any":
+        return {r: [a for a in items if a != r] for r in items}
+    by_subject: dict[str, list[int]] = {}
+    for r in items:
+        by_subject.setdefault(rows[r].subject, []).append(r)
+    return {r: [a for a in by_subject[rows[r].subject] if a != r] for r in items}
 
 
 class RepresentationObjective(Objective):
@@ -181,9 +210,10 @@ class RepresentationObjective(Objective):
                 head = CodeRegression.fitted(model_config.encoder.emb_dim, config.code_regression_grid, latents, [r for r in self.items if latents.has(r)])
         self.module = RepresentationLoss(encoder, shift, model_config.num_timesteps, config.snr_exponent, model_config.slicing_plane,
                                          head, config.code_regression_weight, config.coarse_loss_weight,
-                                         config.coarse_loss_pool).to(self.device)
+                                         config.coarse_loss_pool, config.pair_pool).to(self.device)
         self.val_rows = [r for r in data.indices["val"] if latents.has(r)]
         self.draw = LatentBatches(latents, model_config.num_timesteps, config.latent, config.seed, STAGE_ID, self.device)
+        self.partners = pair_candidates(data.rows, [r for r in self.items if latents.has(r)], config.pair_with)
 
     def set_train_mode(self, module: nn.Module) -> None:
         module.train()
@@ -196,6 +226,14 @@ class RepresentationObjective(Objective):
 
     def _rows(self, rows: list[int], step: int) -> dict[str, torch.Tensor]:
         out = {"x": self.data.volumes.batch(rows, self.device), **self.draw(rows, step)}
+        if self.config.pair_probability > 0 and step >= 0:  # fixed (validation) batches keep the plain objective
+            pairs = [self._partner(r, step) for r in rows]
+            if any(a != r for a, r in zip(pairs, rows)):
+                z0_pair = out["z0"].clone()
+                for i, (a, r) in enumerate(zip(pairs, rows)):
+                    if a != r:
+                        z0_pair[i] = self.draw([a], step)["z0"][0]
+                out["z0_pair"] = z0_pair
         head = self.module.code_regression
         if head is not None:
             # The target is the posterior mean μ, not the sampled z0: σ is large next to how much μ
@@ -205,6 +243,17 @@ class RepresentationObjective(Objective):
 
     def batch(self, items: list[int], step: int) -> dict[str, torch.Tensor]:
         return self._rows([self.items[i] for i in items], step)
+
+    def _partner(self, row: int, step: int) -> int:
+        """The scan z_t is built from for this row at this step: the row itself, or with probability
+        ``pair_probability`` one of its candidates (a draw of its own, the same on every rank)."""
+        candidates = self.partners.get(row, [])
+        if not candidates:
+            return row
+        g = item_generator(self.config.seed, STAGE_ID, step, row, 1)
+        if float(torch.rand((), generator=g)) >= self.config.pair_probability:
+            return row
+        return candidates[int(torch.randint(0, len(candidates), (1,), generator=g))]
 
     def fixed_batches(self) -> dict:
         n = self.config.val_volumes
