@@ -94,7 +94,10 @@ def test_backbone_aliases_share_storage(fixture_encoder):
 
 def test_positional_encoding_matches_the_stored_buffer(fixture_state_dict):
     stored = fixture_state_dict["positional_encoding.pe"]
-    torch.testing.assert_close(sinusoidal_positional_encoding(128, 64), stored, rtol=0, atol=1e-6)
+    # sin/cos of arguments up to 127, whose float32 spacing is 7.6e-6: vector kernels reduce the argument
+    # differently per CPU (Intel Xeon AVX-512 AMX: 3.8e-6 at position 108, 2026-12-04). The model loads
+    # the stored buffer with the weights; this checks only that a new model starts from the same table.
+    torch.testing.assert_close(sinusoidal_positional_encoding(128, 64), stored, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["slice_features", "slice_features_plus_pe", "soft_attention_query", "soft_attention_weights", "y_sem"])

@@ -395,6 +395,42 @@ def test_probes_point_the_right_way_on_synthetic_codes():
     assert probe_metrics(dirs, codes, rows, ProbeConfig())["age_mae_years"] < 5
 
 
+def test_cohort_calibration_makes_a_unit_of_alpha_what_the_training_codes_show():
+    """calibration 'cohort': +1 disease alpha moves a healthy code to the disease group's mean position,
+    +1 age alpha to where visits years_per_alpha older lie. The probe's own reading differs: its
+    predicted ages spread less than the true ones (regression to the mean), so it asks for a larger
+    move than the codes of older visits actually make."""
+    from LDAELib.training.config import ProbeConfig
+    from LDAELib.training.data import CohortRow
+    from LDAELib.training.probes import fit_directions, position
+
+    with pytest.raises(LDAEError, match="calibration"):
+        ProbeConfig(calibration="logit")
+    with pytest.raises(LDAEError, match="years_per_alpha"):
+        ProbeConfig(calibration="cohort")
+    g = torch.Generator().manual_seed(1)
+    n, e = 120, 24
+    disease = torch.arange(n) % 2
+    age = 55 + 30 * torch.rand(n, generator=g)
+    codes = torch.randn(n, e, generator=g)
+    codes[:, 0] += 1.5 * disease
+    codes[:, 1] += 0.8 * (age - 70) / 10
+    codes[:, 2:6] *= 1e-3  # nearly constant dimensions: a free gain for an overfitted probe
+    rows = [CohortRow(f"s{i}", Path("x"), {"group": "disease" if int(disease[i]) else "healthy", "age": str(float(age[i]))}) for i in range(n)]
+    dirs = fit_directions(codes, rows, ProbeConfig(calibration="cohort", years_per_alpha=5.0, l2=1e-4))
+    d, a = dirs["disease"], dirs["age"]
+    healthy, sick = disease == 0, disease == 1
+    moved = position(d, d.apply(codes[healthy], 1.0)).mean()
+    assert float(moved) == pytest.approx(float(position(d, codes[sick]).mean()), abs=1e-4)
+    assert d.alpha_unit and "group" in d.alpha_unit and a.alpha_unit == "5.0 years"
+    pa = position(a, codes)
+    slope = float(torch.cov(torch.stack([pa, age.double()]))[0, 1] / age.double().var())
+    step = position(a, a.apply(codes, 1.0)) - pa
+    assert torch.allclose(step, torch.full_like(step, 5.0 * slope), rtol=1e-4)
+    probe = fit_directions(codes, rows, ProbeConfig(years_per_alpha=5.0, l2=1e-4))["age"]
+    assert a.scale < probe.scale
+
+
 # --------------------------------------------------------------------------------- command line
 def test_dry_run_prints_the_plan_with_measured_times(tiny_cohort, tmp_path, capsys):
     from LDAELib.training.__main__ import main
@@ -607,7 +643,7 @@ def test_paired_items_take_coarse_anatomy_from_the_code_and_detail_from_z_t():
     from LDAELib.training.config import RepresentationStageConfig
     from LDAELib.training.representation import RepresentationLoss, coarse_part, pair_candidates
 
-    for bad in (dict(pair_probability=1.5), dict(pair_with="template"), dict(pair_pool=0)):
+    for bad in (dict(pair_probability=1.5), dict(pair_with="template"), dict(pair_pool=0), dict(pair_min_t=-1)):
         with pytest.raises(LDAEError, match="pair_"):
             RepresentationStageConfig(**bad)
 
@@ -655,6 +691,7 @@ def test_paired_training_builds_z_t_from_another_visit_of_the_same_subject(train
     subject, so the frozen ε-branch alone misses the paired target by more than the plain one; the
     partner draw is seeded and stays within the subject."""
     from LDAELib.training import TrainingSession
+    from LDAELib.training.data import read_cohort
     from LDAELib.training.representation import RepresentationObjective
 
     work, _ = trained

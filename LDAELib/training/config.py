@@ -220,7 +220,9 @@ class RepresentationStageConfig(StageConfig):
     target keeps A's fine detail and takes B's coarse anatomy: x̂0* = z0_A − L(z0_A − z0_B), L the
     mean over ``pair_pool``³ latent voxels, spread back by trilinear interpolation; in ε terms
     ε* = noise + √snr_t · L(z0_A − z0_B). With y_sem and z_t from one scan the target is the plain
-    one. An edit is exactly that disagreement (an edited code, a source's inverted noise); the plain
+    one. Only items drawn at t ≥ ``pair_min_t`` are paired: below it the coarse anatomy is set and
+    the target's √snr_t factor would ask the gradient estimator for corrections far larger than the
+    noise. An edit is exactly that disagreement (an edited code, a source's inverted noise); the plain
     objective never shows it, and a frozen ε-branch reads coarse anatomy from z_t, so the gradient
     estimator learns nothing that depends on the code there (handover/demo_model/README.md).
     """
@@ -238,6 +240,7 @@ class RepresentationStageConfig(StageConfig):
     pair_probability: float = 0.0
     pair_with: str = "subject"
     pair_pool: int = 2
+    pair_min_t: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -247,6 +250,8 @@ class RepresentationStageConfig(StageConfig):
             raise LDAEError(f"pair_with must be 'subject' or 'any', got {self.pair_with!r}")
         if int(self.pair_pool) != self.pair_pool or self.pair_pool < 1:
             raise LDAEError(f"pair_pool must be a positive integer, got {self.pair_pool!r}")
+        if int(self.pair_min_t) != self.pair_min_t or self.pair_min_t < 0:
+            raise LDAEError(f"pair_min_t must be a whole number of diffusion steps, 0 or more, got {self.pair_min_t!r}")
         if self.shift_init not in ("zero", "eps_branch"):
             raise LDAEError(f"shift_init must be 'zero' or 'eps_branch', got {self.shift_init!r}")
         if self.latent not in ("sample", "mean"):
@@ -277,7 +282,15 @@ class ProbeConfig:
             (``disease`` direction: +alpha towards it).
         age_column: the CSV column of the age in years (``age`` direction: +alpha older).
         years_per_alpha: calibrate the ``age`` direction so that one unit of alpha is this many
-            years as its own probe reads the edit (0 = the authors' step, whatever it means in years).
+            years (0 = the authors' step, whatever it means in years).
+        calibration: how a unit of alpha is measured. ``probe``: the authors' step for ``disease``,
+            and for ``age`` the years its own probe reads in the edit. ``cohort`` (not in the
+            paper): on the training codes' own spread along each direction, ``disease`` one unit =
+            the mean difference between the groups, ``age`` one unit = the mean difference between
+            visits ``years_per_alpha`` years apart (the slope of the codes' position on age).
+            A probe's predicted ages spread less than the true ones, so its own reading asks for a
+            larger move than the codes of older visits make, and the authors' ``disease`` step can
+            be many times the codes' spread along it (handover/demo_model/README.md).
     """
 
     l2: float = 1e-2
@@ -286,8 +299,13 @@ class ProbeConfig:
     disease_value: str = "disease"
     age_column: str = "age"
     years_per_alpha: float = 0.0
+    calibration: str = "probe"
 
     def __post_init__(self) -> None:
+        if self.calibration not in ("probe", "cohort"):
+            raise LDAEError(f"probes.calibration must be 'probe' or 'cohort', got {self.calibration!r}")
+        if self.calibration == "cohort" and not self.years_per_alpha > 0:
+            raise LDAEError("probes.calibration 'cohort' needs years_per_alpha (how many years one unit of age alpha is)")
         if not self.years_per_alpha >= 0:
             raise LDAEError(f"years_per_alpha must be 0 (no calibration) or positive, got {self.years_per_alpha}")
 

@@ -8,6 +8,10 @@
   many years (else scale 1, the authors' step); the number is ``Direction.alpha_unit`` ("5.0
   years") and ``meta["years_per_alpha"]``. (The probe's view of the edit; what the decoder makes of
   it is measured by the evaluation.)
+* ``ProbeConfig.calibration = "cohort"`` measures a unit on the training codes instead: ``disease``
+  one unit = the gap between the groups' mean positions along the direction, ``age`` one unit = the
+  slope of the codes' position on age times ``years_per_alpha``. ``meta["code_sd_per_alpha"]`` says
+  how far the training codes spread along each direction, in units of alpha.
 
 Codes, probes and metrics on the validation subjects (AUC of the group, MAE of the age) go to
 ``probes/`` in the work folder.
@@ -64,18 +68,45 @@ def fit_directions(codes: torch.Tensor, rows: list[CohortRow], config: ProbeConf
         raise LDAEError(f"the training subjects need both groups in column {config.group_column!r} (value {config.disease_value!r} and others) to fit the disease probe")
     e = codes.shape[1]
     d = fit_linear_probe(codes, disease, "disease", "binary", l2=config.l2, positive=f"atrophy ({config.disease_value} group)", negative="healthy")
-    d.meta.update(logit_per_alpha=float(math.sqrt(e) * d.weight.double().norm()),
-                  target=f"{config.group_column} == {config.disease_value}", trained_on="EMA semantic codes of the training subjects' visits")
+    d.meta.update(target=f"{config.group_column} == {config.disease_value}", trained_on="EMA semantic codes of the training subjects' visits")
     a = fit_linear_probe(codes, age, "age", "continuous", l2=config.l2, positive="older", negative="younger")
     unscaled = float(a.meta["target_std"] * math.sqrt(e) * a.weight.double().norm())
-    if config.years_per_alpha:
-        a.scale = float(config.years_per_alpha) / unscaled
-    years = unscaled * a.scale
+    if config.calibration == "cohort":
+        sick = disease.bool()
+        pos = position(d, codes)
+        gap = float(pos[sick].mean() - pos[~sick].mean())
+        if not gap > 0:
+            raise LDAEError("the disease probe does not separate the training groups' mean codes; the codes carry no group difference to edit along")
+        d.scale = gap / math.sqrt(e)
+        d.alpha_unit = "the mean difference between the groups"
+        pa = position(a, codes)
+        per_year = float(((pa - pa.mean()) * (age - age.mean())).sum() / ((age - age.mean()) ** 2).sum())
+        if not per_year > 0:
+            raise LDAEError("along the age probe the training codes do not move with age; there is no ageing to edit along")
+        a.scale = float(config.years_per_alpha) * per_year / math.sqrt(e)
+        a.meta.update(calibration="cohort: the training codes' mean position along the direction changes by one unit "
+                                  "per years_per_alpha years of age (slope of position on age)",
+                      code_sd_per_alpha=float(pa.std()) / (a.scale * math.sqrt(e)))
+        d.meta.update(calibration="cohort: one unit = the difference between the groups' mean positions along the direction",
+                      code_sd_per_alpha=float(pos.std()) / (d.scale * math.sqrt(e)))
+        years = float(config.years_per_alpha)
+        probe_years = unscaled * a.scale
+    else:
+        if config.years_per_alpha:
+            a.scale = float(config.years_per_alpha) / unscaled
+        years = probe_years = unscaled * a.scale
+        a.meta.update(calibration="the age probe's predicted change for an edit of alpha = 1 (scale·target_std·√E·‖w‖)")
+    d.meta.update(logit_per_alpha=float(d.scale * math.sqrt(e) * d.weight.double().norm()))
     a.alpha_unit = f"{years:.1f} years"
-    a.meta.update(years_per_alpha=years, years_per_unscaled_alpha=unscaled, target=config.age_column,
-                  trained_on="EMA semantic codes of the training subjects' visits",
-                  calibration="the age probe's predicted change for an edit of alpha = 1 (scale·target_std·√E·‖w‖)")
+    a.meta.update(years_per_alpha=years, probe_years_per_alpha=probe_years, years_per_unscaled_alpha=unscaled, target=config.age_column,
+                  trained_on="EMA semantic codes of the training subjects' visits")
     return {"disease": d, "age": a}
+
+
+def position(direction: Direction, codes: torch.Tensor) -> torch.Tensor:
+    """Where codes (N×E) lie along a direction: the normalised code's projection on w/‖w‖ (float64)."""
+    w = direction.weight.double()
+    return (((codes.double() - direction.mean.double()) / direction.std.double()) @ (w / w.norm()))
 
 
 def predicted_age(direction: Direction, codes: torch.Tensor) -> torch.Tensor:

@@ -227,7 +227,7 @@ class RepresentationObjective(Objective):
     def _rows(self, rows: list[int], step: int) -> dict[str, torch.Tensor]:
         out = {"x": self.data.volumes.batch(rows, self.device), **self.draw(rows, step)}
         if self.config.pair_probability > 0 and step >= 0:  # fixed (validation) batches keep the plain objective
-            pairs = [self._partner(r, step) for r in rows]
+            pairs = [self._partner(r, step) if int(t) >= self.config.pair_min_t else r for r, t in zip(rows, out["t"])]
             if any(a != r for a, r in zip(pairs, rows)):
                 z0_pair = out["z0"].clone()
                 for i, (a, r) in enumerate(zip(pairs, rows)):
