@@ -431,6 +431,31 @@ def test_cohort_calibration_makes_a_unit_of_alpha_what_the_training_codes_show()
     assert a.scale < probe.scale
 
 
+def test_probes_are_fitted_again_when_their_settings_change(trained, tiny_cohort, tmp_path):
+    """Changing a probe setting (here years_per_alpha) in a finished work folder refits the probes
+    instead of keeping the old ones; unchanged settings keep them."""
+    from LDAELib.training import TrainingSession
+    from LDAELib.weights import load_model
+
+    work, _ = trained
+    w = tmp_path / "run"
+    shutil.copytree(work, w, ignore=shutil.ignore_patterns("bundle"))
+    before = json.loads((w / "probes" / "probes.json").read_text())
+    recipe = tiny_recipe()
+    recipe.probes.years_per_alpha = 8.0
+    said = []
+    record = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=said.append).fit_probes()
+    assert record["directions"]["age"]["alpha_unit"] == "8.0 years" != before["directions"]["age"]["alpha_unit"]
+    assert record["settings"]["years_per_alpha"] == 8.0 and not any("kept" in m for m in said)
+    session = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=said.append)
+    session.fit_probes()
+    assert said[-1] == "probes: already fitted, kept"
+    with pytest.raises(LDAEError, match="another bundle"):  # the old bundle holds the old directions
+        session.export_bundle(work / "bundle")
+    bundle = session.export_bundle(w / "bundle")
+    assert load_model(bundle).directions["age"].alpha_unit == "8.0 years"
+
+
 # --------------------------------------------------------------------------------- command line
 def test_dry_run_prints_the_plan_with_measured_times(tiny_cohort, tmp_path, capsys):
     from LDAELib.training.__main__ import main

@@ -17,6 +17,8 @@ being silently mixed with new weights.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -233,8 +235,9 @@ class TrainingSession:
         fp = module_fingerprint(self.stage_dir("representation"))
         if not fp:
             self._require("representation", "probes")
+        settings = dataclasses.asdict(self.recipe.probes)
         existing = self._read_probes(folder)
-        if existing is not None and existing[1].get("representation") == fp:
+        if existing is not None and existing[1].get("representation") == fp and existing[1].get("settings") == settings:
             self.echo("probes: already fitted, kept")
             return existing[1]
         self.prepare_volumes()
@@ -254,7 +257,7 @@ class TrainingSession:
             for name, d in dirs.items():
                 tensors[f"{name}.weight"], tensors[f"{name}.mean"], tensors[f"{name}.std"] = d.weight, d.mean, d.std
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "directions.safetensors"))
-            record = {"representation": fp, "metrics": metrics,
+            record = {"representation": fp, "settings": settings, "metrics": metrics,
                       "directions": {n: {"bias": d.bias, "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": d.meta,
                                           "scale": d.scale} for n, d in dirs.items()}}
             write_json_atomic(folder / "probes.json", record)
@@ -286,6 +289,7 @@ class TrainingSession:
         lat = self.latents()
         stages = {s: read_final(self.stage_dir(s)) for s in ("autoencoder", "ddpm", "representation")}
         fingerprints = {s: module_fingerprint(self.stage_dir(s)).get("sha256") for s in stages}
+        fingerprints["probes"] = hashlib.sha256((self.workdir / "probes" / "probes.json").read_bytes()).hexdigest()
         if record.get("representation", {}).get("sha256") != fingerprints["representation"]:
             raise LDAEError("the probes were fitted on other representation weights; run 'ldae train probes' again")
         if (out / BUNDLE_JSON).is_file():
