@@ -469,6 +469,14 @@ def test_dry_run_prints_the_plan_with_measured_times(tiny_cohort, tmp_path, caps
     assert not (tmp_path / "split.json").exists()
     assert main(["--write-recipe", str(tmp_path / "copy.json"), "--cohort", "x", "--config", str(tmp_path / "tiny.yaml"), "--set", "ddpm.steps=3"]) == 0
     assert json.loads((tmp_path / "copy.json").read_text())["ddpm"]["steps"] == 3
+    # without --config, a work folder's own recipe (with the --set it was started with) is the one in use
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(tmp_path / "copy.json", work / "recipe.json")
+    assert main(["--write-recipe", str(tmp_path / "again.json"), "--cohort", "x", "--workdir", str(work), "--set", "probes.years_per_alpha=8"]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["ddpm"]["steps"] == 3 and again["probes"]["years_per_alpha"] == 8
+    assert again["model"] == json.loads((tmp_path / "copy.json").read_text())["model"]
 
 
 # ------------------------------------------------------------------------------- data parallel

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,7 +30,8 @@ def add_arguments(parser) -> None:
                         help="which stage to run (default all: every incomplete stage, then the bundle)")
     parser.add_argument("--cohort", required=True, metavar="DIR", help="cohort folder (with cohort.csv, as 'ldae cohort' writes) or a cohort CSV")
     parser.add_argument("--workdir", metavar="DIR", help="work folder for the split, caches, checkpoints, logs and the bundle; run the same command again to resume")
-    parser.add_argument("--config", metavar="RECIPE", help="recipe file (.yaml, .yml or .json); default: the demo model's recipe, LDAELib/training/recipes/demo.yaml")
+    parser.add_argument("--config", metavar="RECIPE", help="recipe file (.yaml, .yml or .json); default: the recipe the work folder was trained with "
+                        "(WORKDIR/recipe.json), else the demo model's recipe, LDAELib/training/recipes/demo.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe setting, e.g. --set ddpm.lr=2e-4 (repeatable)")
     parser.add_argument("--steps", type=int, metavar="N", help="steps of the named stage (shorthand for --set STAGE.steps=N)")
     parser.add_argument("--output", metavar="DIR", help="bundle folder written at the end (default WORKDIR/bundle)")
@@ -48,7 +50,13 @@ def add_arguments(parser) -> None:
 
 
 def _recipe(args):
-    recipe = load_recipe(args.config) if args.config else load_recipe(DEMO_RECIPE)
+    in_use = Path(args.workdir) / "recipe.json" if args.workdir else None
+    if args.config:
+        recipe = load_recipe(args.config)
+    elif in_use is not None and in_use.is_file():
+        recipe = load_recipe(in_use)  # go on with the recipe the work folder was trained with
+    else:
+        recipe = load_recipe(DEMO_RECIPE)
     sets = list(args.set)
     if args.steps is not None:
         if args.stage not in STAGES:
