@@ -100,6 +100,8 @@ def test_report_has_every_section_figure_and_file(report):
     for t in m["targets"]:  # every target is reported, met or not, with its goal
         assert t["target"] and "met" in t
     assert any("T=10" in t["name"] and t["met"] is None for t in m["targets"])  # T=10 not run: said, not hidden
+    cv = m["probes"]["cross_validated_over_training_subjects"]  # the training run's subject-fold estimate, carried over
+    assert len(cv["disease_auc_folds"]) == cv["folds"] and "folds of whole subjects" in md
 
 
 def _table(md: str, after: str) -> dict[str, list[str]]:

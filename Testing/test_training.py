@@ -431,6 +431,39 @@ def test_cohort_calibration_makes_a_unit_of_alpha_what_the_training_codes_show()
     assert a.scale < probe.scale
 
 
+def test_cross_validated_probe_metrics_hold_out_whole_subjects():
+    """Codes that carry the group and the age score well across subject folds; codes that carry only
+    each subject's identity (labels drawn per subject, no shared signal) score near chance, although
+    a probe fitted on all of them would separate its own training visits."""
+    from LDAELib.training.config import ProbeConfig
+    from LDAELib.training.data import CohortRow
+    from LDAELib.training.probes import cross_validated_metrics, fit_directions, probe_metrics
+
+    g = torch.Generator().manual_seed(3)
+    n_sub, visits, e = 60, 3, 32
+    sick = torch.arange(n_sub) % 2
+    age0 = 60 + 25 * torch.rand(n_sub, generator=g)
+    identity = torch.randn(n_sub, e, generator=g)
+    rows, signal, noise = [], [], []
+    for s in range(n_sub):
+        for v in range(visits):
+            age = float(age0[s]) + v
+            rows.append(CohortRow(f"sub-{s:03d}", Path("x"), {"group": "disease" if int(sick[s]) else "healthy", "age": str(age)}))
+            c = identity[s] + 0.1 * torch.randn(e, generator=g)
+            noise.append(c.clone())
+            c[0] += 3 * float(sick[s])
+            c[1] += (age - 72) / 2.5
+            signal.append(c)
+    cfg = ProbeConfig(l2=1e-3)
+    good = cross_validated_metrics(torch.stack(signal), rows, cfg)
+    assert good["subjects"] == n_sub and len(good["disease_auc_folds"]) == 5
+    assert good["disease_auc"] > 0.8 and good["age_mae_years"] < 5
+    bad = cross_validated_metrics(torch.stack(noise), rows, cfg)
+    assert abs(bad["disease_auc"] - 0.5) < 0.2 and bad["age_mae_years"] > 8
+    seen = probe_metrics(fit_directions(torch.stack(noise), rows, cfg), torch.stack(noise), rows, cfg)
+    assert seen["disease_auc"] > bad["disease_auc"] + 0.15  # what scoring on the training visits would claim
+
+
 def test_probes_are_fitted_again_when_their_settings_change(trained, tiny_cohort, tmp_path):
     """Changing a probe setting (here years_per_alpha) in a finished work folder refits the probes
     instead of keeping the old ones; unchanged settings keep them."""

@@ -203,6 +203,11 @@ def _report(m: dict, figs: dict) -> str:
         a = p["age"]
         L.append(f"* Age: MAE = {fmt(a['mae_years'], 2)} years (predicting the training mean age: {fmt(a.get('mae_predict_training_mean_years'), 2)} years; "
                  f"r = {fmt(a.get('pearson_r'), 3)}). {a['how']}.")
+    if p.get("cross_validated_over_training_subjects"):
+        c = p["cross_validated_over_training_subjects"]
+        L.append(f"* Across the training subjects ({c['folds']} folds of whole subjects, each probe fitted on the others): AUC = {fmt(c['disease_auc'], 3)} "
+                 f"(folds: {', '.join(fmt(a, 2) for a in c['disease_auc_folds'])}), age MAE = {fmt(c['age_mae_years'], 2)} years. "
+                 f"{c['subjects']} subjects give a steadier estimate than the {p['n_subjects']} test subjects.")
     if p.get("validation_subjects_from_training"):
         L.append(f"* For reference, the training run's probe metrics on its validation subjects: `{json.dumps(p['validation_subjects_from_training'])}`.")
     rh = m.get("real_heads")

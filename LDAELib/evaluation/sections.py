@@ -459,9 +459,11 @@ def probe_section(s, pipe, model, inp, load, timing):
                           "how": "age = target_mean + target_std · (w·(y_sem − μ)/σ + b) with the age direction's meta (ridge on the standardised age)"}
         else:
             out["age"] = {"mae_years": float("nan"), "how": "the age direction has no target_mean/target_std (not trained by 'ldae train'), or the cohort has no age column"}
-    val = _read_probes_json(s.workdir)
-    if val:
-        out["validation_subjects_from_training"] = val
+    metrics = _read_probes_json(s.workdir)
+    if metrics.get("val"):
+        out["validation_subjects_from_training"] = metrics["val"]
+    if metrics.get("train_cv"):
+        out["cross_validated_over_training_subjects"] = metrics["train_cv"]
     timing["probes_s"] = time.perf_counter() - t0
     return out
 
@@ -515,12 +517,14 @@ def real_heads_section(s, model, pipe, keep, timing):
                    "SSIM in model space against that preprocessed input"}
 
 
-def _read_probes_json(workdir: Path):
+def _read_probes_json(workdir: Path) -> dict:
+    """The probe metrics 'ldae train' recorded ({"val": …, "train_cv": …}); {} when there are none."""
     p = workdir / "probes" / "probes.json"
     try:
         d = json.loads(p.read_text())
     except (OSError, ValueError):
-        return None
-    return d.get("metrics", d).get("val") if isinstance(d.get("metrics", d), dict) else None
+        return {}
+    m = d.get("metrics", d) if isinstance(d, dict) else None
+    return m if isinstance(m, dict) else {}
 
 

@@ -109,6 +109,42 @@ def position(direction: Direction, codes: torch.Tensor) -> torch.Tensor:
     return (((codes.double() - direction.mean.double()) / direction.std.double()) @ (w / w.norm()))
 
 
+def cross_validated_metrics(codes: torch.Tensor, rows: list[CohortRow], config: ProbeConfig, folds: int = 5, seed: int = 0) -> dict:
+    """Group AUC and age MAE of probes fitted on the other folds of the training subjects.
+
+    The folds split subjects, not visits (a subject's visits are nearly the same code), and deal each
+    group's subjects round-robin in a seeded order (at most as many folds as the smaller group has
+    subjects, so that every fold holds out both groups). With a few dozen held-out subjects a split's
+    AUC swings widely; this uses every training subject once as a held-out one. ``disease_auc`` is the
+    mean over folds, ``disease_auc_folds`` each fold's, ``age_mae_years`` pooled over all visits.
+    """
+    disease, age = _targets(rows, config)
+    group_of: dict[str, bool] = {}
+    for r, sick in zip(rows, disease.bool().tolist()):
+        group_of.setdefault(r.subject, sick)
+    by_group = {g: [s for s, sick in group_of.items() if sick == g] for g in (True, False)}
+    folds = min(folds, *(len(v) for v in by_group.values()))  # every fold holds out subjects of both groups
+    if folds < 2:
+        return {"folds": 0, "subjects": len(group_of), "disease_auc": float("nan"), "disease_auc_folds": [], "age_mae_years": float("nan")}
+    rng = np.random.default_rng(seed)
+    fold_of, k = {}, 0
+    for sick in (True, False):
+        for j in rng.permutation(len(by_group[sick])):
+            fold_of[by_group[sick][j]] = k % folds
+            k += 1
+    fold = np.array([fold_of[r.subject] for r in rows])
+    aucs, err = [], torch.zeros(len(rows), dtype=torch.float64)
+    for f in range(folds):
+        train, held = torch.from_numpy(fold != f), torch.from_numpy(fold == f)
+        if disease[train].unique().numel() == 2 and disease[held].unique().numel() == 2:
+            d = fit_linear_probe(codes[train], disease[train], "disease", "binary", l2=config.l2)
+            aucs.append(auc(d.score(codes[held]).numpy(), disease[held].numpy().astype(bool)))
+        a = fit_linear_probe(codes[train], age[train], "age", "continuous", l2=config.l2)
+        err[held] = (predicted_age(a, codes[held]) - age[held]).abs()
+    return {"folds": folds, "subjects": len(fold_of), "disease_auc": float(np.mean(aucs)) if aucs else float("nan"),
+            "disease_auc_folds": aucs, "age_mae_years": float(err.mean())}
+
+
 def predicted_age(direction: Direction, codes: torch.Tensor) -> torch.Tensor:
     """Age (years) the continuous probe predicts for codes (N×E)."""
     return direction.meta["target_mean"] + direction.meta["target_std"] * direction.score(codes).double()

@@ -47,7 +47,7 @@ from .ddpm import DDPMObjective
 from .distributed import DistContext
 from .handover import load_handover, save_handover, stage_name
 from .lock import workdir_lock
-from .probes import encode_codes, fit_directions, probe_metrics
+from .probes import cross_validated_metrics, encode_codes, fit_directions, probe_metrics
 from .representation import RepresentationObjective
 from .trainer import StageResult, module_fingerprint, run_stage
 
@@ -247,7 +247,8 @@ class TrainingSession:
             train_rows, val_rows = data.indices["train"], data.indices["val"]
             codes = encode_codes(enc, data, train_rows, self.ctx.device, plane, cfg.batch_size)
             dirs = fit_directions(codes, [data.rows[i] for i in train_rows], cfg)
-            metrics = {"train": probe_metrics(dirs, codes, [data.rows[i] for i in train_rows], cfg)}
+            metrics = {"train": probe_metrics(dirs, codes, [data.rows[i] for i in train_rows], cfg),
+                       "train_cv": cross_validated_metrics(codes, [data.rows[i] for i in train_rows], cfg)}
             if val_rows:
                 vcodes = encode_codes(enc, data, val_rows, self.ctx.device, plane, cfg.batch_size)
                 metrics["val"] = probe_metrics(dirs, vcodes, [data.rows[i] for i in val_rows], cfg)
@@ -261,9 +262,10 @@ class TrainingSession:
                       "directions": {n: {"bias": d.bias, "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": d.meta,
                                           "scale": d.scale} for n, d in dirs.items()}}
             write_json_atomic(folder / "probes.json", record)
-            v = metrics.get("val", {})
+            v, cv = metrics.get("val", {}), metrics["train_cv"]
             self.echo(f"probes: disease and age fitted on {len(train_rows)} training visits; 1 alpha of age ≈ {dirs['age'].alpha_unit}"
-                      + (f"; validation AUC {v['disease_auc']:.3f}, age MAE {v['age_mae_years']:.2f} y" if v else ""))
+                      + (f"; validation AUC {v['disease_auc']:.3f}, age MAE {v['age_mae_years']:.2f} y" if v else "")
+                      + f"; {cv['folds']}-fold over training subjects AUC {cv['disease_auc']:.3f}, age MAE {cv['age_mae_years']:.2f} y")
         self.ctx.barrier()
         return self._read_probes(folder)[1]
 
