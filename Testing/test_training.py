@@ -64,7 +64,8 @@ def tiny_cohort(tmp_path_factory) -> Path:
             data, affine = phantom_brain((46, 55, 46), 4.0, ventricle_scale=scale, seed=100 * i + v)
             name = f"sub-{i:02d}_visit-{v + 1}_T1w.nii.gz"
             nib.save(nib.Nifti1Image(data, affine), str(root / name))
-            rows.append({"subject": f"sub-{i:02d}", "visit": v + 1, "months": 12 * v, "age": age, "group": group, "path": name})
+            rows.append({"subject": f"sub-{i:02d}", "visit": v + 1, "months": 12 * v, "age": age, "group": group, "path": name,
+                         "ventricle_scale": round(scale, 4)})
     with open(root / "cohort.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -308,15 +309,99 @@ def test_code_regression_settings_are_checked():
         RepresentationStageConfig(code_regression_grid=(4, 0, 4))
     with pytest.raises(LDAEError, match="code_regression_weight"):
         RepresentationStageConfig(code_regression_weight=-1.0)
+    assert RepresentationStageConfig(code_regression_columns="ventricles_ml, age").code_regression_columns == ("ventricles_ml", "age")
+    with pytest.raises(LDAEError, match="no target"):
+        RepresentationStageConfig(code_regression_weight=0.1, code_regression_latent=False)
+    with pytest.raises(LDAEError, match="column names"):
+        RepresentationStageConfig(code_regression_columns=[3])
 
 
-# ------------------------------------------------------------------------------------ checkpoints
-class _Payload:
-    def __init__(self, flag: Path) -> None:
-        self.flag = flag
+def test_code_regression_targets_combine_latent_and_columns():
+    """The head's targets: pooled latent features, then the columns, each standardised over the rows
+    it was fitted on; the loss is the mean error of each part, summed."""
+    from LDAELib.training.representation import CodeRegression
 
-    def __reduce__(self):
-        return (Path.touch, (self.flag,))
+    class FakeLatents:
+        mu = torch.zeros(6, 2, 4, 4, 4)
+
+        def scaled_means(self, rows):
+            return torch.stack([torch.full((2, 4, 4, 4), float(r)) + torch.arange(2.0).view(2, 1, 1, 1) for r in rows])
+
+    rows = [0, 1, 2, 3, 4, 5]
+    values = torch.tensor([[30.0 + 2 * r, 1500.0 - 10 * r] for r in rows])
+    head = CodeRegression.fitted(8, (2, 2, 2), FakeLatents(), rows, ("ventricles_ml", "whole_brain_ml"), values)
+    assert head.n_latent == 2 * 8
+    target = head.target(FakeLatents().scaled_means(rows), values)
+    assert target.shape == (6, 18)
+    assert torch.allclose(target.mean(0), torch.zeros(18), atol=1e-5)
+    assert torch.allclose(target.std(0), torch.ones(18), atol=1e-5)
+    # The zero-initialised head predicts 0: each part's error is its targets' mean square.
+    y = torch.randn(6, 8)
+    expected = target[:, :16].pow(2).mean() + target[:, 16:].pow(2).mean()
+    assert torch.allclose(head(y, target), expected)
+    only = CodeRegression.fitted(8, None, FakeLatents(), rows, ("ventricles_ml",), values[:, :1])
+    assert only.n_latent == 0 and only.target(None, values[:, :1]).shape == (6, 1)
+    with pytest.raises(LDAEError, match="do not vary"):
+        CodeRegression.fitted(8, None, FakeLatents(), rows, ("age",), torch.ones(6, 1))
+
+
+def test_code_augment_changes_what_the_encoder_sees_not_the_target(trained, tiny_cohort):
+    """code_augment: training batches give the encoder changed scans (the same change on every call
+    for a step), the latent target and the validation batches stay as stored."""
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.checkpoint import load_checkpoint
+    from LDAELib.training.representation import RepresentationObjective
+    from LDAELib.training.session import _strip
+
+    work, _ = trained
+    recipe = tiny_recipe()
+    recipe.representation.code_augment = 1.0
+    session = TrainingSession(recipe, tiny_cohort, work, progress=False, echo=lambda m: None)
+    lat = session.latents()
+    unet = _strip(load_checkpoint(session._require("ddpm", "representation"), with_optimizer=False).groups["ema"], "unet.")
+    obj = RepresentationObjective(recipe.model, recipe.representation, session.data, lat, unet, torch.device("cpu"), {})
+    rows = obj.items[:2]
+    stored = session.data.volumes.batch(rows)
+    a, b = obj._rows(rows, 3), obj._rows(rows, 3)
+    assert torch.equal(a["x"], b["x"]) and not torch.allclose(a["x"], stored, atol=1e-3)
+    assert torch.equal(a["z0"], b["z0"])
+    assert torch.equal(obj._rows(rows, -1)["x"], stored)  # fixed (validation) batches
+    recipe.representation.code_augment = 0.0
+    plain = RepresentationObjective(recipe.model, recipe.representation, session.data, lat, unet, torch.device("cpu"), {})
+    c = plain._rows(rows, 3)
+    assert torch.equal(c["x"], stored) and torch.equal(c["z0"], a["z0"])
+
+
+def test_code_regression_on_cohort_columns_runs_and_names_a_missing_column(trained, tiny_cohort, tmp_path):
+    """A stage with column targets trains and logs the head's loss; a column the table lacks stops
+    the stage before any step, with one message naming it."""
+    from LDAELib.training import TrainingSession
+
+    work, _ = trained
+
+    def fresh(name):
+        w = tmp_path / name
+        w.mkdir()
+        for part in ("autoencoder", "ddpm", "latents", "cache"):
+            shutil.copytree(work / part, w / part)
+        for f in ("recipe.json", "split.json"):
+            shutil.copy(work / f, w / f)
+        return w
+
+    recipe = tiny_recipe()
+    recipe.representation.code_regression_weight = 1.0
+    recipe.representation.code_regression_columns = ("ventricle_scale", "age")
+    w = fresh("columns")
+    TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None).train_representation()
+    reg = [r["code_regression"] for r in map(json.loads, (w / "representation" / "log.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    # Two parts (latent and columns), each about 1 while the zero-initialised head learns.
+    assert all(np.isfinite(reg)) and 1.0 < reg[0] < 4.0, reg
+
+    recipe.representation.code_regression_columns = ("ventricles_ml",)
+    missing = fresh("missing")
+    with pytest.raises(LDAEError, match="ventricles_ml"):
+        TrainingSession(recipe, tiny_cohort, missing, progress=False, echo=lambda m: None).train_representation()
+    assert not (missing / "representation" / "log.jsonl").exists()
 
 
 def _rehash(ckpt: Path) -> None:

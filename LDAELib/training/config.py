@@ -201,6 +201,16 @@ class RepresentationStageConfig(StageConfig):
     average-pooled to the ``code_regression_grid`` and standardised over the training scans, from y_sem.
     It keeps the codes from collapsing to one vector when the cohort varies little and the stage is
     short (docs/training.md, "Why the demo recipe adds a code regression").
+    ``code_regression_columns``: numeric columns of the cohort table (``ventricles_ml``, …) the head
+    predicts as well, standardised; their mean squared error is added to the latent part's, so the
+    code must carry them however small a part of the image they are. ``code_regression_latent``
+    false leaves the pooled latent out (columns only).
+
+    ``code_augment`` (0 = off; not in the paper): the probability that the encoder sees a training
+    scan changed in contrast, bias field, noise and resolution (the autoencoder's augmentation),
+    while the latent it must explain stays as stored. Every visit of the synthetic cohort has its
+    own contrast and bias field, the largest coarse differences between its scans; a code that
+    carries them steers intensity, not anatomy, in an edit.
 
     ``shift_init``: how the gradient estimator's blocks start. ``zero`` (the guided-diffusion
     initialisation, residual branches at zero) or ``eps_branch`` (not in the paper): the shift
@@ -234,6 +244,9 @@ class RepresentationStageConfig(StageConfig):
     snr_exponent: float = 0.1
     code_regression_weight: float = 0.0
     code_regression_grid: tuple[int, int, int] = (4, 5, 4)
+    code_regression_latent: bool = True
+    code_regression_columns: tuple[str, ...] = ()
+    code_augment: float = 0.0
     shift_init: str = "zero"
     coarse_loss_weight: float = 0.0
     coarse_loss_pool: int = 4
@@ -256,6 +269,8 @@ class RepresentationStageConfig(StageConfig):
             raise LDAEError(f"shift_init must be 'zero' or 'eps_branch', got {self.shift_init!r}")
         if self.latent not in ("sample", "mean"):
             raise LDAEError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
+        if not 0.0 <= self.code_augment <= 1.0:
+            raise LDAEError(f"code_augment is a probability in [0, 1], got {self.code_augment!r}")
         if not self.code_regression_weight >= 0:
             raise LDAEError(f"code_regression_weight must be 0 or positive, got {self.code_regression_weight}")
         if not self.coarse_loss_weight >= 0:
@@ -265,6 +280,13 @@ class RepresentationStageConfig(StageConfig):
         grid = tuple(self.code_regression_grid)
         if len(grid) != 3 or any(int(k) != k or k < 1 for k in grid):
             raise LDAEError(f"code_regression_grid must be three positive integers, got {self.code_regression_grid!r}")
+        if isinstance(self.code_regression_columns, str):  # --set …code_regression_columns=ventricles_ml,age
+            self.code_regression_columns = tuple(c.strip() for c in self.code_regression_columns.split(",") if c.strip())
+        if not all(isinstance(c, str) and c for c in self.code_regression_columns):
+            raise LDAEError(f"code_regression_columns must be a list of cohort table column names, got {self.code_regression_columns!r}")
+        self.code_regression_columns = tuple(self.code_regression_columns)
+        if self.code_regression_weight > 0 and not self.code_regression_latent and not self.code_regression_columns:
+            raise LDAEError("code_regression_latent is false and code_regression_columns is empty: the code regression would have no target")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "RepresentationStageConfig":

@@ -13,8 +13,8 @@ parts (``label_emb``, ``shift_middle_block``, ``shift_output_blocks``, ``shift_o
 an EMA, and the EMA weights are what the bundle ships.
 
 Optionally (``code_regression_weight`` > 0; not in the paper) a linear head predicts the scan's
-mean latent, pooled to a coarse grid and standardised, from y and adds ``weight × mean squared
-error`` to the loss; the head is not shipped. Every step also logs ``code_sd``, the spread of y across the batch (mean over
+mean latent, pooled to a coarse grid, and/or columns of the cohort table (regional volumes), all
+standardised, from y and adds ``weight × mean squared error`` to the loss; the head is not shipped. Every step also logs ``code_sd``, the spread of y across the batch (mean over
 dimensions of the per-dimension SD): a value near 0 means the codes collapsed to one vector.
 """
 
@@ -28,6 +28,7 @@ from ..errors import LDAEError
 from ..nets.semantic_encoder import SemanticEncoder
 from ..nets.blocks import ResBlock
 from ..nets.unet import ShiftUNet
+from .augment import augment_volume
 from .autoencoder import Latents
 from .config import RepresentationStageConfig
 from .data import TrainingData, semantic_input
@@ -70,36 +71,62 @@ def shift_coefficients(num_timesteps: int, snr_exponent: float = 0.1) -> tuple[t
 
 
 class CodeRegression(nn.Module):
-    """Linear head y → the pooled latent, standardised with the training scans' mean and SD (not shipped)."""
+    """Linear head y → standardised targets (not shipped): the scan's pooled mean latent (``grid``;
+    None leaves it out) and/or cohort columns (``columns``: e.g. regional volumes). The loss is the
+    mean squared error of each part, summed, so a few columns weigh as much as the whole latent grid."""
 
-    def __init__(self, code_dim: int, grid: tuple[int, int, int], mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(self, code_dim: int, grid: tuple[int, int, int] | None, mean: torch.Tensor, std: torch.Tensor,
+                 columns: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.grid = tuple(int(k) for k in grid)
+        self.grid = None if grid is None else tuple(int(k) for k in grid)
+        self.columns = tuple(columns)
+        self.n_latent = mean.numel() - len(self.columns)
         self.head = nn.Linear(code_dim, mean.numel())
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.register_buffer("mean", mean.flatten().float(), persistent=False)
         self.register_buffer("std", std.flatten().float(), persistent=False)
 
-    def target(self, mu: torch.Tensor) -> torch.Tensor:
-        """Standardised pooled targets of mean latents (μ × scale), B×C×D×H×W → B×features."""
-        pooled = nn.functional.adaptive_avg_pool3d(mu.float(), self.grid).flatten(1)
-        return (pooled - self.mean) / self.std
+    def raw(self, mu: torch.Tensor | None, values: torch.Tensor | None) -> torch.Tensor:
+        """Unstandardised features: pooled mean latents (μ × scale, B×C×D×H×W) then column values (B×k)."""
+        parts = []
+        if self.grid is not None:
+            parts.append(nn.functional.adaptive_avg_pool3d(mu.float(), self.grid).flatten(1))
+        if self.columns:
+            parts.append(values.float())
+        return torch.cat(parts, 1)
+
+    def target(self, mu: torch.Tensor | None, values: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardised targets, B × features."""
+        return (self.raw(mu, values) - self.mean) / self.std
 
     def forward(self, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (self.head(y.float()) - target).pow(2).mean()
+        err = (self.head(y.float()) - target).pow(2)
+        n = self.n_latent
+        return (err[:, :n].mean() if n else 0.0) + (err[:, n:].mean() if n < err.shape[1] else 0.0)
 
     @classmethod
-    def fitted(cls, code_dim: int, grid, latents: Latents, rows: list[int]) -> "CodeRegression":
-        """A head whose standardisation uses the mean latents (μ × scale) of ``rows``."""
-        shape = tuple(latents.mu.shape[2:])
-        if any(int(k) > n for n, k in zip(shape, grid)):
-            raise LDAEError(f"code_regression_grid {tuple(grid)} is finer than the latent grid {shape}")
-        grid = tuple(int(k) for k in grid)
-        pooled = nn.functional.adaptive_avg_pool3d(latents.scaled_means(rows), grid).flatten(1)
-        std = pooled.std(0)
-        # A floor, so a block of near-constant background cannot dominate the standardised loss.
-        return cls(code_dim, grid, pooled.mean(0), std.clamp_min(max(1e-6, 0.1 * float(std.median()))))
+    def fitted(cls, code_dim: int, grid, latents: Latents, rows: list[int], columns: tuple[str, ...] = (),
+               values: torch.Tensor | None = None) -> "CodeRegression":
+        """A head whose standardisation uses the mean latents (μ × scale) and column ``values``
+        (len(rows) × len(columns)) of ``rows``."""
+        if grid is not None:
+            shape = tuple(latents.mu.shape[2:])
+            if any(int(k) > n for n, k in zip(shape, grid)):
+                raise LDAEError(f"code_regression_grid {tuple(grid)} is finer than the latent grid {shape}")
+            grid = tuple(int(k) for k in grid)
+        probe = cls(code_dim, grid, torch.zeros(1), torch.ones(1), columns)
+        feats = probe.raw(latents.scaled_means(rows) if grid is not None else None, values)
+        std = feats.std(0)
+        if grid is not None:
+            # A floor, so a block of near-constant background cannot dominate the standardised loss.
+            n = feats.shape[1] - len(columns)
+            std[:n] = std[:n].clamp_min(max(1e-6, 0.1 * float(std[:n].median())))
+        if columns:
+            flat = [c for c, s in zip(columns, std[-len(columns):].tolist()) if not s > 0]
+            if flat:
+                raise LDAEError(f"code_regression_columns: {', '.join(flat)} do not vary over the training scans; leave them out")
+        return cls(code_dim, grid, feats.mean(0), std, columns)
 
 
 def code_spread(y: torch.Tensor) -> torch.Tensor:
@@ -207,7 +234,10 @@ class RepresentationObjective(Objective):
         if config.code_regression_weight > 0:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed + 1)
-                head = CodeRegression.fitted(model_config.encoder.emb_dim, config.code_regression_grid, latents, [r for r in self.items if latents.has(r)])
+                fit_rows = [r for r in self.items if latents.has(r)]
+                grid = config.code_regression_grid if config.code_regression_latent else None
+                head = CodeRegression.fitted(model_config.encoder.emb_dim, grid, latents, fit_rows,
+                                             config.code_regression_columns, self._column_values(fit_rows))
         self.module = RepresentationLoss(encoder, shift, model_config.num_timesteps, config.snr_exponent, model_config.slicing_plane,
                                          head, config.code_regression_weight, config.coarse_loss_weight,
                                          config.coarse_loss_pool, config.pair_pool).to(self.device)
@@ -225,7 +255,7 @@ class RepresentationObjective(Objective):
         return len(self.items)
 
     def _rows(self, rows: list[int], step: int) -> dict[str, torch.Tensor]:
-        out = {"x": self.data.volumes.batch(rows, self.device), **self.draw(rows, step)}
+        out = {"x": self._code_inputs(rows, step), **self.draw(rows, step)}
         if self.config.pair_probability > 0 and step >= 0:  # fixed (validation) batches keep the plain objective
             pairs = [self._partner(r, step) if int(t) >= self.config.pair_min_t else r for r, t in zip(rows, out["t"])]
             if any(a != r for a, r in zip(pairs, rows)):
@@ -238,8 +268,30 @@ class RepresentationObjective(Objective):
         if head is not None:
             # The target is the posterior mean μ, not the sampled z0: σ is large next to how much μ
             # varies between scans, so a sampled target would be mostly noise.
-            out["code_target"] = head.target(self.draw.latents.scaled_means(rows).to(self.device))
+            mu = self.draw.latents.scaled_means(rows).to(self.device) if head.grid is not None else None
+            values = self._column_values(rows)
+            out["code_target"] = head.target(mu, None if values is None else values.to(self.device))
         return out
+
+    def _code_inputs(self, rows: list[int], step: int) -> torch.Tensor:
+        """The volumes the encoder sees: as stored, or (training steps, ``code_augment``) changed in
+        contrast, bias field, noise and resolution. The latent the code must explain is not changed."""
+        p = self.config.code_augment
+        if step < 0 or p <= 0:
+            return self.data.volumes.batch(rows, self.device)
+        xs = []
+        for r in rows:
+            x = torch.from_numpy(self.data.volumes[r])
+            g = item_generator(self.config.seed, STAGE_ID, step, r, 2)
+            xs.append(augment_volume(x, g) if float(torch.rand((), generator=g)) < p else x)
+        return torch.stack(xs)[:, None].to(self.device)
+
+    def _column_values(self, rows: list[int]) -> torch.Tensor | None:
+        """The cohort table's ``code_regression_columns`` of ``rows`` (len(rows) × k), or None."""
+        columns = self.config.code_regression_columns
+        if not columns:
+            return None
+        return torch.tensor([[self.data.rows[r].number(c) for c in columns] for r in rows], dtype=torch.float32)
 
     def batch(self, items: list[int], step: int) -> dict[str, torch.Tensor]:
         return self._rows([self.items[i] for i in items], step)
