@@ -85,6 +85,17 @@ def trained(tiny_cohort, tmp_path_factory):
     return work, bundle
 
 
+def upstream_copy(work: Path, dest: Path) -> Path:
+    """A new work folder at ``dest`` holding ``work``'s finished autoencoder and DDPM stages (for
+    trying representation settings without training those again)."""
+    dest.mkdir()
+    for part in ("autoencoder", "ddpm", "latents", "cache"):
+        shutil.copytree(work / part, dest / part)
+    for f in ("recipe.json", "split.json"):
+        shutil.copy(work / f, dest / f)
+    return dest
+
+
 def _ema_rows(log: Path) -> list[dict]:
     return [r for r in map(json.loads, log.read_text().splitlines()) if r["split"] == "ema"]
 
@@ -246,12 +257,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(trained, tiny_coh
     recipe = tiny_recipe(steps=12, checkpoint_interval=5)
     runs = {}
     for name in ("straight", "resumed"):
-        w = tmp_path / name
-        w.mkdir()
-        for part in ("autoencoder", "ddpm", "latents", "cache"):
-            shutil.copytree(work / part, w / part)
-        for f in ("recipe.json", "split.json"):
-            shutil.copy(work / f, w / f)
+        w = upstream_copy(work, tmp_path / name)
         if name == "resumed":
             s = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None)
             r = s.train_representation(stop_at=8)
@@ -280,12 +286,7 @@ def test_code_regression_spreads_the_codes_and_stays_out_of_the_bundle(trained, 
     work, _ = trained
     spread = {}
     for weight in (0.0, 1.0):
-        w = tmp_path / f"w{weight}"
-        w.mkdir()
-        for part in ("autoencoder", "ddpm", "latents", "cache"):
-            shutil.copytree(work / part, w / part)
-        for f in ("recipe.json", "split.json"):
-            shutil.copy(work / f, w / f)
+        w = upstream_copy(work, tmp_path / f"w{weight}")
         recipe = tiny_recipe()
         recipe.representation.code_regression_weight = weight
         session = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None)
@@ -379,26 +380,17 @@ def test_code_regression_on_cohort_columns_runs_and_names_a_missing_column(train
 
     work, _ = trained
 
-    def fresh(name):
-        w = tmp_path / name
-        w.mkdir()
-        for part in ("autoencoder", "ddpm", "latents", "cache"):
-            shutil.copytree(work / part, w / part)
-        for f in ("recipe.json", "split.json"):
-            shutil.copy(work / f, w / f)
-        return w
-
     recipe = tiny_recipe()
     recipe.representation.code_regression_weight = 1.0
     recipe.representation.code_regression_columns = ("ventricle_scale", "age")
-    w = fresh("columns")
+    w = upstream_copy(work, tmp_path / "columns")
     TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None).train_representation()
     reg = [r["code_regression"] for r in map(json.loads, (w / "representation" / "log.jsonl").read_text().splitlines()) if r["split"] == "train"]
     # Two parts (latent and columns), each about 1 while the zero-initialised head learns.
     assert all(np.isfinite(reg)) and 1.0 < reg[0] < 4.0, reg
 
     recipe.representation.code_regression_columns = ("ventricles_ml",)
-    missing = fresh("missing")
+    missing = upstream_copy(work, tmp_path / "missing")
     with pytest.raises(LDAEError, match="ventricles_ml"):
         TrainingSession(recipe, tiny_cohort, missing, progress=False, echo=lambda m: None).train_representation()
     assert not (missing / "representation" / "log.jsonl").exists()
@@ -848,12 +840,7 @@ def test_paired_training_builds_z_t_from_another_visit_of_the_same_subject(train
     work, _ = trained
     logs = {}
     for p in (0.0, 1.0):
-        w = tmp_path / f"p{p}"
-        w.mkdir()
-        for part in ("autoencoder", "ddpm", "latents", "cache"):
-            shutil.copytree(work / part, w / part)
-        for f in ("recipe.json", "split.json"):
-            shutil.copy(work / f, w / f)
+        w = upstream_copy(work, tmp_path / f"p{p}")
         recipe = tiny_recipe()
         recipe.representation.pair_probability = p
         session = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None)
