@@ -394,6 +394,11 @@ def test_code_regression_on_cohort_columns_runs_and_names_a_missing_column(train
     with pytest.raises(LDAEError, match="ventricles_ml"):
         TrainingSession(recipe, tiny_cohort, missing, progress=False, echo=lambda m: None).train_representation()
     assert not (missing / "representation" / "log.jsonl").exists()
+    # … and a run from scratch stops as soon as it reads the cohort, before the autoencoder stage.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(LDAEError, match="ldae cohort --labels"):
+        TrainingSession(recipe, tiny_cohort, fresh, progress=False, echo=lambda m: None).run("all")
+    assert not (fresh / "autoencoder").exists()
 
 
 # ------------------------------------------------------------------------------------ checkpoints

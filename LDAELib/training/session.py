@@ -115,7 +115,26 @@ class TrainingSession:
             if not self.ctx.is_main:
                 self._data = TrainingData.open(self.cohort, self.recipe.data, space, self.workdir, write_split=False)
             self.echo(f"cohort {self.cohort}: {self._data.describe()} (split in {self.workdir / 'split.json'})")
+            self._check_columns(self._data)
         return self._data
+
+    def _check_columns(self, data: TrainingData) -> None:
+        """The representation stage's code-regression columns must be numbers in every row: checked
+        when the cohort is first read, not hours later when that stage starts."""
+        rep = self.recipe.representation
+        if not (rep.code_regression_weight > 0 and rep.code_regression_columns):
+            return
+        bad = []
+        for c in rep.code_regression_columns:
+            try:
+                for r in data.rows:
+                    float(r.fields[c])
+            except (KeyError, ValueError):
+                bad.append(c)
+        if bad:
+            raise LDAEError(f"the recipe's representation.code_regression_columns need the column(s) {', '.join(bad)} with a number in every row "
+                            f"of {self.cohort}'s table; 'ldae cohort --labels' writes them, or train without them: "
+                            f"--set representation.code_regression_columns=[]")
 
     def prepare_volumes(self, splits=("train", "val")) -> None:
         """Stage B for the given splits, once (rank 0 fills the disk cache, the others then read it)."""
