@@ -208,9 +208,9 @@ class RepresentationStageConfig(StageConfig):
 
     ``code_augment`` (0 = off; not in the paper): the probability that the encoder sees a training
     scan changed in contrast, bias field, noise and resolution (the autoencoder's augmentation),
-    while the latent it must explain stays as stored. Every visit of the synthetic cohort has its
-    own contrast and bias field, the largest coarse differences between its scans; a code that
-    carries them steers intensity, not anatomy, in an edit.
+    while the latent it must explain stays as stored, so the code does not rest on one cohort's
+    contrast (real scans differ in all of these). On the demo cohort it left the edits as they were
+    (handover/demo_model/README.md, sixth run); the codes there hardly see a bias field anyway.
 
     ``shift_init``: how the gradient estimator's blocks start. ``zero`` (the guided-diffusion
     initialisation, residual branches at zero) or ``eps_branch`` (not in the paper): the shift

@@ -209,6 +209,7 @@ class RepresentationObjective(Objective):
     def __init__(self, model_config, config: RepresentationStageConfig, data: TrainingData, latents: Latents,
                  unet_state: dict[str, torch.Tensor], device: torch.device, upstream: dict) -> None:
         self.config, self.data, self.device, self._upstream = config, data, torch.device(device), upstream
+        self._columns: dict[int, list[float]] = {}
         if model_config.unet.latent_dim != model_config.encoder.emb_dim:
             raise LDAEError(f"unet_args.latent_dim ({model_config.unet.latent_dim}) must equal the semantic code size enc_args.emb_dim ({model_config.encoder.emb_dim})")
         with torch.random.fork_rng(devices=[]):
@@ -287,11 +288,15 @@ class RepresentationObjective(Objective):
         return torch.stack(xs)[:, None].to(self.device)
 
     def _column_values(self, rows: list[int]) -> torch.Tensor | None:
-        """The cohort table's ``code_regression_columns`` of ``rows`` (len(rows) × k), or None."""
+        """The cohort table's ``code_regression_columns`` of ``rows`` (len(rows) × k), or None; each
+        row's text is parsed once."""
         columns = self.config.code_regression_columns
         if not columns:
             return None
-        return torch.tensor([[self.data.rows[r].number(c) for c in columns] for r in rows], dtype=torch.float32)
+        for r in rows:
+            if r not in self._columns:
+                self._columns[r] = [self.data.rows[r].number(c) for c in columns]
+        return torch.tensor([self._columns[r] for r in rows], dtype=torch.float32)
 
     def batch(self, items: list[int], step: int) -> dict[str, torch.Tensor]:
         return self._rows([self.items[i] for i in items], step)

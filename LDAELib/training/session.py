@@ -128,8 +128,8 @@ class TrainingSession:
         for c in rep.code_regression_columns:
             try:
                 for r in data.rows:
-                    float(r.fields[c])
-            except (KeyError, ValueError):
+                    r.number(c)
+            except LDAEError:
                 bad.append(c)
         if bad:
             raise LDAEError(f"the recipe's representation.code_regression_columns need the column(s) {', '.join(bad)} with a number in every row "
