@@ -323,6 +323,8 @@ def _info(args, model) -> int:
         f"parameters:  {model.num_parameters() / 1e6:.1f} M",
         f"model space: {model.config.space.shape} voxels at {model.config.space.spacing_mm} mm; latent {model.config.latent_shape}",
         "directions:  " + ("; ".join(d.describe() for d in model.directions.values()) or "none"),
+        *([f"guidance:    code guidance {model.config.code_guidance:g} around the training codes' mean (1 is the authors' rule)"]
+          if model.config.guided else []),
         f"licence:     {ident.get('licence') or 'see the model card'}",
         *(f"limitation:  {op}: {text}" for op, text in model.limitations.items()),
         f"torch:       {torch.__version__}; threads {torch.get_num_threads()}; CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}",

@@ -40,6 +40,21 @@ class LDAEConfig:
     slicing_plane: str = "axial"
     latent_shift: bool = False
     x0_clip: float | None = 1.0
+    code_guidance: float = 1.0
+    """Weight w of the gradient estimator's answer to the code at inference:
+    g(ȳ) + w·(g(y) − g(ȳ)), ȳ the model's reference code (``LDAEModel.reference_code``). 1.0 is
+    the authors' rule, g(y), and needs no reference; our trained models may ship another weight."""
+
+    def __post_init__(self) -> None:
+        w = float(self.code_guidance)
+        if not (w == w and abs(w) != float("inf")) or w < 0:
+            raise ValueError(f"code_guidance must be a finite number ≥ 0, got {self.code_guidance!r}")
+        self.code_guidance = w
+
+    @property
+    def guided(self) -> bool:
+        """Whether inference blends g with the reference code's answer (code_guidance ≠ 1)."""
+        return self.code_guidance != 1.0
 
     def to_dict(self) -> dict:
         d = {
@@ -55,6 +70,8 @@ class LDAEConfig:
             d["latent_shift"] = True
         if self.x0_clip != 1.0:
             d["x0_clip"] = self.x0_clip
+        if self.guided:
+            d["code_guidance"] = self.code_guidance
         return d
 
     @classmethod
@@ -69,6 +86,7 @@ class LDAEConfig:
             slicing_plane=d.get("slicing_plane", "axial"),
             latent_shift=bool(d.get("latent_shift", False)),
             x0_clip=None if d.get("x0_clip", 1.0) is None else float(d.get("x0_clip", 1.0)),
+            code_guidance=float(d.get("code_guidance", 1.0)),
         )
 
     @property
@@ -105,6 +123,9 @@ class LDAEModel(nn.Module):
         # Float32 on the CPU whatever the networks' device and dtype (not a buffer, so ``.to()``
         # leaves it exact); moved to the latent's device where it is used.
         self.latent_shift: torch.Tensor | None = torch.zeros(config.latent_shape) if config.latent_shift else None
+        # The reference code ȳ of code guidance (latent_dim, float32, CPU), set by whoever loads or
+        # trains the weights; None when the config keeps the authors' rule.
+        self.reference_code: torch.Tensor | None = torch.zeros(config.unet.latent_dim) if config.guided else None
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -154,6 +175,8 @@ class LDAEModel(nn.Module):
             h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         if self.latent_shift is not None:
             h.update(b"latent_shift" + self.latent_shift.float().contiguous().numpy().tobytes())
+        if self.reference_code is not None:
+            h.update(b"reference_code" + self.reference_code.float().contiguous().numpy().tobytes())
         self._fingerprint = h.hexdigest()
         return self._fingerprint
 

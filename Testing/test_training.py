@@ -580,6 +580,39 @@ def test_probes_are_fitted_again_when_their_settings_change(trained, tiny_cohort
     assert load_model(bundle).directions["age"].alpha_unit == "8.0 years"
 
 
+def test_a_recipe_with_code_guidance_ships_the_training_codes_mean_as_reference(trained, tiny_cohort, tmp_path):
+    """code_guidance is an inference setting: the same work folder serves it, the probes keep the
+    training codes' mean, and the bundle carries both; probes from before are fitted again."""
+    from safetensors.torch import load_file, save_file
+
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.config import apply_overrides
+    from LDAELib.weights import load_model
+
+    work, _ = trained
+    w = tmp_path / "run"
+    shutil.copytree(work, w, ignore=shutil.ignore_patterns("bundle"))
+    recipe = apply_overrides(tiny_recipe(), ["model.code_guidance=4"])
+    assert recipe.model.code_guidance == 4.0
+    said = []
+    session = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=said.append)
+    session.fit_probes()
+    assert said[-1] == "probes: already fitted, kept"
+    mean = load_file(str(w / "probes" / "directions.safetensors"))["_reference_code"]
+    model = load_model(session.export_bundle(w / "bundle"))
+    assert model.config.code_guidance == 4.0 and torch.equal(model.reference_code, mean) and mean.abs().sum() > 0
+    # probes written before the reference code existed are fitted again, not kept
+    tensors = load_file(str(w / "probes" / "directions.safetensors"))
+    del tensors["_reference_code"]
+    save_file(tensors, str(w / "probes" / "directions.safetensors"))
+    said.clear()
+    TrainingSession(recipe, tiny_cohort, w, progress=False, echo=said.append).fit_probes()
+    assert not any("kept" in m for m in said)
+    assert torch.equal(load_file(str(w / "probes" / "directions.safetensors"))["_reference_code"], mean)
+    with pytest.raises(LDAEError, match="code_guidance"):
+        apply_overrides(tiny_recipe(), ["model.code_guidance=-1"])
+
+
 # --------------------------------------------------------------------------------- command line
 def test_dry_run_prints_the_plan_with_measured_times(tiny_cohort, tmp_path, capsys):
     from LDAELib.training.__main__ import main

@@ -31,6 +31,13 @@ def guided_eps(eps: torch.Tensor, g: torch.Tensor, k: int, sched: DDIMSchedule) 
     return eps - _coef(sched.sqrt_one_minus_alphas_cumprod, k, eps) * g
 
 
+def code_guided_shift(g: torch.Tensor, g_ref: torch.Tensor, weight: float) -> torch.Tensor:
+    """g(ȳ) + w·(g(y) − g(ȳ)): the gradient estimator's answer to the code y, scaled by w around its
+    answer to a reference code ȳ. w = 1 gives g(y) (the authors' rule); w > 1 makes the code, and
+    so a move of the code, decide more of the sample, as guidance scales do in diffusion models."""
+    return g_ref + float(weight) * (g - g_ref)
+
+
 def predict_x0(x: torch.Tensor, eps: torch.Tensor, k: int, sched: DDIMSchedule, clip: float | None = DEFAULT_X0_CLIP) -> torch.Tensor:
     """x̂0 = r_k·x − rm_k·ε, clamped to [−clip, clip] (None: not clamped)."""
     x0 = _coef(sched.sqrt_recip_alphas_cumprod, k, x) * x - _coef(sched.sqrt_recip_alphas_cumprod_m1, k, x) * eps

@@ -8,6 +8,7 @@ Written beside each output (``out.json``) and onto each Slicer node (``LDAE.Prov
                                own hashes), format, files {name: sha256}, verified (were the files
                                checked against those hashes when loaded)
     steps, seed, latent        DDIM steps each way; the seed; "mean" or "sampled(seed=N)"
+    code_guidance              the model's code guidance weight w, when it is not the authors' 1
     input_space                "raw", "mni" or "model" (``inference.space``)
     device, dtype, decode_dtype, weight_storage, conv_backend    how the numbers were computed
     inputs                     [{path, sha256}] of the scans it was computed from
@@ -79,6 +80,8 @@ def provenance(model, pipeline, settings, operation: str, inputs: list[dict], **
         "inputs": list(inputs),
         "created": now_iso(),
     }
+    if model.config.guided:
+        prov["code_guidance"] = model.config.code_guidance
     note = model.limitations.get(operation)
     if note:
         prov["model_limitation"] = note

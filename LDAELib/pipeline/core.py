@@ -29,7 +29,7 @@ from ..accel.memory import MemoryFallbackWarning, is_cpu_oom, is_cuda_oom, out_o
 from ..accel.onednn import onednn_convolutions
 from ..accel.precision import check_device
 from ..accel.weights import compact_weights
-from ..diffusion.ddim import ddim_step, guided_eps, inversion_indices, sampling_indices, shift_applies, timestep
+from ..diffusion.ddim import code_guided_shift, ddim_step, guided_eps, inversion_indices, sampling_indices, shift_applies, timestep
 from ..diffusion.schedule import DDIMSchedule, ddim_schedule
 from ..directions import Direction
 from ..errors import LDAEError
@@ -138,6 +138,10 @@ class LDAEPipeline:
         self.calls = {"autoencoder_encode": 0, "semantic_encode": 0, "inversion": 0, "sampling": 0, "decode": 0}
         self.store = EncodingStore(cache_dir) if cache_dir else None
         self.x0_clip = model.config.x0_clip
+        self.code_guidance = model.config.code_guidance
+        if model.config.guided and model.reference_code is None:
+            raise LDAEError(f"the model's configuration asks for code guidance {model.config.code_guidance:g} but it has no "
+                            "reference code; load it from its bundle again (the bundle holds reference_code.safetensors)")
 
     # ------------------------------------------------------------------ inputs
     def as_input(self, x) -> torch.Tensor:
@@ -171,8 +175,16 @@ class LDAEPipeline:
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
         """The ShiftUNet in the compute dtype; DDIM states and outputs stay float32."""
-        eps, g = self.model.shift_unet(self._net_in(x), t, y.to(self.device, self.dtype))
-        return eps.float().contiguous(), g.float().contiguous()
+        return self._eps_and_shift(self.model.shift_unet, self._net_in(x), t, y.to(self.device, self.dtype))
+
+    def _eps_and_shift(self, unet: ShiftUNet, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+        """(ε, g) of ``unet`` as float32, g code-guided around the model's reference code when its
+        configuration says so (``code_guided_shift``), else g(y) as the authors compute it."""
+        if not self.model.config.guided:
+            eps, g = unet(x, t, y)
+            return eps.float().contiguous(), g.float().contiguous()
+        eps, g, g_ref = unet.forward_with_reference(x, t, y, self.model.reference_code.to(y.device, y.dtype))
+        return eps.float().contiguous(), code_guided_shift(g.float(), g_ref.float(), self.code_guidance).contiguous()
 
     # ------------------------------------------------------------------ networks
     @torch.inference_mode()
@@ -261,8 +273,7 @@ class LDAEPipeline:
                     dt = next(unet.parameters()).dtype
 
                     def cpu_fn(x, t, yy, unet=unet, dt=dt):
-                        eps, g = unet(x.to("cpu", dt), t.to("cpu"), yy.to("cpu", dt))
-                        return eps.float(), g.float()
+                        return self._eps_and_shift(unet, x.to("cpu", dt), t.to("cpu"), yy.to("cpu", dt))
 
                     out = self._sample(cpu_fn, z_t[i : i + bs].to("cpu"), y[i : i + bs].to("cpu"), sched, p).to(z_t.device)
                 else:

@@ -502,6 +502,10 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+_OPTIONAL_MODEL_SETTINGS = ("latent_shift", "x0_clip", "code_guidance")
+"""Model settings a recipe's JSON leaves out at their defaults, which ``--set model.KEY=…`` may still set."""
+
+
 def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
     """``["ddpm.steps=200", "model.unet_args.base_channel=64"]`` → a new, validated recipe."""
     d = recipe.to_dict()
@@ -515,7 +519,8 @@ def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
             if not isinstance(node, dict) or p not in node:
                 raise LDAEError(f"--set {key}: there is no section {p!r} in the recipe")
             node = node[p]
-        if not isinstance(node, dict) or parts[-1] not in node:
+        optional = parts[:-1] == ["model"] and parts[-1] in _OPTIONAL_MODEL_SETTINGS
+        if not isinstance(node, dict) or (parts[-1] not in node and not optional):
             raise LDAEError(f"--set {key}: unknown setting {parts[-1]!r}")
         node[parts[-1]] = _parse_value(value)
     return Recipe.from_dict(d)
@@ -526,6 +531,7 @@ def comparable(recipe_dict: dict) -> dict:
     model = dict(recipe_dict.get("model", {}))
     model.pop("latent_scale", None)
     model.pop("x0_clip", None)  # used by DDIM at inference only, not in training
+    model.pop("code_guidance", None)  # likewise
     data = {k: v for k, v in recipe_dict.get("data", {}).items() if k not in ("disk_cache", "memory_cache")}
     return {"model": model, "data": data}
 

@@ -7,7 +7,8 @@
       autoencoder/ ddpm/ representation/
           checkpoints/step-*/  log.jsonl  log.csv  final.json
       latents/               μ, σ of the training and validation volumes; latents.json (latent scale)
-      probes/                directions.safetensors, probes.json (probe metrics on validation subjects)
+      probes/                directions.safetensors (and the reference code: the training codes' mean),
+                             probes.json (probe metrics on validation subjects)
       bundle/                the final model (an LDAE bundle of EMA weights), unless --output says otherwise
 
 Each stage checks that the stage before it is complete and records the SHA-256 of the weights it
@@ -52,6 +53,8 @@ from .representation import RepresentationObjective
 from .trainer import StageResult, module_fingerprint, run_stage
 
 ORDER = ("autoencoder", "ddpm", "representation", "probes", "bundle")
+_REFERENCE_KEY = "_reference_code"
+"""The probes' tensor that holds the training codes' mean: the reference code of code guidance."""
 
 
 def _strip(sd: dict, prefix: str) -> dict:
@@ -256,7 +259,8 @@ class TrainingSession:
             self._require("representation", "probes")
         settings = dataclasses.asdict(self.recipe.probes)
         existing = self._read_probes(folder)
-        if existing is not None and existing[1].get("representation") == fp and existing[1].get("settings") == settings:
+        if (existing is not None and existing[1].get("representation") == fp and existing[1].get("settings") == settings
+                and existing[2] is not None):
             self.echo("probes: already fitted, kept")
             return existing[1]
         self.prepare_volumes()
@@ -273,7 +277,7 @@ class TrainingSession:
                 metrics["val"] = probe_metrics(dirs, vcodes, [data.rows[i] for i in val_rows], cfg)
 
             folder.mkdir(parents=True, exist_ok=True)
-            tensors = {}
+            tensors = {_REFERENCE_KEY: codes.float().mean(0)}
             for name, d in dirs.items():
                 tensors[f"{name}.weight"], tensors[f"{name}.mean"], tensors[f"{name}.std"] = d.weight, d.mean, d.std
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "directions.safetensors"))
@@ -296,7 +300,7 @@ class TrainingSession:
         dirs = {n: Direction(n, t[f"{n}.weight"], t[f"{n}.mean"], t[f"{n}.std"], m["bias"], m["positive"], m["negative"], m["alpha_unit"], m["meta"],
                              float(m.get("scale", 1.0)))
                 for n, m in record["directions"].items()}
-        return dirs, record
+        return dirs, record, t.get(_REFERENCE_KEY)
 
     def export_bundle(self, output: str | Path | None = None) -> Path:
         """Write the EMA weights, the latent scale and the directions as an LDAE bundle."""
@@ -306,7 +310,7 @@ class TrainingSession:
         probes = self._read_probes(self.workdir / "probes")
         if probes is None:
             raise LDAEError(f"no probes in {self.workdir}; run 'ldae train probes' first")
-        dirs, record = probes
+        dirs, record, reference = probes
         lat = self.latents()
         stages = {s: read_final(self.stage_dir(s)) for s in ("autoencoder", "ddpm", "representation")}
         fingerprints = {s: module_fingerprint(self.stage_dir(s)).get("sha256") for s in stages}
@@ -345,6 +349,10 @@ class TrainingSession:
                 if lat.shift is None:
                     raise LDAEError(f"the recipe uses a latent shift but {self.workdir / 'latents'} holds none; delete that folder so the latents are encoded again")
                 model.latent_shift = lat.shift.float().clone()
+            if config.guided:
+                if reference is None:
+                    raise LDAEError(f"the recipe uses code guidance but {self.workdir / 'probes'} holds no reference code; run 'ldae train probes' again")
+                model.reference_code = reference.float().clone()
             model.autoencoder.load_state_dict(_strip(ae_ck.groups["ema"], "autoencoder."))
             model.semantic_encoder.load_state_dict(_strip(rep_ck.groups["ema"], "encoder."))
             model.shift_unet.load_state_dict(_strip(rep_ck.groups["ema"], "shift_unet."))

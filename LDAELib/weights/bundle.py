@@ -6,6 +6,7 @@
     shift_unet.safetensors        ShiftUNet
     directions.safetensors        <name>.weight / <name>.mean / <name>.std per direction
     latent_shift.safetensors      only when the config sets latent_shift: the mean latent m (C×d×h×w, float32)
+    reference_code.safetensors    only when the config sets code_guidance ≠ 1: the reference code ȳ (latent_dim, float32)
     LICENSE.txt                   the licence the weights come under
     README.md, …                  optional documents (a model card), written with ``extra_files``
     manifest.json                 {"files": {name: {"sha256", "bytes"}}} of every file above
@@ -37,6 +38,7 @@ FORMAT, VERSION = "ldae-bundle", 1
 _PARTS = {"autoencoder": "autoencoder.safetensors", "semantic_encoder": "semantic_encoder.safetensors", "shift_unet": "shift_unet.safetensors"}
 _DIRECTIONS = "directions.safetensors"
 _SHIFT = "latent_shift.safetensors"
+_REFERENCE = "reference_code.safetensors"
 _LICENCE = "LICENSE.txt"
 
 
@@ -77,6 +79,10 @@ def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None
         save_file(_unshared(dirs), str(tmp / _DIRECTIONS))
         if model.latent_shift is not None:  # float32 whatever ``dtype``: it is added to every latent
             save_file({"latent_shift": model.latent_shift.float().contiguous()}, str(tmp / _SHIFT))
+        if model.config.guided:
+            if model.reference_code is None:
+                raise LDAEError("the model's configuration asks for code guidance but it has no reference code to save")
+            save_file({"reference_code": model.reference_code.detach().to("cpu", torch.float32).contiguous()}, str(tmp / _REFERENCE))
         identity = dict(model.identity)
         licence = licence or identity.get("licence") or "See the model card that came with these weights."
         (tmp / _LICENCE).write_text(licence.rstrip() + "\n")
@@ -95,7 +101,7 @@ def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None
         }
         (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2))
         for fname, text in (extra_files or {}).items():
-            if Path(fname).name != fname or fname in (MANIFEST, BUNDLE_JSON, _LICENCE, _DIRECTIONS, _SHIFT, *_PARTS.values()):
+            if Path(fname).name != fname or fname in (MANIFEST, BUNDLE_JSON, _LICENCE, _DIRECTIONS, _SHIFT, _REFERENCE, *_PARTS.values()):
                 raise LDAEError(f"cannot add {fname!r} to a bundle: give a plain file name that is not one of the bundle's own files")
             (tmp / fname).write_text(text)
         files = sorted(p.name for p in tmp.iterdir())
@@ -276,4 +282,11 @@ def load_bundle(folder: str | Path, *, verify: bool = True) -> LDAEModel:
         if shift is None or tuple(shift.shape) != tuple(config.latent_shape):
             raise LDAEError(f"{folder / _SHIFT} does not hold a latent_shift of shape {tuple(config.latent_shape)}; copy the bundle again")
         model.latent_shift = shift.float()
+    if config.guided:
+        if _REFERENCE not in hashes:
+            raise LDAEError(f"the bundle's config uses code guidance but its manifest does not list {_REFERENCE}; copy the whole bundle again")
+        ref = _read(folder / _REFERENCE).get("reference_code")
+        if ref is None or tuple(ref.shape) != (config.unet.latent_dim,) or not torch.isfinite(ref).all():
+            raise LDAEError(f"{folder / _REFERENCE} does not hold a finite reference_code of {config.unet.latent_dim} numbers; copy the bundle again")
+        model.reference_code = ref.float()
     return model

@@ -1,5 +1,6 @@
 """Code guidance at sampling: g(ȳ) + w·(g(y) − g(ȳ)), ȳ = mean code of training visits; edits measured
-in ventricle / hippocampus mL (raw ROI measure) on test subjects. usage: guide.py RUN W [W ...]"""
+in ventricle / hippocampus mL (raw ROI measure) on test subjects. usage: guide.py RUN W [W ...]
+GUIDE_MODE=scale: w·g(y) instead (no reference code, no second call)."""
 import sys, json, numpy as np, torch
 from pathlib import Path
 from LDAELib.inference.image import read_image
@@ -20,10 +21,12 @@ for r in crow: r.fields['_cohort_root'] = str(csv.parent)
 meas = build_measure(train, sp, lambda r: ms(r), DEFAULT_LABELS, max_subjects=6)
 ybar = torch.cat([pipe.embed(ms(r)) for r in train[::9]]).mean(0, keepdim=True)
 test = [r for r in crow if r.subject in set(split["subjects"]["test"]) and visit_order(r) == min(visit_order(q) for q in crow if q.subject == r.subject)][:4]
+import os; MODE = os.environ.get("GUIDE_MODE", "mean")
 su = model.shift_unet; orig = su.forward; W = {"w": 1.0}
 def guided(x, t, y):
     e, g = orig(x, t, y)
     if W["w"] == 1.0: return e, g
+    if MODE == "scale": return e, W["w"] * g
     _, g0 = orig(x, t, ybar.to(y.dtype).expand_as(y))
     return e, g0 + W["w"] * (g - g0)
 su.forward = guided
