@@ -18,9 +18,10 @@ def demo_dir():
 def test_bundle_is_small_verified_and_has_both_directions(demo_dir):
     from LDAELib.weights import load_model
 
-    assert sum(p.stat().st_size for p in demo_dir.iterdir()) < 50 * MB
+    assert sum(p.stat().st_size for p in demo_dir.iterdir()) < 20 * MB
     model = load_model(demo_dir)  # checks every file's SHA-256 against the manifest
-    assert model.config.latent_shape == (3, 16, 20, 16)  # the official latent, on a 3 mm grid
+    assert model.config.latent_shape == (16, 16, 20, 16)  # the official latent grid, 16 channels, on a 3 mm grid
+    assert model.config.code_guidance == 8.0 and model.reference_code is not None
     assert tuple(model.config.space.shape) == (64, 80, 64)
     assert set(model.directions) >= {"disease", "age"}
     assert "older" in model.directions["age"].positive and "disease" in model.directions["disease"].positive
@@ -50,51 +51,71 @@ def test_manifest_lists_every_weight_file(demo_dir):
         assert p.name in json.dumps(files)
 
 
-def test_disease_edits_move_the_image_towards_larger_ventricles(demo_dir):
-    """Guards against collapsed semantic codes (the first shipped model's edits changed the image by
-    ~1e-5): an edit at alpha ±3 along `disease` must visibly change both example visits, and the +3
-    result must hold more CSF-dark voxels around the ventricles than the −3 result."""
+def _example(model, scan):
     import numpy as np
 
     from LDAELib.inference.image import read_image as read_volume
-    from LDAELib.pipeline import LDAEPipeline
     from LDAELib.space import to_model_space
+
+    v = read_volume(scan.path)
+    x, _ = to_model_space(v.data, v.affine, model.config.space)
+    return np.asarray(x, dtype=np.float32).squeeze()
+
+
+@pytest.fixture(scope="module")
+def demo_edits(demo_dir):
+    """The shipped model's `disease` edits of both example visits at alpha −2 … 2, T = 10."""
+    from LDAELib.pipeline import LDAEPipeline
     from LDAELib.weights import load_model
 
     model = load_model(demo_dir)
     pipe = LDAEPipeline(model)
+    out = {}
     for scan in example_scans():
-        v = read_volume(scan.path)
-        x, _ = to_model_space(v.data, v.affine, model.config.space)
-        out = pipe.edit(x, model.directions["disease"], [-3.0, 3.0], steps=10).numpy()[:, 0]
-        assert np.abs(out[1] - out[0]).mean() > 1e-3, scan.path.name
-        centre = out[:, 22:42, 25:55, 25:45]  # the lateral ventricles in the 64×80×64 model grid
-        dark = (centre < 0.25).sum(axis=(1, 2, 3))
-        assert dark[1] > dark[0], (scan.path.name, dark)
+        x = _example(model, scan)
+        out[scan.path.name] = (x, pipe.edit(x, model.directions["disease"], ALPHAS, steps=10).numpy()[:, 0])
+    return model, pipe, out
 
 
-def test_the_vary_limitation_on_the_model_card_is_still_true(demo_dir):
-    """The bundle tells users that variations (semantic-only sampling from new noise) fail with this
-    model. While that note ships, it must be true: from noise the model makes no brain (SSIM far below
-    its reconstruction of the same scan). A retrained model that passes should drop the note."""
+ALPHAS = [-2.0, -1.0, 0.0, 1.0, 2.0]
+
+
+def test_reconstructions_of_the_example_scans_keep_their_anatomy(demo_edits):
+    """Edit at alpha 0 = the reconstruction at T = 10 (measured 0.928 and 0.936 when shipped)."""
+    from LDAELib.evaluation.similarity import ssim
+
+    _, _, out = demo_edits
+    for name, (x, edits) in out.items():
+        assert ssim(edits[ALPHAS.index(0.0)], x, 1.0) > 0.90, name
+
+
+def test_disease_edits_grow_the_ventricles_monotonically(demo_edits):
+    """Along `disease` the CSF-dark voxels around the lateral ventricles must grow at every step of
+    alpha on both example visits (shipped: 369 → 616 and 405 → 725 voxels from −2 to +2), and the
+    image must visibly change (mean |Δ| 0.014 from −2 to +2 when shipped; the first shipped model's
+    edits changed it by ~1e-5)."""
     import numpy as np
+
+    _, _, out = demo_edits
+    for name, (_, edits) in out.items():
+        assert np.abs(edits[-1] - edits[0]).mean() > 5e-3, name
+        centre = edits[:, 22:42, 25:55, 25:45]  # the lateral ventricles in the 64×80×64 model grid
+        dark = (centre < 0.25).sum(axis=(1, 2, 3))
+        assert (np.diff(dark) > 0).all(), (name, dark)
+
+
+def test_a_variation_is_a_brain_like_the_reconstruction(demo_edits):
+    """Sampling from new noise with the scan's code (``ldae vary``) must give a brain: SSIM against
+    the scan's reconstruction at least 0.5 (shipped: 0.709), the `ldae evaluate` target, and the
+    bundle must not carry a note saying variations fail."""
     import torch
 
-    from LDAELib.evaluation.report import SEMANTIC_ONLY_FLOOR
-    from LDAELib.inference.image import read_image as read_volume
     from LDAELib.evaluation.similarity import ssim
-    from LDAELib.pipeline import LDAEPipeline
-    from LDAELib.space import to_model_space
-    from LDAELib.weights import load_model
 
-    model = load_model(demo_dir)
-    assert "vary" in model.limitations and "semantic" in model.limitations["vary"]
-    pipe = LDAEPipeline(model)
-    v = read_volume(example_scans()[0].path)
-    x, _ = to_model_space(v.data, v.affine, model.config.space)
+    model, pipe, out = demo_edits
+    assert "vary" not in model.limitations
+    x, edits = next(iter(out.values()))
     enc = pipe.encode(x, steps=10)
-    ref = pipe.decode(enc.z0)[0, 0].numpy()
     noise = torch.randn(enc.z0.shape, generator=torch.Generator().manual_seed(0))
     sample = pipe.sample(enc.y_sem, noise, steps=10)[0, 0].numpy()
-    assert ssim(ref, np.asarray(x, dtype=np.float32).squeeze(), 1.0) > 0.8
-    assert ssim(sample, ref, 1.0) < SEMANTIC_ONLY_FLOOR  # the floor below which `ldae evaluate` flags the same failure
+    assert ssim(sample, edits[ALPHAS.index(0.0)], 1.0) >= 0.5

@@ -154,6 +154,7 @@ def test_bundle_round_trip_keeps_weights_directions_and_hashes(tmp_path, officia
     umask = os.umask(0o022)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not left private, as a temporary folder is made
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir()} == {0o666 & ~umask}  # nor its files (safetensors writes them private)
 
 
 def test_tampered_bundle_file_is_named(tmp_path, official_model):

@@ -105,6 +105,8 @@ def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None
                 raise LDAEError(f"cannot add {fname!r} to a bundle: give a plain file name that is not one of the bundle's own files")
             (tmp / fname).write_text(text)
         files = sorted(p.name for p in tmp.iterdir())
+        for f in files:  # safetensors writes its files private; a bundle's files are as readable as its folder
+            os.chmod(tmp / f, 0o666 & ~umask)
         manifest = {"files": {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if folder.exists():
@@ -177,7 +179,7 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = 
         raise LDAEError(f"{folder} is not an LDAE bundle (no {BUNDLE_JSON})")
     limitations, documents = dict(limitations or {}), dict(documents or {})
     for name in documents:
-        if Path(name).name != name or name in (MANIFEST, BUNDLE_JSON, _LICENCE, _DIRECTIONS, _SHIFT, *_PARTS.values()):
+        if Path(name).name != name or name in (MANIFEST, BUNDLE_JSON, _LICENCE, _DIRECTIONS, _SHIFT, _REFERENCE, *_PARTS.values()):
             raise LDAEError(f"cannot add {name!r} to a bundle: give a plain file name that is not one of the bundle's own files")
     unknown = sorted(set(limitations) - set(OPERATIONS))
     if unknown:
