@@ -227,7 +227,10 @@ class LDAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if info.get("model"):
             self.ui.modelStatusLabel.text = panel_text.model_status(info["model"])
             self.ui.licenceLabel.text = panel_text.licence(info["model"])
-            self.ui.variationsNoteLabel.text = panel_text.variations_note(info["model"])  # the section owns visibility
+            # what the model's card notes about each section's operations (empty: nothing to say)
+            self.ui.editNoteLabel.text = panel_text.operation_note(info["model"], "edit", "reconstruct")
+            self.ui.interpolationNoteLabel.text = panel_text.operation_note(info["model"], "interpolate")
+            self.ui.variationsNoteLabel.text = panel_text.operation_note(info["model"], "vary")
         self.updateDirections()
         self.updateModelSection()
         self.onParameterNodeModified()

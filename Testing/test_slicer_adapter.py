@@ -438,6 +438,33 @@ def test_a_model_whose_card_warns_about_variations_says_so_on_the_console_and_on
         a.close()
 
 
+def test_a_note_on_edits_is_logged_for_kept_edits_and_reconstructions_not_for_previews(tiny_bundle, scene, nifti_files, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from LDAELib.slicer import panel_text
+    from LDAELib.weights.bundle import annotate_bundle
+
+    b = annotate_bundle(shutil.copytree(tiny_bundle, tmp_path / "b"), limitations={"edit": "age goes the wrong way", "interpolate": "blurry"})
+    a = LDAESlicerAdapter(b, device="cpu", threads=1, temp_dir=tmp_path / "exchange")
+    try:
+        a.start_worker(timeout=120)
+        model = a.model_info()
+        # what the panel puts under each section's buttons
+        assert panel_text.operation_note(model, "edit", "reconstruct") == "Note from the model's card: age goes the wrong way"
+        assert panel_text.operation_note(model, "interpolate") == "Note from the model's card: blurry"
+        assert panel_text.operation_note(model, "vary") == ""
+        src = load(scene, nifti_files["visit1"], "visit1")
+        direction = model["directions"][0]["name"]
+        with caplog.at_level(logging.WARNING, logger="LDAELib.slicer.adapter"):
+            a.start_edit(src, direction, 1.0, steps=2, preview=True).wait()
+            assert "age goes the wrong way" not in caplog.text
+            a.edit(src, direction, 1.0, steps=2)
+        assert caplog.text.count("age goes the wrong way") == 1
+    finally:
+        a.close()
+
+
 def _scan_files(folder) -> list:
     return sorted(p.name for p in Path(folder).rglob("*.nii*"))
 

@@ -227,6 +227,14 @@ class LDAESlicerAdapter:
             if node.GetScene() is None:
                 raise LDAEError(f"'{node.GetName()}' was removed from the scene while LDAE was running; nothing was added")
 
+    def _say_note(self, operation: str) -> None:
+        """Log what the model's card notes about ``operation`` (the panel shows it under the
+        operation's button; each output's provenance carries it as ``model_limitation``)."""
+        model = (self.client.info or {}).get("model") or {}
+        note = (model.get("limitations") or {}).get(operation)
+        if note:
+            logging.getLogger(__name__).warning("%s: %s", model.get("name", "this model"), note)
+
     def _model_attributes(self, msg: dict) -> dict:
         model = (msg.get("provenance") or {}).get("model") or {}
         return {"ModelName": model.get("name"), "ModelId": model.get("id"), "ModelHash": model.get("hash")}
@@ -248,6 +256,8 @@ class LDAESlicerAdapter:
         same step count, the edit's own change without what the autoencoder loses (computed once
         per scan and step count, one sampling more on the first edit).
         """
+        if not preview:  # a preview follows the slider: the panel shows the note, the log need not repeat it
+            self._say_note("edit")
         reference = self._difference_reference(difference)
         alphas = [float(a) for a in (alphas if isinstance(alphas, (list, tuple)) else [alphas])]
         if not alphas:
@@ -322,6 +332,7 @@ class LDAESlicerAdapter:
     def start_reconstruct(self, volume, steps: int = 10, *, latent_seed: int | None = None, input_space: str = "mni",
                           difference: bool = False, show: bool = True) -> Job:
         """Encode and decode through the diffusion (what the model keeps of the scan)."""
+        self._say_note("reconstruct")
         src = self._source(volume)
         request = {"op": "reconstruct", "source": src, "steps": int(steps), "latent_seed": latent_seed, "input_space": input_space}
 
@@ -430,6 +441,7 @@ class LDAESlicerAdapter:
         after ``a`` (needs both scans' dates). Results lie on ``a``'s grid, in ``a``'s folder;
         with ``sequence`` also a sequence (index t, or time in months) and a browser to play it.
         """
+        self._say_note("interpolate")
         if a is None or b is None:
             raise LDAEError("choose two timepoint volumes")
         if a is b:
@@ -510,10 +522,7 @@ class LDAESlicerAdapter:
         """``n`` stochastic variations that share the scan's semantic code, and their voxel-wise
         spread (standard deviation) as a heat-coloured volume."""
         request = {"op": "vary", "source": self._source(volume), "n": int(n), "seed": int(seed), "steps": int(steps), "input_space": input_space}
-        model = (self.client.info or {}).get("model") or {}
-        note = (model.get("limitations") or {}).get("vary")
-        if note:  # also in each output's provenance ("model_limitation")
-            logging.getLogger(__name__).warning("%s: %s", model.get("name", "this model"), note)
+        self._say_note("vary")
 
         def build(job: Job, msg: dict) -> list:
             self._check_alive(volume)

@@ -22,10 +22,12 @@ def licence(model: dict) -> str:
     return "Licence: " + (model.get("licence") or "see the model card")[:600]
 
 
-def variations_note(model: dict) -> str:
-    """Empty unless the model's bundle notes that it does variations badly."""
-    note = (model.get("limitations") or {}).get("vary", "")
-    return "Note from the model's card: " + note if note else ""
+def operation_note(model: dict, *operations: str) -> str:
+    """What the model's bundle notes about ``operations`` ("edit", "reconstruct", "interpolate",
+    "vary"; ``LDAEModel.limitations``), for the label under their buttons; empty when it notes nothing."""
+    limitations = model.get("limitations") or {}
+    notes = [limitations[op] for op in operations if limitations.get(op)]
+    return "Note from the model's card: " + " ".join(notes) if notes else ""
 
 
 def direction_items(info: dict | None) -> list[tuple[str, str]]:
