@@ -130,3 +130,9 @@ def test_provenance_names_the_guidance_weight_of_a_guided_model(model):
     settings = RunSettings(input_space="model")
     assert provenance(guided, LDAEPipeline(guided), settings, "edit", [])["code_guidance"] == 6.0
     assert "code_guidance" not in provenance(model, LDAEPipeline(model), settings, "edit", [])
+
+
+def test_the_evaluation_report_names_a_models_guidance():
+    from LDAELib.evaluation.report import _guidance
+
+    assert _guidance({"code_guidance": 8.0}) == ", code guidance 8" and _guidance({"code_guidance": 1.0}) == _guidance({}) == ""

@@ -124,6 +124,7 @@ def test_metrics_json_holds_what_the_report_prints(report):
 
     _, m, md, _ = report
     rec = m["reconstruction"]["table"]
+    assert m["model"]["code_guidance"] == 1.0 and "code guidance" not in md  # the authors' rule says nothing
     for key, title, nd in (("ssim", "**SSIM**", 4), ("psnr", "**PSNR (dB)**", 2), ("mse", "**MSE**", 6)):
         table = _table(md, title)
         assert set(table) == {"method", *rec}

@@ -66,10 +66,15 @@ def _ms(d: dict, nd: int = 4) -> str:
     return f"{fmt(d['mean'], nd)} ± {fmt(d['sd'], nd)}" if d["n"] > 1 else fmt(d["mean"], nd)
 
 
+def _guidance(model: dict) -> str:
+    """', code guidance 8' for a model that samples with code guidance (docs/training.md), else ''."""
+    w = model.get("code_guidance", 1.0)
+    return f", code guidance {w:g}" if w != 1.0 else ""
+
 def _report(m: dict, figs: dict) -> str:
     st = m["settings"]
     L = ["# LDAE evaluation on held-out subjects", "",
-         f"Model: **{m['model']['name']}** (`{m['model']['path']}`), work folder `{m['data']['workdir']}`, cohort `{m['data']['cohort_csv']}`.",
+         f"Model: **{m['model']['name']}** (`{m['model']['path']}`{_guidance(m['model'])}), work folder `{m['data']['workdir']}`, cohort `{m['data']['cohort_csv']}`.",
          f"Test subjects (never seen in training, from `split.json`): {m['data']['n_test_subjects']} with {m['data']['n_test_visits']} visits; "
          f"evaluated in sections 1–3: {len(m['data']['selected_subjects'])} ({', '.join(m['data']['selected_subjects'])}). "
          f"Everything in model space ({'×'.join(map(str, m['model']['space']['shape']))} voxels at {m['model']['space']['spacing_mm'][0]:g} mm, "
@@ -271,7 +276,7 @@ def evaluate(settings: EvalSettings, command: str = "") -> dict:
         m = {
             "settings": {**{k: v for k, v in asdict(s).items() if k not in ("progress",)}, "command": command},
             "model": {"name": model.name, "path": str(Path(inp.model_path).resolve()), "id": model.identity.get("id"),
-                      "space": space.to_dict(), "directions": sorted(model.directions)},
+                      "space": space.to_dict(), "directions": sorted(model.directions), "code_guidance": model.config.code_guidance},
             "data": {"workdir": str(s.workdir.resolve()), "cohort_csv": str(inp.cohort_csv.resolve()), "n_test_subjects": len(inp.test_rows), "n_test_visits": len(tests),
                      "test_subjects": sorted(inp.test_rows), "selected_subjects": selected,
                      "train_subjects": len(inp.split["subjects"]["train"]), "val_subjects": len(inp.split["subjects"].get("val", [])),
