@@ -138,7 +138,7 @@ class LDAEPipeline:
         self.calls = {"autoencoder_encode": 0, "semantic_encode": 0, "inversion": 0, "sampling": 0, "decode": 0}
         self.store = EncodingStore(cache_dir) if cache_dir else None
         self.x0_clip = model.config.x0_clip
-        self.code_guidance = model.config.code_guidance
+        self.code_guidance = model.config.code_guidance  # read once, like x0_clip: the rule of this pipeline's life
         if model.config.guided and model.reference_code is None:
             raise LDAEError(f"the model's configuration asks for code guidance {model.config.code_guidance:g} but it has no "
                             "reference code; load it from its bundle again (the bundle holds reference_code.safetensors)")
@@ -180,7 +180,7 @@ class LDAEPipeline:
     def _eps_and_shift(self, unet: ShiftUNet, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
         """(ε, g) of ``unet`` as float32, g code-guided around the model's reference code when its
         configuration says so (``code_guided_shift``), else g(y) as the authors compute it."""
-        if not self.model.config.guided:
+        if self.code_guidance == 1.0:
             eps, g = unet(x, t, y)
             return eps.float().contiguous(), g.float().contiguous()
         eps, g, g_ref = unet.forward_with_reference(x, t, y, self.model.reference_code.to(y.device, y.dtype))
