@@ -71,6 +71,19 @@ def test_same_seed_gives_identical_files(cohort, tmp_path):
     assert _files(tmp_path / "again") == _files(cohort)
 
 
+def test_worker_processes_write_the_same_files_and_resume_a_partial_folder(cohort, tmp_path):
+    """Subjects made in parallel processes are byte-identical to the serial run, kept ones included."""
+    from LDAELib.cohort.cohort import generate_cohort
+
+    out = tmp_path / "parallel"
+    generate_cohort(out, _config(n_subjects=1))
+    seen = []
+    done = generate_cohort(out, _config(), workers=2, progress=lambda n, total, sid: seen.append((n, total)))
+    assert done.reused == ["sub-0001"] and sorted(done.generated) == [f"sub-{i:04d}" for i in range(2, N_SUBJECTS + 1)]
+    assert sorted(seen) == [(n, N_SUBJECTS) for n in range(2, N_SUBJECTS + 1)]
+    assert _files(out) == _files(cohort)
+
+
 def test_another_seed_gives_other_subjects(cohort, tmp_path):
     from LDAELib.cohort.cohort import generate_cohort
 

@@ -156,6 +156,26 @@ def test_split_is_subject_level_reproducible_and_written(tiny_cohort, tmp_path):
         TrainingData.open(tiny_cohort, DataConfig(split_seed=1, val_fraction=0.25, test_fraction=0.25), small_config().space, tmp_path)
 
 
+def test_volumes_prepared_in_worker_processes_equal_the_serial_ones_and_fill_the_cache(tiny_cohort, tmp_path):
+    from LDAELib.model import small_config
+    from LDAELib.training.config import DataConfig
+    from LDAELib.training.data import TrainingData
+
+    cfg, space = DataConfig(val_fraction=0.25, test_fraction=0.25), small_config().space
+    serial = TrainingData.open(tiny_cohort, cfg, space, tmp_path / "a")
+    parallel = TrainingData.open(tiny_cohort, cfg, space, tmp_path / "b")
+    rows = list(range(6))
+    parallel.volumes[rows[0]]  # one row cached already: computed once, not again in a worker
+    seen = []
+    parallel.volumes.prepare(rows, progress=lambda n, total: seen.append((n, total)), workers=2)
+    assert seen == [(n, 6) for n in range(2, 7)]
+    assert len(list((tmp_path / "b" / "cache").rglob("*.npy"))) == 6
+    for i in rows:
+        np.testing.assert_array_equal(parallel.volumes[i], serial.volumes[i])
+    reopened = TrainingData.open(tiny_cohort, cfg, space, tmp_path / "b")
+    assert all(reopened.volumes.is_cached(i) for i in rows)
+
+
 # ----------------------------------------------------------------------------------------- stages
 @pytest.mark.parametrize("stage", ["autoencoder", "ddpm", "representation"])
 def test_stage_loss_decreases(trained, stage):

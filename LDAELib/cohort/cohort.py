@@ -489,7 +489,16 @@ class CohortResult:
     prepare_seconds: float = 0.0  # reading the templates and preparing them for the grid (once per process)
 
 
-def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None, threads: int | None = 1) -> CohortResult:
+def _generate_subject(out: Path, config: CohortConfig, index: int, threads: int | None) -> tuple[dict, float, int]:
+    """One subject, synthesised and written (a worker process's task): (record, seconds, visits)."""
+    t0 = time.perf_counter()
+    plan, visits = synthesize_subject(config, index, threads=threads)
+    record = _write_subject(out, config, plan, visits)
+    return record, time.perf_counter() - t0, len(visits)
+
+
+def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None, threads: int | None = 1,
+                    workers: int = 1) -> CohortResult:
     """Write the cohort into ``output_dir``; resumes a folder made with the same settings.
 
     Subjects are written all-or-nothing (temporary folder, then rename); subjects already complete
@@ -501,6 +510,9 @@ def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None
         progress: optional ``progress(done, total, stage)`` after each subject.
         cancel: optional callable returning True to stop between visits (raises Cancelled).
         threads: torch CPU threads while generating (default 1; None leaves torch's setting).
+        workers: subjects generated at once, each in its own process (default 1: in this
+            process). The files are the same whatever the number: every subject has its own
+            random streams. With several workers, ``cancel`` is checked between subjects.
     """
     from ..inference.outputs import OutputSet, ensure_folder
 
@@ -526,27 +538,32 @@ def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None
 
     result = CohortResult(out / "cohort.csv", [], [], [], [])
     todo = [i for i in range(config.n_subjects) if not (out / subject_id(i) / "subject.json").is_file()]
+    parallel = workers > 1 and len(todo) > 1
     t0 = time.perf_counter()
-    with torch_threads(threads):
-        for name in sorted({template_for(i, config.templates) for i in todo}):
-            template_on_grid(name, float(config.spacing_mm))
+    if not parallel:  # (each worker process prepares the templates it needs)
+        with torch_threads(threads):
+            for name in sorted({template_for(i, config.templates) for i in todo}):
+                template_on_grid(name, float(config.spacing_mm))
     result.prepare_seconds = time.perf_counter() - t0
     records = []
-    for i in range(config.n_subjects):
-        sid = subject_id(i)
-        done = out / sid / "subject.json"
-        if done.is_file():
-            records.append(json.loads(done.read_text()))
-            result.reused.append(sid)
-        else:
-            t0 = time.perf_counter()
-            plan, visits = synthesize_subject(config, i, cancel=cancel, threads=threads)
-            records.append(_write_subject(out, config, plan, visits))
-            result.generated.append(sid)
-            result.seconds_per_subject.append(time.perf_counter() - t0)
-            result.visits_per_subject.append(len(visits))
-        if progress is not None:
-            progress(i + 1, config.n_subjects, sid)
+    if parallel:
+        records = _generate_in_workers(out, config, todo, result, progress, cancel, threads, workers)
+    else:
+        for i in range(config.n_subjects):
+            sid = subject_id(i)
+            done = out / sid / "subject.json"
+            if done.is_file():
+                records.append(json.loads(done.read_text()))
+                result.reused.append(sid)
+            else:
+                t0 = time.perf_counter()
+                plan, visits = synthesize_subject(config, i, cancel=cancel, threads=threads)
+                records.append(_write_subject(out, config, plan, visits))
+                result.generated.append(sid)
+                result.seconds_per_subject.append(time.perf_counter() - t0)
+                result.visits_per_subject.append(len(visits))
+            if progress is not None:
+                progress(i + 1, config.n_subjects, sid)
 
     rows = [row for rec in records for row in rec["rows"]]
     columns = ["subject", "visit", "months", "age", "group", "path"] + (["labels_path"] if config.labels else []) + ["template", *VOLUME_COLUMNS]
@@ -561,6 +578,45 @@ def generate_cohort(output_dir, config: CohortConfig, progress=None, cancel=None
     for name in ("cohort.csv", "cohort.json", "NOTICE.txt"):
         _publishable(out / name, 0o666)
     return result
+
+
+def _generate_in_workers(out: Path, config: CohortConfig, todo: list[int], result: CohortResult, progress, cancel,
+                         threads: int | None, workers: int) -> list[dict]:
+    """The subjects in ``todo`` in a pool of spawned processes; the records of all subjects in order."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from ..errors import Cancelled
+
+    by_index: dict[int, dict] = {}
+    for i in range(config.n_subjects):
+        if i not in todo:
+            by_index[i] = json.loads((out / subject_id(i) / "subject.json").read_text())
+            result.reused.append(subject_id(i))
+    done_count = len(by_index)
+    # spawn, not fork: the parent's torch may already hold OpenMP threads
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(_generate_subject, out, config, i, threads): i for i in todo}
+        try:
+            while pending:
+                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                if cancel is not None and cancel():
+                    raise Cancelled("cohort generation cancelled; the subjects already written are kept")
+                for fut in finished:
+                    i = pending.pop(fut)
+                    record, seconds, n_visits = fut.result()
+                    by_index[i] = record
+                    result.generated.append(subject_id(i))
+                    result.seconds_per_subject.append(seconds)
+                    result.visits_per_subject.append(n_visits)
+                    done_count += 1
+                    if progress is not None:
+                        progress(done_count, config.n_subjects, subject_id(i))
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return [by_index[i] for i in range(config.n_subjects)]
 
 
 def _differences(old: dict, new: dict) -> list[str]:

@@ -20,6 +20,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--disease-fraction", type=float, default=0.5, metavar="F", help="share of subjects in the disease group (default 0.5)")
     parser.add_argument("--labels", action="store_true", help="also write a label map per visit (uint8; see cohort.json)")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="subjects generated at once, one process each (default 1); the files are the same for any N")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -31,7 +33,7 @@ def run(args, progress=None) -> int:
         max_months=args.months, spacing_mm=args.spacing, disease_fraction=args.disease_fraction, labels=args.labels,
     )
     try:
-        result = generate_cohort(args.output_dir, config, progress=progress, threads=args.threads)
+        result = generate_cohort(args.output_dir, config, progress=progress, threads=args.threads, workers=args.workers)
     except KeyboardInterrupt:
         print(f"ldae cohort: interrupted; the subjects already complete in {args.output_dir} are kept: "
               "run the same command again to resume", file=sys.stderr)

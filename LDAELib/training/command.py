@@ -39,6 +39,8 @@ def add_arguments(parser) -> None:
                         help="storage of the bundle's weights (float16: half the size, read back as float32; default float32)")
     parser.add_argument("--device", default="auto", help="auto (this process's GPU if any, else CPU), cpu, cuda, cuda:1 … (default auto)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="processes that bring the cohort's scans into model space before training (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time (measured on a few steps) and stop")
     parser.add_argument("--no-measure", action="store_true", help="with --dry-run: print the plan without measuring the time")
     parser.add_argument("--write-recipe", metavar="PATH", help="write the recipe in use (after --config/--set/--steps) to PATH and stop")
@@ -81,7 +83,8 @@ def run(args) -> int:
     try:
         from .session import TrainingSession
 
-        session = TrainingSession(recipe, args.cohort, args.workdir, ctx, progress=not args.quiet, bundle_dtype=args.bundle_dtype)
+        session = TrainingSession(recipe, args.cohort, args.workdir, ctx, progress=not args.quiet, bundle_dtype=args.bundle_dtype,
+                                  workers=args.workers)
         if args.save_stage or args.load_stage:
             if args.stage not in ("autoencoder", "ddpm", "representation") or (args.save_stage and args.load_stage):
                 raise LDAEError("--save-stage and --load-stage take one training stage: ldae train autoencoder|ddpm|representation --save-stage FILE (or --load-stage FILE)")

@@ -134,6 +134,15 @@ def write_or_check_split(path: Path, split: dict[str, list[str]], rows: list[Coh
     write_text_atomic(path, json.dumps(record, indent=1) + "\n")
 
 
+def _model_space_of(path: Path, space: ModelSpaceConfig) -> np.ndarray:
+    """Stage B of one cohort volume: float32 A×B×S in [0, 1] (module-level, so a worker process can run it)."""
+    from ..space import to_model_space
+
+    vol = read_image(path)
+    x, _ = to_model_space(vol.data, vol.affine, space)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 class VolumeStore:
     """Model-space volumes of cohort rows: loaded once, cached in memory and/or as .npy files.
 
@@ -161,11 +170,7 @@ class VolumeStore:
         return None if self.cache_dir is None else self.cache_dir / f"{self._key(i)}.npy"
 
     def _compute(self, i: int) -> np.ndarray:
-        from ..space import to_model_space
-
-        vol = read_image(self.rows[i].path)
-        x, _ = to_model_space(vol.data, vol.affine, self.space)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return _model_space_of(self.rows[i].path, self.space)
 
     def is_cached(self, i: int) -> bool:
         f = self._cache_file(i)
@@ -184,24 +189,49 @@ class VolumeStore:
             except (OSError, ValueError):
                 x = None
         if x is None:
-            x = self._compute(i)
-            if f is not None:
-                f.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{f.stem}.", suffix=".npy", dir=f.parent)
-                try:
-                    with os.fdopen(fd, "wb") as fh:
-                        np.save(fh, x, allow_pickle=False)
-                    os.replace(tmp, f)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+            x = self._store(i, self._compute(i))
+        elif self.memory:
+            self._mem[i] = x
+        return x
+
+    def _store(self, i: int, x: np.ndarray) -> np.ndarray:
+        """Keep row ``i``'s computed array: in the disk cache (atomically) and in memory."""
+        f = self._cache_file(i)
+        if f is not None:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{f.stem}.", suffix=".npy", dir=f.parent)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.save(fh, x, allow_pickle=False)
+                os.replace(tmp, f)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         if self.memory:
             self._mem[i] = x
         return x
 
-    def prepare(self, indices, progress: Callable[[int, int], None] | None = None) -> None:
-        """Load (and cache) the given rows now, so training steps never wait for stage B."""
+    def prepare(self, indices, progress: Callable[[int, int], None] | None = None, workers: int = 1) -> None:
+        """Load (and cache) the given rows now, so training steps never wait for stage B.
+
+        ``workers`` > 1 computes the rows not cached yet in that many spawned processes (stage B is
+        CPU work: on a GPU machine with many cores this takes minutes off a run); the arrays are
+        the same as computed here.
+        """
         indices = list(indices)
+        todo = [i for i in indices if not self.is_cached(i)]
+        if workers > 1 and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+                jobs = [pool.submit(_model_space_of, self.rows[i].path, self.space) for i in todo]
+                for n, (i, job) in enumerate(zip(todo, jobs)):
+                    self._store(i, job.result())
+                    if progress is not None:
+                        progress(len(indices) - len(todo) + n + 1, len(indices))
+            progress = None  # the rest is read from the cache
         for n, i in enumerate(indices):
             self[i]
             if progress is not None:

@@ -70,8 +70,10 @@ class TrainingSession:
     """
 
     def __init__(self, recipe: Recipe, cohort: str | Path, workdir: str | Path, ctx: DistContext | None = None,
-                 progress: bool = True, echo: Callable[[str], None] | None = None, bundle_dtype: str = "float32") -> None:
+                 progress: bool = True, echo: Callable[[str], None] | None = None, bundle_dtype: str = "float32",
+                 workers: int = 1) -> None:
         self.recipe, self.cohort, self.workdir = recipe, Path(cohort), Path(workdir)
+        self.workers = max(1, int(workers))  # processes for stage B (model-space volumes)
         if bundle_dtype not in ("float32", "float16"):
             raise LDAEError(f"the bundle's weights are stored as float32 or float16, not {bundle_dtype!r}")
         self.bundle_dtype = bundle_dtype
@@ -151,7 +153,7 @@ class TrainingSession:
                 from tqdm import tqdm
 
                 bar = tqdm(total=len(todo), desc="model space", unit="vol", file=sys.stderr, dynamic_ncols=True)
-            store.prepare(todo, (lambda d, n: bar.update(1)) if bar else None)
+            store.prepare(todo, (lambda d, n: bar.update(1)) if bar else None, workers=self.workers if show else 1)
             if bar:
                 bar.close()
             store.prepare(rows)  # the rest from the disk cache into memory

@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Train the demo model on one GPU within a time budget; hand each finished stage back as a float16 file.
+
+The demo recipe (LDAELib/training/recipes/demo.yaml) takes a 2-core CPU about three hours. On a GPU
+the same model trains in minutes, so this script spends a fixed budget of wall time instead of a
+fixed number of steps: it makes the cohort (``ldae cohort --subjects 120 --seed 0 --labels``, one
+process per core), brings it into model space (likewise), measures one optimizer step of each stage
+on the GPU and gives each stage its share of the time left as steps (autoencoder ½, DDPM ⅕,
+representation the rest), with larger batches than the CPU recipe. After each stage it writes that
+stage's hand-over file (``ldae train STAGE --save-stage``) to ``--out``, so a run stopped by its
+time limit still returns every stage it finished. The rest (probes, bundle, evaluation) is CPU work
+done where the cohort is, from the hand-over files:
+
+    python scripts/train_demo_gpu.py --work /tmp/run --out OUT --minutes 5          # on the GPU machine
+    ldae cohort COHORT --subjects 120 --seed 0 --labels                             # here: the same cohort
+    for s in autoencoder ddpm representation; do
+      ldae train $s --cohort COHORT --workdir RUN --config OUT/recipe.json --load-stage OUT/$s.safetensors
+    done
+    ldae train all --cohort COHORT --workdir RUN --config OUT/recipe.json --bundle-dtype float16
+
+``OUT/gpu_training.json`` records the device, every stage's steps, batch, measured and actual seconds
+per step, wall time and final losses; it is rewritten after each stage. ``--device cpu --subjects 6
+--minutes 0.5`` runs the whole flow on a CPU in a few minutes (how it is tested).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHARES = {"autoencoder": 0.5, "ddpm": 0.2, "representation": 0.3}
+GPU_BATCH = {"autoencoder": 8, "ddpm": 32, "representation": 32}
+MAX_STEPS = {"autoencoder": 40000, "ddpm": 30000, "representation": 30000}
+MIN_STEPS = 20
+SAFETY = 0.8  # a real step also loads its batch, updates the EMA and logs: plan on 80 % of the measured speed
+
+
+def _say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _device_info(device) -> dict:
+    import torch
+
+    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu_cores": os.cpu_count(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _stage_settings(recipe, stage: str, steps: int, batch: int) -> list[str]:
+    cfg = recipe.stage(stage)
+    sets = [f"{stage}.steps={steps}", f"{stage}.epochs=null", f"{stage}.batch_size={batch}",
+            f"{stage}.checkpoint_interval={max(50, steps // 8)}", f"{stage}.val_interval={max(100, steps // 4)}",
+            f"{stage}.log_interval={max(10, min(cfg.log_interval * 5, steps // 50 or 1))}",
+            f"{stage}.warmup_steps={min(cfg.warmup_steps, max(1, steps // 10))}"]
+    return sets
+
+
+def _augment_seconds(volume) -> float:
+    """Median seconds of one augmentation of one model-space volume on this machine's CPU.
+
+    The trainers build and augment each batch on the CPU; on a GPU that can cost as much as the step
+    itself, and the step measurement (synthetic tensors) does not include it."""
+    import statistics
+
+    import torch
+
+    from LDAELib.training.augment import augment_volume
+
+    g, x = torch.Generator().manual_seed(0), torch.from_numpy(volume)
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        augment_volume(x, g)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def _augmented_per_step(recipe, stage: str, batch: int) -> float:
+    """How many volumes a step of ``stage`` augments on average."""
+    if stage == "autoencoder":
+        return batch * recipe.autoencoder.augment
+    if stage == "representation":
+        return batch * recipe.representation.code_augment
+    return 0.0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", required=True, help="scratch folder on this machine (cohort, work folder)")
+    p.add_argument("--out", required=True, help="folder for the hand-over files, the recipe and gpu_training.json")
+    p.add_argument("--minutes", type=float, default=5.0, help="wall time for the three training stages (default 5)")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (to test the flow)")
+    p.add_argument("--subjects", type=int, default=120, help="cohort subjects (default 120, the demo cohort)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the cohort and stage B (default: all cores)")
+    p.add_argument("--config", default=str(REPO / "LDAELib" / "training" / "recipes" / "demo.yaml"), help="recipe (default: the demo recipe)")
+    p.add_argument("--batch", nargs=3, type=int, metavar=("AE", "DDPM", "REPR"), help="batch sizes (default 8 32 32 on a GPU, the recipe's on a CPU)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from LDAELib.cohort.cohort import CohortConfig, generate_cohort
+    from LDAELib.training.config import apply_overrides, load_recipe, save_recipe
+    from LDAELib.training.distributed import setup, teardown
+    from LDAELib.training.plan import measure_seconds_per_step
+    from LDAELib.training.session import TrainingSession
+
+    t_start = time.perf_counter()
+    work, out = Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("train_demo_gpu: no GPU is visible to torch; use --device cpu to test the flow", file=sys.stderr)
+        return 2
+    summary = {"machine": _device_info(device), "minutes": args.minutes, "stages": {}}
+    summary_path = out / "gpu_training.json"
+
+    def write_summary() -> None:
+        summary["wall_s"] = round(time.perf_counter() - t_start, 1)
+        summary_path.write_text(json.dumps(summary, indent=1))
+
+    cohort = work / "cohort"
+    t0 = time.perf_counter()
+    res = generate_cohort(cohort, CohortConfig(n_subjects=args.subjects, seed=0, labels=True), workers=args.workers)
+    summary["cohort_s"] = round(time.perf_counter() - t0, 1)
+    _say(f"cohort: {args.subjects} subjects ({len(res.generated)} made) in {summary['cohort_s']} s")
+
+    recipe = load_recipe(args.config)
+    batch = dict(zip(SHARES, args.batch)) if args.batch else (
+        GPU_BATCH if device.type == "cuda" else {s: recipe.stage(s).batch_size for s in SHARES})
+    recipe = apply_overrides(recipe, [f"{s}.batch_size={b}" for s, b in batch.items()])
+    ctx = setup(args.device)
+    try:
+        session = TrainingSession(recipe, cohort, work / "run", ctx, progress=False, echo=_say, workers=args.workers)
+        t0 = time.perf_counter()
+        session.prepare_volumes()
+        summary["stage_b_s"] = round(time.perf_counter() - t0, 1)
+        _say(f"model space: {session.data.describe()} in {summary['stage_b_s']} s")
+        write_summary()
+
+        aug_s = _augment_seconds(session.data.volumes[session.data.indices["train"][0]])
+        summary["augment_s_per_volume"] = round(aug_s, 5)
+        deadline = time.perf_counter() + 60.0 * args.minutes
+        for n, stage in enumerate(SHARES):
+            left = deadline - time.perf_counter()
+            share = SHARES[stage] / sum(list(SHARES.values())[n:])
+            sps = measure_seconds_per_step(recipe, stage, device, batch[stage], steps=3, warmup=2)
+            sps += aug_s * _augmented_per_step(recipe, stage, batch[stage])
+            steps = int(max(MIN_STEPS, min(MAX_STEPS[stage], SAFETY * share * left / sps)))
+            recipe = apply_overrides(recipe, _stage_settings(recipe, stage, steps, batch[stage]))
+            session.recipe = recipe
+            session._check_recipe()  # the work folder's recipe.json now holds this stage's settings
+            save_recipe(recipe, out / "recipe.json")
+            _say(f"{stage}: {sps * 1e3:.0f} ms per step expected at batch {batch[stage]} (with the augmentation); "
+                 f"{steps} steps in {share * left:.0f} s")
+            t0 = time.perf_counter()
+            result = session.run(stage)
+            wall = time.perf_counter() - t0
+            rec = session.save_stage(stage, out / f"{stage}.safetensors")
+            summary["stages"][stage] = {
+                "steps": steps, "batch": batch[stage], "expected_s_per_step": round(sps, 5),
+                "actual_s_per_step": round(wall / steps, 5), "wall_s": round(wall, 1),
+                "trainer_s_per_step": result.seconds_per_step, "losses": rec.get("losses") or result.last_losses,
+                "file_sha256": rec.get("file_sha256"), "bytes": rec.get("bytes"),
+            }
+            write_summary()
+    finally:
+        teardown(ctx)
+    _say(f"done in {time.perf_counter() - t_start:.0f} s; {out}")
+    write_summary()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
