@@ -1,9 +1,10 @@
 """What a cohort is made of before any image: its parameters and each subject's draws.
 
 :class:`CohortConfig` holds every parameter (with the seed it determines every file);
-:func:`plan_subject` draws one subject's template, group, ages, visit months, rate factors, identity and contrast from
-that subject's own random stream (:func:`rng_for`), so subjects are independent of each other and
-of how many there are. :mod:`.cohort` turns a plan into images and writes the folder.
+:func:`plan_subject` draws one subject's template, group, ages, visit months, rate factors,
+identity and contrast from that subject's own random stream (:func:`rng_for`), so subjects are
+independent of each other and of how many there are. :mod:`.cohort` turns a plan into images and
+writes the folder.
 """
 
 from __future__ import annotations
