@@ -297,6 +297,75 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(trained, tiny_coh
     assert steps == straight  # the log reads like one run
 
 
+def test_decoder_stage_refines_only_the_decoder_and_the_bundle_takes_it(trained, tiny_cohort, tmp_path):
+    """``decoder.steps > 0``: the encoder stays as trained (so the latents, the DDPM and the
+    representation stay valid and are not trained again), the decoder's loss on μ falls, and the
+    bundle holds the refined decoder beside the autoencoder stage's encoder."""
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.config import DecoderStageConfig
+    from LDAELib.weights import load_model
+
+    work, bundle0 = trained
+    w = upstream_copy(work, tmp_path / "dec")
+    for part in ("representation", "probes"):
+        shutil.copytree(work / part, w / part)
+    recipe = tiny_recipe()
+    recipe.decoder = DecoderStageConfig(steps=20, batch_size=2, lr=1e-3, log_interval=5, checkpoint_interval=10, val_volumes=2)
+    latents = (w / "latents" / "latents.safetensors").read_bytes()
+    ddpm = {p: p.stat().st_mtime_ns for p in (w / "ddpm").rglob("*") if p.is_file()}
+    messages = []
+    bundle = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=messages.append).run("all")
+    assert (w / "latents" / "latents.safetensors").read_bytes() == latents
+    assert {p: p.stat().st_mtime_ns for p in (w / "ddpm").rglob("*") if p.is_file()} == ddpm
+    rows = _ema_rows(w / "decoder" / "log.jsonl")
+    assert rows[-1]["train_fixed_loss"] < rows[0]["train_fixed_loss"], (rows[0], rows[-1])
+    old, new = load_model(bundle0).autoencoder.state_dict(), load_model(bundle).autoencoder.state_dict()
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("decoder.") for k in changed)
+    meta = json.loads((bundle / "ldae_bundle.json").read_text())["source"]["training"]
+    assert meta["stages"]["decoder"]["steps"] == 20 and meta["fingerprints"]["decoder"]
+    assert not any(m.startswith("decoder: not refined") for m in messages)
+
+    # the refined decoder into a bundle trained elsewhere on the same autoencoder (the demo model's case)
+    session = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=messages.append)
+    out = session.refine_bundle_decoder(bundle0, tmp_path / "refined")
+    a, b, c = load_model(bundle0), load_model(bundle), load_model(out)
+    assert all(torch.equal(c.autoencoder.state_dict()[k], b.autoencoder.state_dict()[k]) for k in new)
+    assert all(torch.equal(v, a.shift_unet.state_dict()[k]) for k, v in c.shift_unet.state_dict().items())
+    assert torch.equal(c.directions["disease"].weight, a.directions["disease"].weight)
+    assert c.identity["source"]["training"]["stages"]["decoder"]["steps"] == 20
+    assert (out / "training_split.json").read_text() == (bundle0 / "training_split.json").read_text()
+    with torch.no_grad():  # a bundle whose encoder differs is refused
+        next(a.autoencoder.encoder.parameters()).add_(0.5)
+    from LDAELib.weights.bundle import save_bundle
+    a.identity = {**a.identity["source"], "licence": "test"}
+    save_bundle(a, tmp_path / "other")
+    with pytest.raises(LDAEError, match="not trained on this work folder's autoencoder"):
+        session.refine_bundle_decoder(tmp_path / "other", tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_decoder_stage_is_off_by_default_and_checks_its_settings(trained, tiny_cohort):
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.config import DecoderStageConfig, Recipe
+
+    assert not tiny_recipe().decoder.enabled and tiny_recipe().decoder.steps == 0
+    assert Recipe.from_dict(tiny_recipe().to_dict()).decoder.steps == 0
+    assert DecoderStageConfig(steps=5).enabled
+    for bad in ({"augment": 1.5}, {"ssim_weight": -1.0}, {"lr": 0.0}):
+        with pytest.raises(LDAEError):
+            DecoderStageConfig(**bad)
+    work, _ = trained
+    messages = []
+    assert TrainingSession(tiny_recipe(), tiny_cohort, work, progress=False, echo=messages.append).run("decoder") is None
+    assert any(m.startswith("decoder: not refined") for m in messages)
+    assert not (work / "decoder").exists()
+    r = subprocess.run([sys.executable, "-m", "LDAELib.cli", "train", "bundle", "--cohort", str(tiny_cohort), "--workdir", str(work),
+                        "--into-bundle", str(work / "bundle"), "-q"], capture_output=True, text=True, check=False)
+    assert r.returncode != 0 and "goes with the decoder stage" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_code_regression_spreads_the_codes_and_stays_out_of_the_bundle(trained, tiny_cohort, tmp_path):
     """The optional auxiliary head: its loss is logged and falls, codes spread more than without it,
     and the bundle holds only the encoder and the ShiftUNet (it loads strictly)."""

@@ -4,6 +4,7 @@
     ldae train ddpm --cohort COHORT --workdir RUN --steps 2000        # one stage
     ldae train --dry-run --cohort COHORT [--config recipe.yaml]        # plan and estimated time
     ldae train autoencoder --cohort C --workdir RUN --save-stage F     # a finished stage as float16 (handover.py)
+    ldae train decoder --cohort C --workdir RUN --into-bundle B --output NEW  # B with the decoder refined in RUN
     torchrun --nproc_per_node 4 -m LDAELib.cli train all --cohort … --workdir …   # data-parallel
 """
 
@@ -22,7 +23,7 @@ from .data import TrainingData
 from .distributed import resolve_device, setup, teardown
 from .plan import plan
 
-STAGE_CHOICES = ("all", "autoencoder", "ddpm", "representation", "probes", "bundle")
+STAGE_CHOICES = ("all", "autoencoder", "decoder", "ddpm", "representation", "probes", "bundle")
 
 
 def add_arguments(parser) -> None:
@@ -48,6 +49,8 @@ def add_arguments(parser) -> None:
                         "(a hand-over, to go on training elsewhere) and stop")
     parser.add_argument("--load-stage", metavar="FILE", help="with a stage name: take that stage from a hand-over FILE as finished "
                         "(same recipe and cohort; earlier stages loaded first) and stop")
+    parser.add_argument("--into-bundle", metavar="BUNDLE", help="with 'decoder': write BUNDLE with this work folder's refined decoder to --output "
+                        "(BUNDLE trained on this folder's autoencoder, e.g. the shipped demo model) and stop")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -93,6 +96,12 @@ def run(args) -> int:
                     session.save_stage(args.stage, args.save_stage)
                 else:
                     session.load_stage(args.stage, args.load_stage)
+            return 0
+        if args.into_bundle:
+            if args.stage != "decoder" or not args.output:
+                raise LDAEError("--into-bundle goes with the decoder stage and an --output folder: "
+                                "ldae train decoder --cohort C --workdir RUN --into-bundle BUNDLE --output NEW")
+            print(f"wrote {session.refine_bundle_decoder(args.into_bundle, args.output)}")
             return 0
         try:
             result = session.run(args.stage, args.output)

@@ -26,8 +26,9 @@ from typing import Any
 from ..errors import LDAEError
 from ..model import LDAEConfig, small_config
 
-STAGES = ("autoencoder", "ddpm", "representation")
-"""The stages trained by gradient descent, in order (the probes and the bundle follow)."""
+STAGES = ("autoencoder", "decoder", "ddpm", "representation")
+"""The stages trained by gradient descent, in order (the probes and the bundle follow). ``decoder``
+is optional (``steps: 0``, the default, leaves it out) and nothing after it depends on it."""
 
 
 def _from_dict(cls, d: dict | None, what: str):
@@ -165,6 +166,40 @@ class AutoencoderStageConfig(StageConfig):
     @classmethod
     def from_dict(cls, d: dict | None) -> "AutoencoderStageConfig":
         return _from_dict(cls, d, "autoencoder stage")
+
+
+@dataclass
+class DecoderStageConfig(StageConfig):
+    """Stage (a′), optional: the decoder refined on the posterior means μ, the encoder frozen
+    (``training.decoder``). ``steps: 0`` (the default) leaves the stage out and the bundle keeps the
+    autoencoder stage's decoder. ``ssim_weight`` and ``augment`` as in the autoencoder stage.
+    """
+
+    steps: int = 0
+    batch_size: int = 2
+    lr: float = 1e-4
+    ssim_weight: float = 0.5
+    augment: float = 0.5
+
+    def __post_init__(self) -> None:
+        off = self.epochs is None and self.steps == 0
+        if off:  # the checks of a stage that runs, for the other settings
+            self.steps = 1
+        super().__post_init__()
+        if off:
+            self.steps = 0
+        if not self.ssim_weight >= 0:
+            raise LDAEError(f"ssim_weight must be 0 or positive, got {self.ssim_weight}")
+        if not 0.0 <= self.augment <= 1.0:
+            raise LDAEError(f"augment is a probability in [0, 1], got {self.augment}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.epochs is not None or self.steps > 0
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "DecoderStageConfig":
+        return _from_dict(cls, d, "decoder stage")
 
 
 @dataclass
@@ -404,6 +439,7 @@ class Recipe:
     model: LDAEConfig = field(default_factory=small_config)
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderStageConfig = field(default_factory=AutoencoderStageConfig)
+    decoder: DecoderStageConfig = field(default_factory=DecoderStageConfig)
     ddpm: DDPMStageConfig = field(default_factory=DDPMStageConfig)
     representation: RepresentationStageConfig = field(default_factory=RepresentationStageConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
@@ -420,6 +456,7 @@ class Recipe:
             "model": self.model.to_dict(),
             "data": self.data.to_dict(),
             "autoencoder": self.autoencoder.to_dict(),
+            "decoder": self.decoder.to_dict(),
             "ddpm": self.ddpm.to_dict(),
             "representation": self.representation.to_dict(),
             "probes": self.probes.to_dict(),
@@ -429,8 +466,8 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         if not isinstance(d, dict):
-            raise LDAEError("a recipe must be a mapping of sections (name, model, data, autoencoder, ddpm, representation, probes)")
-        known = {"name", "model", "data", "autoencoder", "ddpm", "representation", "probes", "licence"}
+            raise LDAEError("a recipe must be a mapping of sections (name, model, data, autoencoder, decoder, ddpm, representation, probes)")
+        known = {"name", "model", "data", "autoencoder", "decoder", "ddpm", "representation", "probes", "licence"}
         unknown = set(d) - known
         if unknown:
             raise LDAEError(f"unknown recipe sections {sorted(unknown)}; known: {', '.join(sorted(known))}")
@@ -443,6 +480,7 @@ class Recipe:
             model=model,
             data=DataConfig.from_dict(d.get("data")),
             autoencoder=AutoencoderStageConfig.from_dict(d.get("autoencoder")),
+            decoder=DecoderStageConfig.from_dict(d.get("decoder")),
             ddpm=DDPMStageConfig.from_dict(d.get("ddpm")),
             representation=RepresentationStageConfig.from_dict(d.get("representation")),
             probes=ProbeConfig.from_dict(d.get("probes")),
@@ -539,6 +577,7 @@ def comparable(recipe_dict: dict) -> dict:
 # The model settings a stage's weights do not depend on: those of the later stages.
 _LATER_STAGE_SETTINGS = {
     "autoencoder": ("unet_args", "enc_args", "num_timesteps", "latent_shift", "slicing_plane"),
+    "decoder": ("unet_args", "enc_args", "num_timesteps", "latent_shift", "slicing_plane"),
     "ddpm": ("enc_args", "slicing_plane"),
     "representation": (),
 }

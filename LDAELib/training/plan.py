@@ -20,6 +20,7 @@ from .autoencoder import AutoencoderLoss
 from .config import STAGES, Recipe
 from .data import semantic_input
 from .ddpm import DDPMLoss
+from .decoder import DecoderLoss
 from .ema import EMA
 from .representation import RepresentationLoss, is_shift_parameter
 from .trainer import _autocast, to_channels_last_3d
@@ -37,6 +38,9 @@ def _module_and_batch(recipe: Recipe, stage: str, batch: int, device: torch.devi
             shape = tuple(recipe.autoencoder.crop)
             lat = (lat[0], *(c // m.autoencoder.downsampling for c in shape))
         inputs = {"x": torch.rand((batch, 1, *shape), generator=g), "eps": torch.randn((batch, *lat), generator=g)}
+    elif stage == "decoder":
+        module = DecoderLoss(build_autoencoder(m.autoencoder), recipe.decoder.ssim_weight)
+        inputs = {"x": torch.rand((batch, 1, *shape), generator=g)}
     elif stage == "ddpm":
         module = DDPMLoss(UNet(m.unet), m.num_timesteps)
         inputs = {"z0": torch.randn((batch, *lat), generator=g), "t": t, "noise": torch.randn((batch, *lat), generator=g)}
@@ -159,6 +163,8 @@ def plan(recipe: Recipe, data=None, device: torch.device | str = "cpu", world_si
         numbers["stage_B"] = {"volumes": uncached, "seconds_per_volume": stage_B_seconds, "seconds": t}
     for s in STAGES:
         cfg = recipe.stage(s)
+        if s == "decoder" and not cfg.enabled:
+            continue
         per_rank = max(1, cfg.batch_size // max(1, world_size))
         spe = (n_train // world_size) // per_rank if n_train else None
         steps = cfg.total_steps(spe) if spe else (cfg.steps if cfg.epochs is None else None)

@@ -4,7 +4,7 @@
       recipe.json            the recipe in use (model and data settings may not change later)
       split.json             the subject-level split (train / val / test subjects and counts)
       cache/                 model-space volumes as .npy (stage B done once)
-      autoencoder/ ddpm/ representation/
+      autoencoder/ decoder/ ddpm/ representation/   (decoder/: only when the recipe refines the decoder)
           checkpoints/step-*/  log.jsonl  log.csv  final.json
       latents/               μ, σ of the training and validation volumes; latents.json (latent scale)
       probes/                directions.safetensors (and the reference code: the training codes' mean),
@@ -45,6 +45,7 @@ from .checkpoint import final_checkpoint, load_checkpoint, read_final, write_jso
 from .config import Recipe, comparable
 from .data import TrainingData
 from .ddpm import DDPMObjective
+from .decoder import DecoderObjective, decoder_state
 from .distributed import DistContext
 from .handover import load_handover, save_handover, stage_name
 from .lock import workdir_lock
@@ -52,7 +53,7 @@ from .probes import cross_validated_metrics, encode_codes, fit_directions, probe
 from .representation import RepresentationObjective
 from .trainer import StageResult, module_fingerprint, run_stage
 
-ORDER = ("autoencoder", "ddpm", "representation", "probes", "bundle")
+ORDER = ("autoencoder", "decoder", "ddpm", "representation", "probes", "bundle")
 _REFERENCE_KEY = "_reference_code"
 """The probes' tensor that holds the training codes' mean: the reference code of code guidance."""
 
@@ -229,6 +230,30 @@ class TrainingSession:
         self._latents = lat
         return lat
 
+    def train_decoder(self, stop_at: int | None = None) -> StageResult | None:
+        """Stage (a′): refine the decoder on μ, the encoder frozen (``training.decoder``); None when
+        the recipe leaves it out (``decoder.steps: 0``)."""
+        if not self.recipe.decoder.enabled:
+            self.echo("decoder: not refined (decoder.steps is 0 in the recipe); the bundle keeps the autoencoder stage's decoder")
+            return None
+        ae_ck = self._require("autoencoder", "decoder")
+        self.prepare_volumes()
+        state = _strip(load_checkpoint(ae_ck, with_optimizer=False).groups["ema"], "autoencoder.")
+        obj = DecoderObjective(self.recipe.model, self.recipe.decoder, self.data, state, self.ctx.device,
+                               {"autoencoder": module_fingerprint(self.stage_dir("autoencoder"))})
+        return self._run(obj, "decoder", stop_at)
+
+    def _refined_decoder(self) -> dict | None:
+        """The decoder stage's EMA decoder tensors, when the recipe refines the decoder (the stage must
+        then be complete and trained on this work folder's autoencoder)."""
+        if not self.recipe.decoder.enabled:
+            return None
+        ck = load_checkpoint(self._require("decoder", "the bundle"), with_optimizer=False)
+        if ck.state.get("upstream", {}).get("autoencoder") != module_fingerprint(self.stage_dir("autoencoder")):
+            raise LDAEError("the decoder stage was trained on other autoencoder weights; delete "
+                            f"{self.stage_dir('decoder')} and run 'ldae train decoder' again")
+        return decoder_state(ck.groups["ema"])
+
     def train_ddpm(self, stop_at: int | None = None) -> StageResult:
         self._require("autoencoder", "ddpm")
         lat = self.latents()
@@ -314,7 +339,9 @@ class TrainingSession:
             raise LDAEError(f"no probes in {self.workdir}; run 'ldae train probes' first")
         dirs, record, reference = probes
         lat = self.latents()
-        stages = {s: read_final(self.stage_dir(s)) for s in ("autoencoder", "ddpm", "representation")}
+        refined = self._refined_decoder()
+        trained = ("autoencoder", "decoder", "ddpm", "representation") if refined is not None else ("autoencoder", "ddpm", "representation")
+        stages = {s: read_final(self.stage_dir(s)) for s in trained}
         fingerprints = {s: module_fingerprint(self.stage_dir(s)).get("sha256") for s in stages}
         fingerprints["probes"] = hashlib.sha256((self.workdir / "probes" / "probes.json").read_bytes()).hexdigest()
         if record.get("representation", {}).get("sha256") != fingerprints["representation"]:
@@ -356,12 +383,62 @@ class TrainingSession:
                     raise LDAEError(f"the recipe uses code guidance but {self.workdir / 'probes'} holds no reference code; run 'ldae train probes' again")
                 model.reference_code = reference.float().clone()
             model.autoencoder.load_state_dict(_strip(ae_ck.groups["ema"], "autoencoder."))
+            if refined is not None:
+                if not any(k.startswith("decoder.") for k in refined):
+                    raise LDAEError(f"{self.stage_dir('decoder')} holds no decoder weights; delete it and run 'ldae train decoder' again")
+                model.autoencoder.load_state_dict({**model.autoencoder.state_dict(), **refined})
             model.semantic_encoder.load_state_dict(_strip(rep_ck.groups["ema"], "encoder."))
             model.shift_unet.load_state_dict(_strip(rep_ck.groups["ema"], "shift_unet."))
             split_text = json.dumps(split, indent=1) + "\n"
             save_bundle(model, out, name=self.recipe.name, dtype=getattr(torch, self.bundle_dtype),
                         extra_files={"training_split.json": split_text})
             self.echo(f"bundle: wrote {out}")
+        self.ctx.barrier()
+        return out
+
+    def refine_bundle_decoder(self, source: str | Path, output: str | Path) -> Path:
+        """Write a copy of the bundle ``source`` whose decoder is this work folder's refined one.
+
+        For a model whose diffusion stages were trained in another work folder on the same
+        autoencoder (the shipped demo model): the bundle's encoder must equal this folder's
+        autoencoder stage (at the bundle's storage precision), and its latent scale and shift the
+        latents here, else the refined decoder would not match its latents. Everything else is
+        copied: networks, directions, reference code, documents, limitation notes; the provenance
+        gains the decoder stage (steps, losses, fingerprint, settings)."""
+        from ..weights.bundle import BUNDLE_JSON, MANIFEST, load_bundle, save_bundle
+
+        source, out = Path(source), Path(output)
+        refined = self._refined_decoder()
+        if refined is None:
+            raise LDAEError("the recipe does not refine the decoder (decoder.steps is 0); nothing to put into the bundle")
+        model = load_bundle(source)
+        meta = json.loads((source / BUNDLE_JSON).read_text())
+        dtype = getattr(torch, meta.get("dtype", "float32"))
+        ae_state = _strip(load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False).groups["ema"], "autoencoder.")
+        current = model.autoencoder.state_dict()
+        differ = [k for k, v in ae_state.items() if k not in refined and not torch.equal(v.to(dtype), current[k].to(dtype))]
+        if differ:
+            raise LDAEError(f"{source} was not trained on this work folder's autoencoder ({len(differ)} encoder tensors differ, "
+                            f"e.g. {differ[0]}); its latents would not match a decoder refined here")
+        lat = self.latents()
+        if abs(float(model.config.latent_scale) - float(lat.scale)) > 1e-6 * abs(float(lat.scale)) or (
+                (model.latent_shift is None) != (lat.shift is None)
+                or (lat.shift is not None and not torch.allclose(model.latent_shift, lat.shift.float(), atol=1e-6))):
+            raise LDAEError(f"{source}'s latent scale or shift differs from {self.workdir / 'latents'}; it was trained on other latents")
+        model.autoencoder.load_state_dict({**current, **refined})
+        src = json.loads(json.dumps(meta.get("source", {})))
+        training = src.setdefault("training", {})
+        fin = read_final(self.stage_dir("decoder"))
+        training.setdefault("stages", {})["decoder"] = {"steps": fin.get("step"), "losses": fin.get("losses"), "seconds_per_step": fin.get("seconds_per_step")}
+        training.setdefault("fingerprints", {})["decoder"] = module_fingerprint(self.stage_dir("decoder")).get("sha256")
+        training.setdefault("recipe", {})["decoder"] = self.recipe.decoder.to_dict()
+        own = {MANIFEST, BUNDLE_JSON, "LICENSE.txt"}
+        documents = {f.name: f.read_text() for f in sorted(source.iterdir())
+                     if f.is_file() and f.suffix in (".md", ".json", ".txt") and f.name not in own}
+        model.identity = {**src, "licence": model.identity.get("licence", "")}
+        if self.ctx.is_main:
+            save_bundle(model, out, name=meta.get("name"), dtype=dtype, extra_files=documents)
+            self.echo(f"bundle: wrote {out} ({source.name} with the decoder refined in {self.workdir})")
         self.ctx.barrier()
         return out
 
@@ -425,6 +502,8 @@ class TrainingSession:
             return self.workdir / "bundle" if output is None else Path(output)
         if stage == "autoencoder":
             return self.train_autoencoder(stop_at)
+        if stage == "decoder":
+            return self.train_decoder(stop_at)
         if stage == "ddpm":
             return self.train_ddpm(stop_at)
         if stage == "representation":
