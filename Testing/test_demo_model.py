@@ -81,18 +81,19 @@ ALPHAS = [-2.0, -1.0, 0.0, 1.0, 2.0]
 
 
 def test_reconstructions_of_the_example_scans_keep_their_anatomy(demo_edits):
-    """Edit at alpha 0 = the reconstruction at T = 10 (measured 0.928 and 0.936 when shipped)."""
+    """Edit at alpha 0 = the reconstruction at T = 10, at least the `ldae evaluate` target 0.93
+    (measured 0.943 and 0.948 with the refined decoder; 0.928 and 0.936 before it)."""
     from LDAELib.evaluation.similarity import ssim
 
     _, _, out = demo_edits
     for name, (x, edits) in out.items():
-        assert ssim(edits[ALPHAS.index(0.0)], x, 1.0) > 0.90, name
+        assert ssim(edits[ALPHAS.index(0.0)], x, 1.0) > 0.93, name
 
 
 def test_disease_edits_grow_the_ventricles_monotonically(demo_edits):
     """Along `disease` the CSF-dark voxels around the lateral ventricles must grow at every step of
-    alpha on both example visits (shipped: 369 → 616 and 405 → 725 voxels from −2 to +2), and the
-    image must visibly change (mean |Δ| 0.014 from −2 to +2 when shipped; the first shipped model's
+    alpha on both example visits (shipped: 207 → 477 and 260 → 606 voxels from −2 to +2), and the
+    image must visibly change (mean |Δ| 0.016 from −2 to +2 when shipped; the first shipped model's
     edits changed it by ~1e-5)."""
     import numpy as np
 
@@ -106,7 +107,7 @@ def test_disease_edits_grow_the_ventricles_monotonically(demo_edits):
 
 def test_a_variation_is_a_brain_like_the_reconstruction(demo_edits):
     """Sampling from new noise with the scan's code (``ldae vary``) must give a brain: SSIM against
-    the scan's reconstruction at least 0.5 (shipped: 0.709), the `ldae evaluate` target, and the
+    the scan's reconstruction at least 0.5 (shipped: 0.691), the `ldae evaluate` target, and the
     bundle must not carry a note saying variations fail."""
     import torch
 

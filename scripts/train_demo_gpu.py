@@ -138,6 +138,10 @@ def main(argv=None) -> int:
     batch = dict(zip(SHARES, args.batch)) if args.batch else (
         GPU_BATCH if device.type == "cuda" else {s: recipe.stage(s).batch_size for s in SHARES})
     recipe = apply_overrides(recipe, [f"{s}.batch_size={b}" for s, b in batch.items()])
+    # The decoder refinement (training/decoder.py) needs no later stage and no hand-over: it is left to
+    # the CPU afterwards (ldae train decoder --set decoder.steps=N), so the bundle here keeps the
+    # autoencoder stage's decoder.
+    recipe = apply_overrides(recipe, ["decoder.steps=0"])
     ctx = setup(args.device)
     try:
         session = TrainingSession(recipe, cohort, work / "run", ctx, progress=False, echo=_say, workers=args.workers)
