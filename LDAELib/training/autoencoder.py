@@ -59,6 +59,18 @@ def ssim_3d(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.
     return s.mean()
 
 
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, ssim_weight: float) -> tuple[torch.Tensor, dict]:
+    """mean |rec − x| + ``ssim_weight`` · (1 − SSIM(rec, x)) and its logged parts: the image term of
+    the autoencoder stage and of the decoder stage."""
+    l1 = (rec.float() - x.float()).abs().mean()
+    loss, parts = l1, {"l1": l1.detach()}
+    if ssim_weight > 0:
+        s = ssim_3d(rec, x)
+        loss = loss + ssim_weight * (1.0 - s)
+        parts["ssim"] = s.detach()
+    return loss, parts
+
+
 class AutoencoderLoss(nn.Module):
     """Wraps the AutoencoderKL so that DDP sees one forward: (x, eps) → (loss, parts)."""
 
@@ -72,15 +84,10 @@ class AutoencoderLoss(nn.Module):
         mu, sigma = self.autoencoder.encode(x)
         z = mu + sigma * eps.to(mu.dtype)
         rec = self.autoencoder.decode(z)
-        l1 = (rec.float() - x.float()).abs().mean()
+        loss, parts = reconstruction_loss(rec, x, self.ssim_weight)
         mu, sigma = mu.float(), sigma.float()
         kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2).clamp_min(1e-30)) - 1).flatten(1).sum(1).mean()
-        loss, parts = l1 + self.kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
-        if self.ssim_weight > 0:
-            s = ssim_3d(rec, x)
-            loss = loss + self.ssim_weight * (1.0 - s)
-            parts["ssim"] = s.detach()
-        return loss, parts
+        return loss + self.kl_weight * kl, {**parts, "kl": kl.detach()}
 
 
 class AutoencoderObjective(Objective):

@@ -15,12 +15,11 @@ way, the encoder frozen to keep the latent space.)
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..nets.autoencoder import build_autoencoder
 from .augment import augment_volume
-from .autoencoder import ssim_3d
+from .autoencoder import reconstruction_loss
 from .config import DecoderStageConfig
 from .data import TrainingData
 from .distributed import item_generator
@@ -48,14 +47,7 @@ class DecoderLoss(nn.Module):
     def forward(self, x: torch.Tensor):
         with torch.no_grad():
             mu, _ = self.autoencoder.encode(x)
-        rec = self.autoencoder.decode(mu.detach())
-        l1 = F.l1_loss(rec.float(), x.float())
-        loss, parts = l1, {"l1": l1.detach()}
-        if self.ssim_weight > 0:
-            s = ssim_3d(rec, x)
-            loss = loss + self.ssim_weight * (1.0 - s)
-            parts["ssim"] = s.detach()
-        return loss, parts
+        return reconstruction_loss(self.autoencoder.decode(mu.detach()), x, self.ssim_weight)
 
 
 class DecoderObjective(Objective):
