@@ -130,11 +130,7 @@ class AutoencoderObjective(Objective):
         return self._batch_rows([self.items[i] for i in items], step, self.crop)
 
     def fixed_batches(self) -> dict:
-        n = self.config.val_volumes
-        out = {"train": self._batch_rows(self.items[:n], -1)}
-        if self.data.indices["val"]:
-            out["val"] = self._batch_rows(self.data.indices["val"][:n], -1)
-        return out
+        return self.fixed_from(self._batch_rows, self.items, self.data.indices["val"])
 
 
 @torch.inference_mode()

@@ -96,9 +96,11 @@ class StageConfig:
     precision: str = "float32"
     channels_last: bool = False
 
+    _MIN_STEPS = 1  # class constant, not a setting: an optional stage allows 0 (= off)
+
     def __post_init__(self) -> None:
-        if self.epochs is None and self.steps < 1:
-            raise LDAEError(f"steps must be at least 1, got {self.steps}")
+        if self.epochs is None and self.steps < self._MIN_STEPS:
+            raise LDAEError(f"steps must be at least {self._MIN_STEPS}, got {self.steps}")
         if self.epochs is not None and not self.epochs > 0:
             raise LDAEError(f"epochs must be positive, got {self.epochs}")
         if self.batch_size < 1:
@@ -180,14 +182,10 @@ class DecoderStageConfig(StageConfig):
     lr: float = 1e-4
     ssim_weight: float = 0.5
     augment: float = 0.5
+    _MIN_STEPS = 0
 
     def __post_init__(self) -> None:
-        off = self.epochs is None and self.steps == 0
-        if off:  # the checks of a stage that runs, for the other settings
-            self.steps = 1
         super().__post_init__()
-        if off:
-            self.steps = 0
         if not self.ssim_weight >= 0:
             raise LDAEError(f"ssim_weight must be 0 or positive, got {self.ssim_weight}")
         if not 0.0 <= self.augment <= 1.0:
@@ -577,7 +575,6 @@ def comparable(recipe_dict: dict) -> dict:
 # The model settings a stage's weights do not depend on: those of the later stages.
 _LATER_STAGE_SETTINGS = {
     "autoencoder": ("unet_args", "enc_args", "num_timesteps", "latent_shift", "slicing_plane"),
-    "decoder": ("unet_args", "enc_args", "num_timesteps", "latent_shift", "slicing_plane"),
     "ddpm": ("enc_args", "slicing_plane"),
     "representation": (),
 }

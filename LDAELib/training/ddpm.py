@@ -113,11 +113,7 @@ class DDPMObjective(Objective):
         return self.draw([self.items[i] for i in items], step)
 
     def fixed_batches(self) -> dict:
-        n = self.config.val_volumes
-        out = {"train": self.draw(self.items[:n], -1)}
-        if self.val_rows:
-            out["val"] = self.draw(self.val_rows[:n], -1)
-        return out
+        return self.fixed_from(self.draw, self.items, self.val_rows)
 
     def upstream(self) -> dict:
         return self._upstream

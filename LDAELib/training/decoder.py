@@ -2,8 +2,9 @@
 
 The autoencoder stage trains its decoder on sampled latents μ + σ·ε. With a weak KL term σ is as
 large as the spread of μ between scans, so that decoder learns to undo a great deal of noise and
-blurs. At inference it only ever sees μ-like latents: the pipeline encodes μ, and DDIM inversion
-and sampling return latents within a few thousandths of it. This stage freezes the encoder and
+blurs. At inference it only ever sees μ-like latents: the pipeline encodes μ, and a DDIM inversion
+and sampling come back to it closely (the demo model's LDAE reconstruction scores SSIM 0.936 where
+decode(μ) scores 0.938). This stage freezes the encoder and
 trains the decoder (and its post-quantisation convolution) on decode(μ) with the autoencoder
 stage's loss (L1 + ``ssim_weight`` × (1 − SSIM)) and augmentation. The encoder, and so μ, the
 latent scale, the latent shift and everything the diffusion stages learnt on them, stay valid:
@@ -84,11 +85,7 @@ class DecoderObjective(Objective):
         return self._batch_rows([self.items[i] for i in items], step)
 
     def fixed_batches(self) -> dict:
-        n = self.config.val_volumes
-        out = {"train": self._batch_rows(self.items[:n], -1)}
-        if self.data.indices["val"]:
-            out["val"] = self._batch_rows(self.data.indices["val"][:n], -1)
-        return out
+        return self.fixed_from(self._batch_rows, self.items, self.data.indices["val"])
 
     def upstream(self) -> dict:
         return self._upstream

@@ -313,11 +313,7 @@ class RepresentationObjective(Objective):
         return candidates[int(torch.randint(0, len(candidates), (1,), generator=g))]
 
     def fixed_batches(self) -> dict:
-        n = self.config.val_volumes
-        out = {"train": self._rows(self.items[:n], -1)}
-        if self.val_rows:
-            out["val"] = self._rows(self.val_rows[:n], -1)
-        return out
+        return self.fixed_from(self._rows, self.items, self.val_rows)
 
     def upstream(self) -> dict:
         return self._upstream

@@ -42,7 +42,7 @@ from .autoencoder import (
     latent_scale_of,
 )
 from .checkpoint import final_checkpoint, load_checkpoint, read_final, write_json_atomic
-from .config import Recipe, comparable
+from .config import STAGES, Recipe, comparable
 from .data import TrainingData
 from .ddpm import DDPMObjective
 from .decoder import DecoderObjective, decoder_state
@@ -252,7 +252,10 @@ class TrainingSession:
         if ck.state.get("upstream", {}).get("autoencoder") != module_fingerprint(self.stage_dir("autoencoder")):
             raise LDAEError("the decoder stage was trained on other autoencoder weights; delete "
                             f"{self.stage_dir('decoder')} and run 'ldae train decoder' again")
-        return decoder_state(ck.groups["ema"])
+        refined = decoder_state(ck.groups["ema"])
+        if not any(k.startswith("decoder.") for k in refined):
+            raise LDAEError(f"{self.stage_dir('decoder')} holds no decoder weights; delete it and run 'ldae train decoder' again")
+        return refined
 
     def train_ddpm(self, stop_at: int | None = None) -> StageResult:
         self._require("autoencoder", "ddpm")
@@ -340,8 +343,7 @@ class TrainingSession:
         dirs, record, reference = probes
         lat = self.latents()
         refined = self._refined_decoder()
-        trained = ("autoencoder", "decoder", "ddpm", "representation") if refined is not None else ("autoencoder", "ddpm", "representation")
-        stages = {s: read_final(self.stage_dir(s)) for s in trained}
+        stages = {s: read_final(self.stage_dir(s)) for s in STAGES if s != "decoder" or refined is not None}
         fingerprints = {s: module_fingerprint(self.stage_dir(s)).get("sha256") for s in stages}
         fingerprints["probes"] = hashlib.sha256((self.workdir / "probes" / "probes.json").read_bytes()).hexdigest()
         if record.get("representation", {}).get("sha256") != fingerprints["representation"]:
@@ -384,8 +386,6 @@ class TrainingSession:
                 model.reference_code = reference.float().clone()
             model.autoencoder.load_state_dict(_strip(ae_ck.groups["ema"], "autoencoder."))
             if refined is not None:
-                if not any(k.startswith("decoder.") for k in refined):
-                    raise LDAEError(f"{self.stage_dir('decoder')} holds no decoder weights; delete it and run 'ldae train decoder' again")
                 model.autoencoder.load_state_dict({**model.autoencoder.state_dict(), **refined})
             model.semantic_encoder.load_state_dict(_strip(rep_ck.groups["ema"], "encoder."))
             model.shift_unet.load_state_dict(_strip(rep_ck.groups["ema"], "shift_unet."))

@@ -60,6 +60,15 @@ class Objective:
         """Batches with fixed noise to compare weights on: {"train": …, "val": …} (val may be absent)."""
         return {}
 
+    def fixed_from(self, make, train_rows: list[int], val_rows: list[int]) -> dict[str, dict[str, torch.Tensor]]:
+        """``fixed_batches`` made by ``make(rows, -1)`` (step −1: no augmentation, fixed draws) from the
+        first ``config.val_volumes`` training and validation rows."""
+        n = self.config.val_volumes
+        out = {"train": make(train_rows[:n], -1)}
+        if val_rows:
+            out["val"] = make(val_rows[:n], -1)
+        return out
+
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
 
