@@ -137,6 +137,14 @@ class StageConfig:
         return _to_dict(self)
 
 
+def _check_image_loss(cfg) -> None:
+    """The settings of the stages that train a decoder on images (autoencoder, decoder)."""
+    if not cfg.ssim_weight >= 0:
+        raise LDAEError(f"ssim_weight must be 0 or positive, got {cfg.ssim_weight}")
+    if not 0.0 <= cfg.augment <= 1.0:
+        raise LDAEError(f"augment is a probability in [0, 1], got {cfg.augment}")
+
+
 @dataclass
 class AutoencoderStageConfig(StageConfig):
     """Stage (a), the AutoencoderKL: L1 reconstruction + ``kl_weight`` × KL (per volume, summed over the latent).
@@ -160,10 +168,7 @@ class AutoencoderStageConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.ssim_weight >= 0:
-            raise LDAEError(f"ssim_weight must be 0 or positive, got {self.ssim_weight}")
-        if not 0.0 <= self.augment <= 1.0:
-            raise LDAEError(f"augment is a probability in [0, 1], got {self.augment}")
+        _check_image_loss(self)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "AutoencoderStageConfig":
@@ -186,10 +191,7 @@ class DecoderStageConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.ssim_weight >= 0:
-            raise LDAEError(f"ssim_weight must be 0 or positive, got {self.ssim_weight}")
-        if not 0.0 <= self.augment <= 1.0:
-            raise LDAEError(f"augment is a probability in [0, 1], got {self.augment}")
+        _check_image_loss(self)
 
     @property
     def enabled(self) -> bool:
