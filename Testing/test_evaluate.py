@@ -144,6 +144,14 @@ def test_metrics_json_holds_what_the_report_prints(report):
     targets = _table(md, "## Targets")
     for tgt in m["targets"]:
         assert targets[tgt["name"]][1] == fmt(tgt["value"])
+    # the decoded-volume table has the blurred-input reference row, and says how soft that reference is
+    from LDAELib.evaluation.sections import BLUR_REFERENCE
+
+    dec = m["reconstruction"]["volume_measure_on_decoded"]["ventricles"]
+    assert list(dec)[:3] == ["input", BLUR_REFERENCE, "autoencoder"]
+    blur = m["reconstruction"]["blur_reference_ssim"]
+    assert 0.3 < blur["mean"] < 1.0 and f"SSIM {blur['mean']:.3f} against the input" in md
+    assert f"| ventricles | {BLUR_REFERENCE} | {_ms(dec[BLUR_REFERENCE]['bias_ml'], 2)} |" in md
     probes = m["probes"]
     assert f"AUC = {fmt(probes['disease']['auc'], 3)}" in md and f"MAE = {fmt(probes['age']['mae_years'], 2)} years" in md
 
@@ -210,6 +218,11 @@ def test_image_volume_measure_tracks_ground_truth_on_raw_scans(cohort):
     # and darkening the ventricle ROI's tissue makes the ventricles larger
     darker = np.where(measure.rois["ventricles"], x * 0.3, x)
     assert measure.raw(darker)["ventricles"] > measure.raw(x)["ventricles"] + 1.0
+    # the measure counts dark voxels, so softness alone reads as smaller ventricles (why the report carries a
+    # blurred-input reference row beside the decoded images)
+    from LDAELib.evaluation.sections import blurred_reference
+
+    assert measure.raw(blurred_reference(x))["ventricles"] < measure.raw(x)["ventricles"]
 
 
 # ------------------------------------------------------------------------------------------ refusals

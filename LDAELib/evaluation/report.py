@@ -135,8 +135,11 @@ def _report(m: dict, figs: dict) -> str:
     if sem_note:
         L += [sem_note, ""]
     if r.get("volume_measure_on_decoded"):
+        blur = r.get("blur_reference_ssim") or {}
+        blur_txt = (f" The blurred input (SSIM {blur['mean']:.3f} against the input) shows how far softness alone moves the measure, "
+                    "which counts dark voxels: a softer image reads as smaller ventricles." if blur.get("n") else "")
         L += ["The volume measure on decoded images (each subject's first visit: the raw input, its autoencoder reconstruction and "
-              "its LDAE reconstruction), measured − true in mL: if decoding moved the measure, the bias would show here.", "",
+              "its LDAE reconstruction), measured − true in mL: if decoding moved the measure, the bias would show here." + blur_txt, "",
               "| region | image | bias mL | mean abs error mL |", "|---|---|---|---|"]
         for region, d in r["volume_measure_on_decoded"].items():
             for k, v in d.items():
