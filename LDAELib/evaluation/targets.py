@@ -65,9 +65,11 @@ def targets(m: dict) -> list[dict]:
         if key:
             bias = dec["ventricles"][key]["bias_ml"]["mean"]
             floor = dec["ventricles"].get("input", {}).get("bias_ml", {}).get("mean")
+            blurred = next((v["bias_ml"]["mean"] for k, v in dec["ventricles"].items() if k.startswith("input, ")), None)
+            soft = f"; the input slightly blurred reads {blurred:+.1f}" if blurred is not None and _finite(blurred) else ""
             out.append(_t("ventricle volume bias of reconstructions (measured − true, mL)", f"within ±{VENTRICLE_BIAS_TARGET_ML:g}", bias,
                           _finite(bias) and abs(bias) <= VENTRICLE_BIAS_TARGET_ML, baseline=floor,
-                          note="baseline: the measure's own bias on the input"))
+                          note="baseline: the measure's own bias on the input" + soft))
     it = m["interpolation"]
     if it["per_subject"]:
         t = it["table"]
