@@ -310,7 +310,7 @@ def test_decoder_stage_refines_only_the_decoder_and_the_bundle_takes_it(trained,
     for part in ("representation", "probes"):
         shutil.copytree(work / part, w / part)
     recipe = tiny_recipe()
-    recipe.decoder = DecoderStageConfig(steps=20, batch_size=2, lr=1e-3, log_interval=5, checkpoint_interval=10, val_volumes=2)
+    recipe.decoder = DecoderStageConfig(steps=20, batch_size=2, lr=1e-3, log_interval=5, checkpoint_interval=10, val_volumes=2, edge_weight=0.5)
     latents = (w / "latents" / "latents.safetensors").read_bytes()
     ddpm = {p: p.stat().st_mtime_ns for p in (w / "ddpm").rglob("*") if p.is_file()}
     messages = []
@@ -319,6 +319,8 @@ def test_decoder_stage_refines_only_the_decoder_and_the_bundle_takes_it(trained,
     assert {p: p.stat().st_mtime_ns for p in (w / "ddpm").rglob("*") if p.is_file()} == ddpm
     rows = _ema_rows(w / "decoder" / "log.jsonl")
     assert rows[-1]["train_fixed_loss"] < rows[0]["train_fixed_loss"], (rows[0], rows[-1])
+    train_rows = [r for r in map(json.loads, (w / "decoder" / "log.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert train_rows and all("edge" in r for r in train_rows)  # the edge term is on and logged
     old, new = load_model(bundle0).autoencoder.state_dict(), load_model(bundle).autoencoder.state_dict()
     changed = {k for k in old if not torch.equal(old[k], new[k])}
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), sorted(changed)[:5]
@@ -353,7 +355,7 @@ def test_decoder_stage_is_off_by_default_and_checks_its_settings(trained, tiny_c
     assert not tiny_recipe().decoder.enabled and tiny_recipe().decoder.steps == 0
     assert Recipe.from_dict(tiny_recipe().to_dict()).decoder.steps == 0
     assert DecoderStageConfig(steps=5).enabled
-    for bad in ({"augment": 1.5}, {"ssim_weight": -1.0}, {"lr": 0.0}):
+    for bad in ({"augment": 1.5}, {"ssim_weight": -1.0}, {"edge_weight": -1.0}, {"lr": 0.0}):
         with pytest.raises(LDAEError):
             DecoderStageConfig(**bad)
     work, _ = trained
@@ -807,6 +809,30 @@ def test_autoencoder_settings_for_ssim_and_augmentation_are_checked():
         AutoencoderStageConfig(augment=1.5)
     with pytest.raises(LDAEError, match="ssim_weight"):
         AutoencoderStageConfig(ssim_weight=-1)
+    with pytest.raises(LDAEError, match="edge_weight"):
+        AutoencoderStageConfig(edge_weight=-0.1)
+
+
+def test_edge_term_is_zero_on_the_target_and_penalises_a_blur_more_than_l1_does():
+    """``edge_weight``: mean |∇rec − ∇x| is 0 for rec = x, grows when rec is a softened x, and gives
+    the decoder a gradient; the loss logs it as ``edge``."""
+    from scipy import ndimage as ndi
+
+    from LDAELib.training.autoencoder import edge_difference, reconstruction_loss
+
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand((1, 1, 20, 24, 20), generator=g) > 0.5).float()
+    x = torch.from_numpy(ndi.gaussian_filter(x.numpy(), 0.7)).float()
+    soft = torch.from_numpy(ndi.gaussian_filter(x.numpy(), 1.0)).float()
+    assert float(edge_difference(x, x)) == 0.0
+    assert float(edge_difference(soft, x)) > 0.01
+    rec = soft.clone().requires_grad_(True)
+    loss0, parts0 = reconstruction_loss(rec, x, 0.0)
+    loss1, parts1 = reconstruction_loss(rec, x, 0.0, edge_weight=2.0)
+    assert "edge" not in parts0 and float(parts1["edge"]) == pytest.approx(float(edge_difference(soft, x)))
+    assert float(loss1) == pytest.approx(float(loss0) + 2.0 * float(parts1["edge"]), rel=1e-6)
+    loss1.backward()
+    assert rec.grad is not None and torch.isfinite(rec.grad).all() and float(rec.grad.abs().sum()) > 0
 
 
 def test_latent_shift_is_learned_shipped_and_undone_by_the_pipeline(tiny_cohort, tmp_path):

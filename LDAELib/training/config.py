@@ -141,6 +141,8 @@ def _check_image_loss(cfg) -> None:
     """The settings of the stages that train a decoder on images (autoencoder, decoder)."""
     if not cfg.ssim_weight >= 0:
         raise LDAEError(f"ssim_weight must be 0 or positive, got {cfg.ssim_weight}")
+    if not cfg.edge_weight >= 0:
+        raise LDAEError(f"edge_weight must be 0 or positive, got {cfg.edge_weight}")
     if not 0.0 <= cfg.augment <= 1.0:
         raise LDAEError(f"augment is a probability in [0, 1], got {cfg.augment}")
 
@@ -154,6 +156,8 @@ class AutoencoderStageConfig(StageConfig):
     volumes unchanged, and a step costs crop/volume of a whole-volume step. None = whole volumes.
     ``ssim_weight``: adds weight × (1 − SSIM) of the reconstruction (3-D, Gaussian window σ 1.5
     voxels, the evaluation's SSIM) to the loss: a structural term beside the L1.
+    ``edge_weight``: adds weight × mean |∇rec − ∇x| (forward differences along the three axes), a
+    term for the sharpness of edges that L1 and SSIM let a decoder soften (0 = off).
     ``augment``: probability that a training volume is changed in contrast, bias, noise and
     resolution first (``training.augment``), so that real scans are in distribution (0 = off).
     """
@@ -164,6 +168,7 @@ class AutoencoderStageConfig(StageConfig):
     kl_weight: float = 1e-6
     crop: tuple[int, int, int] | None = None
     ssim_weight: float = 0.0
+    edge_weight: float = 0.0
     augment: float = 0.0
 
     def __post_init__(self) -> None:
@@ -179,13 +184,15 @@ class AutoencoderStageConfig(StageConfig):
 class DecoderStageConfig(StageConfig):
     """Stage (a′), optional: the decoder refined on the posterior means μ, the encoder frozen
     (``training.decoder``). ``steps: 0`` (the default) leaves the stage out and the bundle keeps the
-    autoencoder stage's decoder. ``ssim_weight`` and ``augment`` as in the autoencoder stage.
+    autoencoder stage's decoder. ``ssim_weight``, ``edge_weight`` and ``augment`` as in the
+    autoencoder stage.
     """
 
     steps: int = 0
     batch_size: int = 2
     lr: float = 1e-4
     ssim_weight: float = 0.5
+    edge_weight: float = 0.0
     augment: float = 0.5
     _MIN_STEPS = 0
 

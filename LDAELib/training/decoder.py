@@ -38,17 +38,18 @@ def is_decoder_parameter(name: str) -> bool:
 class DecoderLoss(nn.Module):
     """x → (loss, parts): decode(μ(x)) against x, the encoder frozen and run without gradients."""
 
-    def __init__(self, autoencoder: nn.Module, ssim_weight: float = 0.0) -> None:
+    def __init__(self, autoencoder: nn.Module, ssim_weight: float = 0.0, edge_weight: float = 0.0) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.ssim_weight = float(ssim_weight)
+        self.edge_weight = float(edge_weight)
         for name, p in autoencoder.named_parameters():
             p.requires_grad_(is_decoder_parameter(name))
 
     def forward(self, x: torch.Tensor):
         with torch.no_grad():
             mu, _ = self.autoencoder.encode(x)
-        return reconstruction_loss(self.autoencoder.decode(mu.detach()), x, self.ssim_weight)
+        return reconstruction_loss(self.autoencoder.decode(mu.detach()), x, self.ssim_weight, self.edge_weight)
 
 
 class DecoderObjective(Objective):
@@ -59,7 +60,7 @@ class DecoderObjective(Objective):
         self.config, self.data, self.device, self._upstream = config, data, torch.device(device), dict(upstream)
         ae = build_autoencoder(model_config.autoencoder)
         ae.load_state_dict(autoencoder_state)
-        self.module = DecoderLoss(ae, config.ssim_weight).to(self.device)
+        self.module = DecoderLoss(ae, config.ssim_weight, config.edge_weight).to(self.device)
         self.items = list(data.indices["train"])
 
     def n_items(self) -> int:

@@ -33,13 +33,13 @@ def _module_and_batch(recipe: Recipe, stage: str, batch: int, device: torch.devi
     g = torch.Generator().manual_seed(0)
     t = torch.randint(0, m.num_timesteps, (batch,), generator=g)
     if stage == "autoencoder":
-        module = AutoencoderLoss(build_autoencoder(m.autoencoder), recipe.autoencoder.kl_weight)
+        module = AutoencoderLoss(build_autoencoder(m.autoencoder), recipe.autoencoder.kl_weight, recipe.autoencoder.ssim_weight, recipe.autoencoder.edge_weight)
         if recipe.autoencoder.crop:
             shape = tuple(recipe.autoencoder.crop)
             lat = (lat[0], *(c // m.autoencoder.downsampling for c in shape))
         inputs = {"x": torch.rand((batch, 1, *shape), generator=g), "eps": torch.randn((batch, *lat), generator=g)}
     elif stage == "decoder":
-        module = DecoderLoss(build_autoencoder(m.autoencoder), recipe.decoder.ssim_weight)
+        module = DecoderLoss(build_autoencoder(m.autoencoder), recipe.decoder.ssim_weight, recipe.decoder.edge_weight)
         inputs = {"x": torch.rand((batch, 1, *shape), generator=g)}
     elif stage == "ddpm":
         module = DDPMLoss(UNet(m.unet), m.num_timesteps)
