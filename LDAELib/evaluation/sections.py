@@ -29,7 +29,7 @@ from ..errors import LDAEError
 from ..training.data import VolumeStore, cohort_csv, read_cohort, visit_order
 from ..training.probes import auc, predicted_age
 from .similarity import BRAIN_DILATION, BRAIN_THRESHOLD, brain_mask, mse, psnr, ssim
-from .targets import DEFAULT_ALPHAS, DEFAULT_STEPS, EXPECTED_SIGN, SSIM_TARGET_T
+from .targets import BLUR_REFERENCE, BLUR_REFERENCE_SIGMA, DEFAULT_ALPHAS, DEFAULT_STEPS, EXPECTED_SIGN, SSIM_TARGET_T
 from .volumes import REGIONS, agreement, build_measure, has_volume_truth, label_values, spearman, truth_of
 
 
@@ -180,12 +180,6 @@ def _t(x) -> torch.Tensor:
     while t.ndim < 5:
         t = t[None]
     return t
-
-
-BLUR_REFERENCE_SIGMA = 0.5
-BLUR_REFERENCE = f"input, Gaussian blur σ {BLUR_REFERENCE_SIGMA:g} voxel"
-"""A reference row for the volume measure on decoded images: how much a slight blur alone moves it
-(the measure counts dark voxels, so a softer image reads as smaller ventricles)."""
 
 
 def blurred_reference(x) -> np.ndarray:
