@@ -830,7 +830,7 @@ def test_edge_term_is_zero_on_the_target_and_penalises_a_blur_more_than_l1_does(
     loss0, parts0 = reconstruction_loss(rec, x, 0.0)
     loss1, parts1 = reconstruction_loss(rec, x, 0.0, edge_weight=2.0)
     assert "edge" not in parts0 and float(parts1["edge"]) == pytest.approx(float(edge_difference(soft, x)))
-    assert float(loss1) == pytest.approx(float(loss0) + 2.0 * float(parts1["edge"]), rel=1e-6)
+    assert float(loss1.detach()) == pytest.approx(float(loss0.detach()) + 2.0 * float(parts1["edge"]), rel=1e-6)
     loss1.backward()
     assert rec.grad is not None and torch.isfinite(rec.grad).all() and float(rec.grad.abs().sum()) > 0
 
