@@ -3,8 +3,8 @@
 The autoencoder stage trains its decoder on sampled latents μ + σ·ε. With a weak KL term σ is as
 large as the spread of μ between scans, so that decoder learns to undo a great deal of noise and
 blurs. At inference it only ever sees μ-like latents: the pipeline encodes μ, and a DDIM inversion
-and sampling come back to it closely (the demo model's LDAE reconstruction scores SSIM 0.936 where
-decode(μ) scores 0.938). This stage freezes the encoder and
+and sampling come back to it closely (the demo model's LDAE reconstruction scores SSIM 0.939 where
+decode(μ) scores 0.941). This stage freezes the encoder and
 trains the decoder (and its post-quantisation convolution) on decode(μ) with the autoencoder
 stage's loss (L1 + ``ssim_weight`` × (1 − SSIM)) and augmentation. The encoder, and so μ, the
 latent scale, the latent shift and everything the diffusion stages learnt on them, stay valid:
