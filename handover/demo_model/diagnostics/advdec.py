@@ -32,7 +32,7 @@ and on Ctrl-C or kill -INT/-TERM: OUT_DIR/step-NNNNN.pt = {'ema', 'raw', 'disc':
 into the bundle's autoencoder and prints decscore.py's line: SSIM volume / brain on 9 val + 9 test
 visits, ventricle bias on 12 test subjects' first visits.
 """
-import argparse, json, signal, statistics, sys, time
+import argparse, signal, statistics, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +40,11 @@ import torch
 from torch import nn
 
 from LDAELib.weights import load_model
-from LDAELib.training.config import Recipe
-from LDAELib.training.session import TrainingSession
 from LDAELib.training.autoencoder import reconstruction_loss
 from LDAELib.training.augment import augment_volume
 from LDAELib.training.decoder import is_decoder_parameter, STAGE_ID
 from LDAELib.training.distributed import item_generator
+from decscore import load_split, make_scorer  # this folder's scoring (the script's folder is on sys.path)
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("bundle"); p.add_argument("split_run"); p.add_argument("out_dir", nargs="?")
@@ -62,43 +61,19 @@ torch.set_num_threads(args.threads)
 
 model = load_model(args.bundle); ae = model.autoencoder.float()
 base = {k: v.clone() for k, v in ae.state_dict().items()}
-run0 = Path(args.split_run); recipe = Recipe.from_dict(json.loads((run0 / "recipe.json").read_text()))
-split = json.loads((run0 / "split.json").read_text()); root = Path(split["settings"]["cohort_csv"]).parent
-data = TrainingSession(recipe, root, run0, progress=False, echo=lambda s: None).data
+data = load_split(args.split_run)
 
 
 def score_files(files):
     """decscore.py's scoring (same visits, same measure), on decoder states saved by this script."""
-    from LDAELib.evaluation.similarity import ssim, brain_mask
-    from LDAELib.evaluation.volumes import build_measure, DEFAULT_LABELS, truth_of
-    ae.eval()
-    for r in data.rows: r.fields["_cohort_root"] = str(root)
-    idx = {id(r): i for i, r in enumerate(data.rows)}
-    load = lambda r: np.asarray(data.volumes[idx[id(r)]], np.float32).squeeze()
-    meas = build_measure([data.rows[i] for i in data.indices["train"]], model.config.space, load, DEFAULT_LABELS,
-                         max_subjects=16, rng=np.random.default_rng(0))
-    sel = data.indices["val"][::max(1, len(data.indices["val"]) // 9)][:9] + data.indices["test"][::max(1, len(data.indices["test"]) // 9)][:9]
-    firsts = {}
-    for i in data.indices["test"]: firsts.setdefault(data.rows[i].subject, i)
-    vsel = list(firsts.values())[:12]
-
-    def dec(x):
-        with torch.inference_mode():
-            mu, _ = ae.encode(torch.from_numpy(x)[None, None]); return ae.decode(mu).float().numpy()[0, 0]
-
+    score = make_scorer(ae, model.config.space, data)
     for arg in files:
         if arg == "shipped":
             ae.load_state_dict(base)
         else:
             path, _, which = arg.partition(":")
             ae.load_state_dict({**base, **torch.load(path, weights_only=True)[which or "ema"]})
-        o = []
-        for i in sel:
-            x = load(data.rows[i]); r = dec(x); o.append((ssim(r, x, 1.0), ssim(r, x, 1.0, mask=brain_mask(x))))
-        o = np.array(o)
-        b = [meas.measure(dec(load(data.rows[i])))["ventricles"] - truth_of(data.rows[i], "ventricles") for i in vsel]
-        print(f"{arg}: val {o[:9,0].mean():.4f} / {o[:9,1].mean():.4f}; test {o[9:,0].mean():.4f} / {o[9:,1].mean():.4f}; "
-              f"ventricle bias {np.mean(b):+.2f} ± {np.std(b):.2f} mL", flush=True)
+        score(arg)
 
 
 if args.score is not None:
