@@ -368,6 +368,70 @@ def test_decoder_stage_is_off_by_default_and_checks_its_settings(trained, tiny_c
     assert r.returncode != 0 and "goes with the decoder stage" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_adversarial_decoder_term_trains_a_discriminator_that_resumes_and_stays_out_of_the_bundle(trained, tiny_cohort, tmp_path):
+    """``adversarial_weight > 0``: a patch discriminator trains from ``adversarial_start`` and its
+    term enters the decoder's loss ``adversarial_warmup`` steps later (the logs say when); an
+    interrupted run resumes to the same decoder, EMA, discriminator and discriminator optimizer as an
+    uninterrupted one; a complete plain stage extended with the term (the demo model's path) resumes
+    from its last checkpoint with a fresh discriminator; the bundle holds no discriminator."""
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.checkpoint import final_checkpoint, list_checkpoints, load_checkpoint
+    from LDAELib.training.config import DecoderStageConfig
+    from LDAELib.training.trainer import AUXILIARY
+    from LDAELib.weights import load_model
+
+    work, bundle0 = trained
+    adv = dict(batch_size=2, lr=1e-3, log_interval=1, checkpoint_interval=5, val_volumes=2,
+               adversarial_weight=0.1, adversarial_start=4, adversarial_warmup=3, discriminator_lr=1e-3)
+    runs = {}
+    for name in ("straight", "resumed", "plain"):
+        w = upstream_copy(work, tmp_path / name)
+        recipe = tiny_recipe()
+        recipe.decoder = DecoderStageConfig(steps=12, **(adv if name != "plain" else {**adv, "adversarial_weight": 0.0}))
+        if name == "resumed":
+            r = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None).train_decoder(stop_at=8)
+            assert r.interrupted and [n for n, _ in list_checkpoints(w / "decoder")] == [5]
+        res = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None).train_decoder()
+        assert res.resumed_from == (5 if name == "resumed" else None)
+        runs[name] = (w, load_checkpoint(final_checkpoint(w / "decoder")))
+    (w, a), (_, b), (_, plain) = runs["straight"], runs["resumed"], runs["plain"]
+    assert set(a.groups) == {"model", "ema", "discriminator"} and set(plain.groups) == {"model", "ema"}
+    for group in ("model", "ema", "discriminator"):
+        assert all(torch.equal(a.groups[group][k], b.groups[group][k]) for k in a.groups[group]), group
+    sa, sb = a.optimizer[AUXILIARY]["state"], b.optimizer[AUXILIARY]["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    # the term moved the decoder: same seed and data, without it the decoder ends elsewhere
+    assert any(not torch.equal(a.groups["model"][k], plain.groups["model"][k]) for k in a.groups["model"] if ".decoder." in k)
+    rows = [json.loads(l) for l in (w / "decoder" / "log.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in rows if r["split"] == "train"}
+    assert all(train[s]["d_loss"] == 0 for s in range(1, 5)) and all(train[s]["d_loss"] > 0 for s in range(5, 13))
+    assert all(train[s]["adv_g"] == 0 for s in range(1, 8)) and all(train[s]["adv_g"] != 0 for s in range(8, 13))
+    assert not any("adv_g" in r or "d_loss" in r for r in rows if r["split"] == "ema")  # validation: reconstruction only
+
+    # a complete plain stage (12 steps), extended to 16 with the term from step 12: resumes, fresh discriminator
+    w = runs["plain"][0]
+    recipe = tiny_recipe()
+    recipe.decoder = DecoderStageConfig(steps=16, **{**adv, "adversarial_start": 12, "adversarial_warmup": 1})
+    res = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None).train_decoder()
+    assert res.resumed_from == 12 and res.steps == 16
+    ext = load_checkpoint(final_checkpoint(w / "decoder"))
+    assert "discriminator" in ext.groups and AUXILIARY in ext.optimizer
+    bundle = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None).refine_bundle_decoder(bundle0, tmp_path / "b")
+    m = load_model(bundle)  # loads strictly: the bundle's autoencoder has no discriminator keys
+    assert not any("discriminator" in k for k in m.autoencoder.state_dict())
+    assert all(torch.equal(v, ext.groups["ema"]["autoencoder." + k]) for k, v in m.autoencoder.state_dict().items() if k.startswith("decoder."))
+
+
+def test_adversarial_decoder_settings_are_checked():
+    from LDAELib.training.config import DecoderStageConfig
+
+    assert not DecoderStageConfig(steps=5).adversarial and DecoderStageConfig(steps=5, adversarial_weight=0.01).adversarial
+    for bad in ({"adversarial_weight": -0.1}, {"adversarial_start": -1}, {"adversarial_warmup": -1},
+                {"discriminator_lr": 0.0}, {"discriminator_width": 12}):
+        with pytest.raises(LDAEError, match=next(iter(bad)).split("_")[0]):
+            DecoderStageConfig(steps=5, **bad)
+
+
 def test_code_regression_spreads_the_codes_and_stays_out_of_the_bundle(trained, tiny_cohort, tmp_path):
     """The optional auxiliary head: its loss is logged and falls, codes spread more than without it,
     and the bundle holds only the encoder and the ShiftUNet (it loads strictly)."""
@@ -715,6 +779,11 @@ def test_dry_run_prints_the_plan_with_measured_times(tiny_cohort, tmp_path, caps
     for word in ("autoencoder", "ddpm", "representation", "probes", "total", "train 4 subjects / 12 visits"):
         assert word in out
     assert not (tmp_path / "split.json").exists()
+    # a decoder stage with the adversarial term from step 4 of 10: its 6 adversarial steps are a row of their own
+    assert main(["--dry-run", "--cohort", str(tiny_cohort), "--config", str(tmp_path / "tiny.yaml"), "--device", "cpu",
+                 "--set", "decoder.steps=10", "--set", "decoder.adversarial_weight=0.01", "--set", "decoder.adversarial_start=4"]) == 0
+    rows = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(("decoder", "+adversarial"))}
+    assert rows["decoder"][1] == "4" and rows["+adversarial"][1] == "6", rows
     assert main(["--write-recipe", str(tmp_path / "copy.json"), "--cohort", "x", "--config", str(tmp_path / "tiny.yaml"), "--set", "ddpm.steps=3"]) == 0
     assert json.loads((tmp_path / "copy.json").read_text())["ddpm"]["steps"] == 3
     # without --config, a work folder's own recipe (with the --set it was started with) is the one in use

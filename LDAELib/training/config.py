@@ -186,6 +186,13 @@ class DecoderStageConfig(StageConfig):
     (``training.decoder``). ``steps: 0`` (the default) leaves the stage out and the bundle keeps the
     autoencoder stage's decoder. ``ssim_weight``, ``edge_weight`` and ``augment`` as in the
     autoencoder stage.
+
+    Patch-adversarial term (``nets.discriminator``), off while ``adversarial_weight`` is 0: from
+    step ``adversarial_start`` a discriminator (``discriminator_width``, its own AdamW at
+    ``discriminator_lr``, betas 0.5/0.9) trains one hinge step after every decoder step, on the
+    batch against the decoder's output; ``adversarial_warmup`` steps later the decoder's loss
+    gains ``adversarial_weight`` × (−mean D(decode(μ))). The discriminator and its optimizer are
+    checkpointed with the stage and resume with it; the bundle never carries them.
     """
 
     steps: int = 0
@@ -194,11 +201,30 @@ class DecoderStageConfig(StageConfig):
     ssim_weight: float = 0.5
     edge_weight: float = 0.0
     augment: float = 0.5
+    adversarial_weight: float = 0.0
+    adversarial_start: int = 0
+    adversarial_warmup: int = 100
+    discriminator_lr: float = 2e-4
+    discriminator_width: int = 16
     _MIN_STEPS = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_image_loss(self)
+        if not self.adversarial_weight >= 0:
+            raise LDAEError(f"adversarial_weight must be 0 or positive, got {self.adversarial_weight}")
+        if self.adversarial_start < 0 or self.adversarial_warmup < 0:
+            raise LDAEError("adversarial_start and adversarial_warmup are step counts, 0 or more; got "
+                            f"{self.adversarial_start} and {self.adversarial_warmup}")
+        if not self.discriminator_lr > 0:
+            raise LDAEError(f"discriminator_lr must be positive, got {self.discriminator_lr}")
+        if self.discriminator_width < 8 or self.discriminator_width % 8:
+            raise LDAEError(f"discriminator_width must be a positive multiple of 8 (its GroupNorm has 8 groups), got {self.discriminator_width}")
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the stage trains a discriminator."""
+        return self.adversarial_weight > 0
 
     @property
     def enabled(self) -> bool:

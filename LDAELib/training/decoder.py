@@ -11,6 +11,13 @@ latent scale, the latent shift and everything the diffusion stages learnt on the
 the stage may run before or after the DDPM and the representation stage, and the bundle takes
 its decoder when it is complete. (Stable Diffusion's released VAE decoders were refined the same
 way, the encoder frozen to keep the latent space.)
+
+With ``adversarial_weight`` > 0 the stage also trains a patch discriminator
+(``nets.discriminator``) and adds its hinge generator term to the decoder's loss: L1 and SSIM
+reward the mean of what the latent leaves open, which is a blur; the adversarial term rewards
+texture a scan could have. The discriminator is the objective's auxiliary model: the trainer calls
+:meth:`DecoderObjective.after_step` after every decoder step and checkpoints its weights and
+optimizer beside the decoder's.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import LDAEError
 from ..nets.autoencoder import build_autoencoder
+from ..nets.discriminator import PatchDiscriminator3D, generator_adversarial_loss, hinge_discriminator_loss
 from .augment import augment_volume
 from .autoencoder import reconstruction_loss
 from .config import DecoderStageConfig
 from .data import TrainingData
-from .distributed import item_generator
+from .distributed import derived_seed, item_generator
 from .trainer import Objective
 
 STAGE_ID = 5
@@ -36,20 +45,42 @@ def is_decoder_parameter(name: str) -> bool:
 
 
 class DecoderLoss(nn.Module):
-    """x → (loss, parts): decode(μ(x)) against x, the encoder frozen and run without gradients."""
+    """(x[, adversarial_weight]) → (loss, parts): decode(μ(x)) against x, the encoder frozen and run
+    without gradients.
 
-    def __init__(self, autoencoder: nn.Module, ssim_weight: float = 0.0, edge_weight: float = 0.0) -> None:
+    With a ``discriminator`` (held, not registered: the stage's EMA, DDP and checkpoints of this
+    module leave it out) and an ``adversarial_weight`` tensor, training-mode forwards add
+    weight × (−mean D(decode(μ))) while the weight is above 0 (logged as ``adv_g``). The last
+    training batch and its reconstruction (detached) stay in ``last_pair`` for the discriminator's step.
+    """
+
+    def __init__(self, autoencoder: nn.Module, ssim_weight: float = 0.0, edge_weight: float = 0.0,
+                 discriminator: nn.Module | None = None) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.ssim_weight = float(ssim_weight)
         self.edge_weight = float(edge_weight)
+        object.__setattr__(self, "discriminator", discriminator)
+        self.last_pair: tuple[torch.Tensor, torch.Tensor] | None = None
         for name, p in autoencoder.named_parameters():
             p.requires_grad_(is_decoder_parameter(name))
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, adversarial_weight: torch.Tensor | None = None):
         with torch.no_grad():
             mu, _ = self.autoencoder.encode(x)
-        return reconstruction_loss(self.autoencoder.decode(mu.detach()), x, self.ssim_weight, self.edge_weight)
+        rec = self.autoencoder.decode(mu.detach())
+        loss, parts = reconstruction_loss(rec, x, self.ssim_weight, self.edge_weight)
+        if self.training:
+            self.last_pair = (x.detach(), rec.detach())
+            if adversarial_weight is not None and self.discriminator is not None:
+                w = float(adversarial_weight)
+                if w > 0:
+                    g = generator_adversarial_loss(self.discriminator(rec))
+                    loss = loss + w * g
+                    parts["adv_g"] = g.detach()
+                else:
+                    parts["adv_g"] = torch.zeros(())
+        return loss, parts
 
 
 class DecoderObjective(Objective):
@@ -60,7 +91,15 @@ class DecoderObjective(Objective):
         self.config, self.data, self.device, self._upstream = config, data, torch.device(device), dict(upstream)
         ae = build_autoencoder(model_config.autoencoder)
         ae.load_state_dict(autoencoder_state)
-        self.module = DecoderLoss(ae, config.ssim_weight, config.edge_weight).to(self.device)
+        self.discriminator = self.disc_optimizer = None
+        if config.adversarial:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derived_seed(config.seed, STAGE_ID, 0xD15C))
+                self.discriminator = PatchDiscriminator3D(config.discriminator_width).to(self.device)
+            self.discriminator.requires_grad_(False)  # only its own step (after_step) takes gradients
+            self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=config.discriminator_lr,
+                                                    betas=(0.5, 0.9), weight_decay=0.0)
+        self.module = DecoderLoss(ae, config.ssim_weight, config.edge_weight, self.discriminator).to(self.device)
         self.items = list(data.indices["train"])
 
     def n_items(self) -> int:
@@ -83,7 +122,57 @@ class DecoderObjective(Objective):
         return {"x": torch.stack(xs)[:, None].to(self.device)}
 
     def batch(self, items: list[int], step: int) -> dict[str, torch.Tensor]:
-        return self._batch_rows([self.items[i] for i in items], step)
+        b = self._batch_rows([self.items[i] for i in items], step)
+        if self.discriminator is not None:
+            on = step >= self.config.adversarial_start + self.config.adversarial_warmup
+            b["adversarial_weight"] = torch.tensor(self.config.adversarial_weight if on else 0.0)
+        return b
+
+    _DISC_PARTS = ("d_loss", "d_real", "d_fake")
+
+    def after_step(self, step: int) -> dict[str, torch.Tensor]:
+        """One hinge step of the discriminator on the decoder step's batch (real) and its
+        reconstruction (fake), from ``adversarial_start`` on; the logged parts are 0 before."""
+        if self.discriminator is None:
+            return {}
+        pair = getattr(self.module, "last_pair", None)
+        if step < self.config.adversarial_start or pair is None:
+            return {k: torch.zeros(()) for k in self._DISC_PARTS}
+        x, rec = pair
+        d = self.discriminator
+        d.train()
+        d.requires_grad_(True)
+        try:
+            real, fake = d(x), d(rec)
+            loss = hinge_discriminator_loss(real, fake)
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                n = torch.distributed.get_world_size()
+                for p in d.parameters():
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(n)
+            if not torch.isfinite(loss.detach()):
+                raise LDAEError(f"stage decoder: the discriminator's loss is not finite at step {step + 1}; "
+                                "lower discriminator_lr (the last checkpoint is kept)")
+            self.disc_optimizer.step()
+        finally:
+            d.requires_grad_(False)
+        return {"d_loss": loss.detach(), "d_real": real.detach().float().mean(), "d_fake": fake.detach().float().mean()}
+
+    def auxiliary_state(self) -> tuple[dict, dict | None]:
+        if self.discriminator is None:
+            return {}, None
+        return {"discriminator": self.discriminator.state_dict()}, self.disc_optimizer.state_dict()
+
+    def load_auxiliary_state(self, groups: dict, optimizer: dict | None) -> None:
+        """The discriminator and its optimizer from a checkpoint; a checkpoint written before the
+        adversarial term was switched on has neither, and the discriminator starts fresh."""
+        if self.discriminator is None or "discriminator" not in groups:
+            return
+        self.discriminator.load_state_dict(groups["discriminator"])
+        if optimizer is not None:
+            self.disc_optimizer.load_state_dict(optimizer)
 
     def fixed_batches(self) -> dict:
         return self.fixed_from(self._batch_rows, self.items, self.data.indices["val"])

@@ -14,6 +14,7 @@ import time
 import torch
 
 from ..nets.autoencoder import build_autoencoder
+from ..nets.discriminator import PatchDiscriminator3D, hinge_discriminator_loss
 from ..nets.semantic_encoder import SemanticEncoder
 from ..nets.unet import ShiftUNet, UNet
 from .autoencoder import AutoencoderLoss
@@ -26,7 +27,7 @@ from .representation import RepresentationLoss, is_shift_parameter
 from .trainer import _autocast, to_channels_last_3d
 
 
-def _module_and_batch(recipe: Recipe, stage: str, batch: int, device: torch.device):
+def _module_and_batch(recipe: Recipe, stage: str, batch: int, device: torch.device, adversarial: bool = False):
     m = recipe.model
     shape = tuple(m.space.shape)
     lat = m.latent_shape
@@ -39,8 +40,12 @@ def _module_and_batch(recipe: Recipe, stage: str, batch: int, device: torch.devi
             lat = (lat[0], *(c // m.autoencoder.downsampling for c in shape))
         inputs = {"x": torch.rand((batch, 1, *shape), generator=g), "eps": torch.randn((batch, *lat), generator=g)}
     elif stage == "decoder":
-        module = DecoderLoss(build_autoencoder(m.autoencoder), recipe.decoder.ssim_weight, recipe.decoder.edge_weight)
+        d = recipe.decoder
+        disc = PatchDiscriminator3D(d.discriminator_width).requires_grad_(False).to(device) if adversarial else None
+        module = DecoderLoss(build_autoencoder(m.autoencoder), d.ssim_weight, d.edge_weight, disc)
         inputs = {"x": torch.rand((batch, 1, *shape), generator=g)}
+        if adversarial:
+            inputs["adversarial_weight"] = torch.tensor(max(d.adversarial_weight, 1e-3))
     elif stage == "ddpm":
         module = DDPMLoss(UNet(m.unet), m.num_timesteps)
         inputs = {"z0": torch.randn((batch, *lat), generator=g), "t": t, "noise": torch.randn((batch, *lat), generator=g)}
@@ -62,13 +67,16 @@ def _sync(device: torch.device) -> None:
 
 
 def measure_seconds_per_step(recipe: Recipe, stage: str, device: torch.device | str = "cpu", batch_size: int | None = None,
-                             steps: int = 2, warmup: int = 1) -> float:
-    """Median wall seconds of one optimizer step of ``stage`` at the recipe's size (per-process batch)."""
+                             steps: int = 2, warmup: int = 1, adversarial: bool = False) -> float:
+    """Median wall seconds of one optimizer step of ``stage`` at the recipe's size (per-process batch);
+    ``adversarial`` (decoder stage): with the discriminator's term and its own step."""
     device = torch.device(device)
     cfg = recipe.stage(stage)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        module, inputs = _module_and_batch(recipe, stage, batch_size or cfg.batch_size, device)
+        module, inputs = _module_and_batch(recipe, stage, batch_size or cfg.batch_size, device, adversarial)
+        disc = getattr(module, "discriminator", None)
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=1e-4) if disc is not None else None
         if cfg.channels_last:
             to_channels_last_3d(module)
             inputs = {k: v.contiguous(memory_format=torch.channels_last_3d) if v.dim() == 5 else v for k, v in inputs.items()}
@@ -87,6 +95,15 @@ def measure_seconds_per_step(recipe: Recipe, stage: str, device: torch.device | 
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             ema.update(module)
+            if disc is not None:  # the discriminator's own step (DecoderObjective.after_step)
+                disc.requires_grad_(True)
+                with _autocast(cfg, device):
+                    x, rec = module.last_pair
+                    d_loss = hinge_discriminator_loss(disc(x), disc(rec))
+                disc_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                disc_opt.step()
+                disc.requires_grad_(False)
             _sync(device)
             times.append(time.perf_counter() - t0)
     return statistics.median(times[warmup:])
@@ -170,15 +187,21 @@ def plan(recipe: Recipe, data=None, device: torch.device | str = "cpu", world_si
         steps = cfg.total_steps(spe) if spe else (cfg.steps if cfg.epochs is None else None)
         epochs = f"{steps / spe:.1f}" if (spe and steps) else "?"
         row = {"steps": steps, "batch_size": cfg.batch_size, "epochs": epochs}
-        if measure:
-            sps = measure_seconds_per_step(recipe, s, device, per_rank)
-            row["seconds_per_step"] = sps
-            if steps:
-                row["seconds"] = sps * steps
-                total += sps * steps
-            lines.append(f"  {s:<16}{steps or '?':>7}{cfg.batch_size:>7}{epochs:>8}{sps:>9.3f}{_hms(sps * steps) if steps else '?':>10}")
-        else:
-            lines.append(f"  {s:<16}{steps or '?':>7}{cfg.batch_size:>7}{epochs:>8}{'-':>9}{'-':>10}")
+        parts = [(s, steps, False)]
+        if s == "decoder" and cfg.adversarial and steps:  # steps from adversarial_start on cost a discriminator more
+            adv = max(0, steps - cfg.adversarial_start)
+            parts = [(s, steps - adv, False), ("  +adversarial", adv, True)]
+            row["adversarial_steps"] = adv
+        for label, n, adversarial in parts:
+            if measure:
+                sps = measure_seconds_per_step(recipe, s, device, per_rank, adversarial=adversarial)
+                row["adversarial_seconds_per_step" if adversarial else "seconds_per_step"] = sps
+                if n is not None:
+                    row["seconds"] = row.get("seconds", 0.0) + sps * n
+                    total += sps * n
+                lines.append(f"  {label:<16}{n if n is not None else '?':>7}{cfg.batch_size:>7}{epochs if not adversarial else '':>8}{sps:>9.3f}{_hms(sps * n) if n is not None else '?':>10}")
+            else:
+                lines.append(f"  {label:<16}{n if n is not None else '?':>7}{cfg.batch_size:>7}{epochs if not adversarial else '':>8}{'-':>9}{'-':>10}")
         numbers["stages"][s] = row
         if s == "autoencoder" and measure and n_train is not None:
             t_lat = measure_forward_seconds(recipe, "latents", device) * (n_train + n_val)

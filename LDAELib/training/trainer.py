@@ -36,6 +36,9 @@ from .config import StageConfig
 from .distributed import DistContext, StepSampler, derived_seed, wrap
 from .ema import EMA
 
+AUXILIARY = "auxiliary"
+"""Key of the auxiliary models' optimizer state inside a checkpoint's optimizer file."""
+
 
 class Objective:
     """One training stage's maths. Subclasses set ``name``, ``stage_id`` and ``module``.
@@ -78,6 +81,19 @@ class Objective:
     def upstream(self) -> dict:
         """What this stage was trained on (hashes of earlier stages' weights); resuming needs the same."""
         return {}
+
+    def after_step(self, step: int) -> dict[str, torch.Tensor]:
+        """Called after every optimizer step of ``module`` (under the stage's autocast): the update of an
+        auxiliary model the stage trains beside it (the decoder stage's discriminator). Returns detached
+        scalars to log, the same keys every step."""
+        return {}
+
+    def auxiliary_state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict | None]:
+        """Weight groups and optimizer state of the auxiliary models, for checkpoints (never shipped)."""
+        return {}, None
+
+    def load_auxiliary_state(self, groups: dict[str, dict[str, torch.Tensor]], optimizer: dict | None) -> None:
+        """Restore what :meth:`auxiliary_state` saved; ``groups`` are all the checkpoint's groups."""
 
 
 @dataclass
@@ -236,8 +252,11 @@ def run_stage(
             raise LDAEError(f"{ck_path} was trained with batch_size {ck.state.get('batch_size')}, the recipe now says {config.batch_size}; keep the batch size to resume, or delete {stage_dir}")
         model.load_state_dict(ck.groups["model"])
         ema.load_state_dict(ck.groups["ema"], ck.state.get("ema_updates", ck.step))
+        aux_opt = None
         if ck.optimizer is not None:
+            aux_opt = ck.optimizer.pop(AUXILIARY, None)
             opt.load_state_dict(ck.optimizer)
+        objective.load_auxiliary_state(ck.groups, aux_opt)
         start = resumed = ck.step
     log = TrainLog(stage_dir, ctx.is_main, resumed)
     ddp = wrap(model, ctx)
@@ -247,6 +266,16 @@ def run_stage(
         return {"stage": objective.name, "config": config.to_dict(), "batch_size": config.batch_size, "total_steps": total,
                 "world_size": ctx.world_size, "ema_updates": ema.updates, "upstream": upstream,
                 "losses": losses, **(extra_state or {})}
+
+    def save(step: int, losses: dict) -> Path:
+        groups, aux_opt = objective.auxiliary_state()
+        if {"model", "ema"} & set(groups):
+            raise LDAEError(f"stage {objective.name}: an auxiliary weight group may not be called 'model' or 'ema'")
+        opt_state = opt.state_dict()
+        if aux_opt is not None:
+            opt_state = {**opt_state, AUXILIARY: aux_opt}
+        return save_checkpoint(stage_dir, step, {"model": model.state_dict(), "ema": ema.state_dict(), **groups},
+                               opt_state, state(step, losses), config.keep_checkpoints)
 
     def validate(step: int) -> dict:
         if not ctx.is_main:
@@ -291,7 +320,9 @@ def run_stage(
                 raise LDAEError(f"stage {objective.name}: the loss or its gradient is not finite at step {step + 1}; lower lr or check the data (the last checkpoint is kept)")
             opt.step()
             ema.update(model)
-            for k, v in {"loss": loss.detach(), **parts, "grad_norm": gnorm.detach()}.items():
+            with _autocast(config, device):
+                aux = objective.after_step(step)
+            for k, v in {"loss": loss.detach(), **parts, **aux, "grad_norm": gnorm.detach()}.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             n_sum += 1
             done = step + 1
@@ -311,7 +342,7 @@ def run_stage(
                 m = validate(done)
                 if at_checkpoint:
                     if ctx.is_main:
-                        save_checkpoint(stage_dir, done, {"model": model.state_dict(), "ema": ema.state_dict()}, opt.state_dict(), state(done, {**last, **m}), config.keep_checkpoints)
+                        save(done, {**last, **m})
                     ctx.barrier()
     finally:
         if bar is not None:
@@ -324,7 +355,7 @@ def run_stage(
     if ctx.is_main:
         m = validate(done) if done != start or start == 0 else {}
         losses = {**last, **m}
-        path = save_checkpoint(stage_dir, done, {"model": model.state_dict(), "ema": ema.state_dict()}, opt.state_dict(), state(done, losses), config.keep_checkpoints)
+        path = save(done, losses)
         mark_final(stage_dir, path, {"step": done, "upstream": upstream, "losses": losses, "seconds_per_step": sps})
     ctx.barrier()
     return StageResult(objective.name, done, model, ema.module, path, resumed, seconds_per_step=sps, last_losses=last)
