@@ -4,6 +4,8 @@ The decoder stage (LDAELib/training/decoder.py) trains decode(μ) on L1 + 0.5·(
 such a decoder blurs what it cannot predict. This script continues from a bundle's decoder with
 that loss plus ``adv_weight`` × a hinge GAN term from a small 3-D PatchGAN, to see whether the
 reconstructions get sharper without losing SSIM or moving the ventricle measure (``--score``).
+The decoder stage now has the term as a setting (``decoder.adversarial_weight``, docs/training.md);
+this script stays for the eleventh run's measurements (hand-over README).
 
   train:  advdec.py BUNDLE SPLIT_RUN OUT_DIR [--steps N] [--adv-weight W] [--start-adv K]
                     [--save-every M] [--threads T] [--lr 1e-4] [--disc-lr 2e-4] [--adaptive]
