@@ -74,7 +74,7 @@ def test_loaded_stages_carry_on_the_training_elsewhere(handed, tiny_cohort, tmp_
 
 
 def test_a_handover_is_refused_where_it_does_not_belong(handed, tiny_cohort, tmp_path):  # noqa: F811
-    from LDAELib.training.config import apply_overrides
+    from LDAELib.training.recipe_file import apply_overrides
 
     a, out, _, recipe = handed
     s = _session(recipe, tiny_cohort, tmp_path / "order")
@@ -126,7 +126,7 @@ def test_only_a_finished_stage_is_handed_over(tiny_cohort, tmp_path):  # noqa: F
 
 
 def test_the_command_line_saves_and_loads(handed, tiny_cohort, tmp_path):  # noqa: F811
-    from LDAELib.training.config import save_recipe
+    from LDAELib.training.recipe_file import save_recipe
 
     a, _, _, recipe = handed
     save_recipe(recipe, tmp_path / "tiny.yaml")

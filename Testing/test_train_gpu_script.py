@@ -31,7 +31,7 @@ def _script():
 def test_a_budgeted_run_hands_back_every_stage_and_they_load_elsewhere(tmp_path):
     from test_training import tiny_recipe
 
-    from LDAELib.training.config import load_recipe, save_recipe
+    from LDAELib.training.recipe_file import load_recipe, save_recipe
     from LDAELib.training.session import TrainingSession
 
     save_recipe(tiny_recipe(), tmp_path / "tiny.json")

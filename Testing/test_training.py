@@ -102,7 +102,7 @@ def _ema_rows(log: Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------- recipes
 def test_recipe_round_trips_through_json_and_yaml(tmp_path):
-    from LDAELib.training.config import load_recipe, save_recipe
+    from LDAELib.training.recipe_file import load_recipe, save_recipe
 
     r = tiny_recipe()
     for name in ("recipe.json", "recipe.yaml"):
@@ -111,7 +111,8 @@ def test_recipe_round_trips_through_json_and_yaml(tmp_path):
 
 
 def test_recipe_refuses_unknown_settings_and_applies_overrides():
-    from LDAELib.training.config import Recipe, apply_overrides
+    from LDAELib.training.config import Recipe
+    from LDAELib.training.recipe_file import apply_overrides
 
     with pytest.raises(LDAEError, match="unknown ddpm stage settings"):
         Recipe.from_dict({"ddpm": {"stepz": 3}})
@@ -260,7 +261,7 @@ def test_completed_stages_are_kept_not_retrained(trained, tiny_cohort):
 
 def test_a_changed_model_refuses_the_work_folder(trained, tiny_cohort):
     from LDAELib.training import TrainingSession
-    from LDAELib.training.config import apply_overrides
+    from LDAELib.training.recipe_file import apply_overrides
 
     work, _ = trained
     with pytest.raises(LDAEError, match="other model or data settings"):
@@ -741,7 +742,7 @@ def test_a_recipe_with_code_guidance_ships_the_training_codes_mean_as_reference(
     from safetensors.torch import load_file, save_file
 
     from LDAELib.training import TrainingSession
-    from LDAELib.training.config import apply_overrides
+    from LDAELib.training.recipe_file import apply_overrides
     from LDAELib.weights import load_model
 
     work, _ = trained
@@ -771,7 +772,7 @@ def test_a_recipe_with_code_guidance_ships_the_training_codes_mean_as_reference(
 # --------------------------------------------------------------------------------- command line
 def test_dry_run_prints_the_plan_with_measured_times(tiny_cohort, tmp_path, capsys):
     from LDAELib.training.__main__ import main
-    from LDAELib.training.config import save_recipe
+    from LDAELib.training.recipe_file import save_recipe
 
     save_recipe(tiny_recipe(), tmp_path / "tiny.yaml")
     assert main(["--dry-run", "--cohort", str(tiny_cohort), "--config", str(tmp_path / "tiny.yaml"), "--device", "cpu"]) == 0
@@ -817,7 +818,7 @@ def test_two_process_ddp_matches_one_process_of_the_same_global_batch(tiny_cohor
 
     from LDAELib.training import TrainingSession
     from LDAELib.training.checkpoint import final_checkpoint, load_checkpoint
-    from LDAELib.training.config import save_recipe
+    from LDAELib.training.recipe_file import save_recipe
 
     recipe = tiny_recipe(steps=4, batch_size=4, checkpoint_interval=2)
     save_recipe(recipe, tmp_path / "recipe.json")
@@ -938,7 +939,8 @@ def test_latent_batches_draw_the_mean_or_a_sample_and_the_demo_recipe_uses_the_m
     """``latent: mean`` gives the diffusion stages (μ − shift)·scale, the z0 the pipeline encodes;
     ``sample`` adds σ·ε. The demo recipe trains both diffusion stages on the mean (docs/training.md)."""
     from LDAELib.training.autoencoder import Latents
-    from LDAELib.training.config import DEMO_RECIPE, load_recipe
+    from LDAELib.training.config import DEMO_RECIPE
+    from LDAELib.training.recipe_file import load_recipe
     from LDAELib.training.ddpm import LatentBatches
 
     g = torch.Generator().manual_seed(0)

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     import torch
 
     from LDAELib.cohort.cohort import CohortConfig, generate_cohort
-    from LDAELib.training.config import apply_overrides, load_recipe, save_recipe
+    from LDAELib.training.recipe_file import apply_overrides, load_recipe, save_recipe
     from LDAELib.training.distributed import setup, teardown
     from LDAELib.training.plan import measure_seconds_per_step
     from LDAELib.training.session import TrainingSession

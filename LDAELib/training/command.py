@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import EXIT_CANCELLED, LDAEError
-from .config import DEMO_RECIPE, STAGES, apply_overrides, load_recipe, save_recipe
+from .config import DEMO_RECIPE, STAGES
+from .recipe_file import apply_overrides, load_recipe, save_recipe
 from .data import TrainingData
 from .distributed import resolve_device, setup, teardown
 from .plan import plan
