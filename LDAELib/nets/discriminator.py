@@ -53,3 +53,26 @@ def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tenso
 def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """−mean D(fake): what the generator (here, the decoder) minimises."""
     return -fake_logits.float().mean()
+
+
+def discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimizer, real: torch.Tensor,
+                       fake: torch.Tensor, reduce_grads=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One hinge step of ``discriminator`` on ``real`` against ``fake`` (detached). Its parameters take
+    gradients only inside the step. ``reduce_grads(params)``, if given, runs between backward and the
+    update (the data-parallel all-reduce); a non-finite loss raises FloatingPointError before the update.
+    Returns the loss and the mean real and fake logits, detached."""
+    discriminator.train()
+    discriminator.requires_grad_(True)
+    try:
+        real_logits, fake_logits = discriminator(real), discriminator(fake.detach())
+        loss = hinge_discriminator_loss(real_logits, fake_logits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if reduce_grads is not None:
+            reduce_grads(list(discriminator.parameters()))
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError("the discriminator's loss is not finite")
+        optimizer.step()
+    finally:
+        discriminator.requires_grad_(False)
+    return loss.detach(), real_logits.detach().float().mean(), fake_logits.detach().float().mean()

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import LDAEError
 from ..nets.autoencoder import build_autoencoder
-from ..nets.discriminator import PatchDiscriminator3D, generator_adversarial_loss, hinge_discriminator_loss
+from ..nets.discriminator import PatchDiscriminator3D, discriminator_step, generator_adversarial_loss
 from .augment import augment_volume
 from .autoencoder import reconstruction_loss
 from .config import DecoderStageConfig
@@ -42,6 +42,15 @@ DECODER_PREFIXES = ("post_quant_conv.", "decoder.")
 
 def is_decoder_parameter(name: str) -> bool:
     return name.startswith(DECODER_PREFIXES)
+
+
+def _all_reduce_mean(params) -> None:
+    """Average gradients over data-parallel processes (nothing to do in one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        n = torch.distributed.get_world_size()
+        for p in params:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(n)
 
 
 class DecoderLoss(nn.Module):
@@ -139,26 +148,12 @@ class DecoderObjective(Objective):
         if step < self.config.adversarial_start or pair is None:
             return {k: torch.zeros(()) for k in self._DISC_PARTS}
         x, rec = pair
-        d = self.discriminator
-        d.train()
-        d.requires_grad_(True)
         try:
-            real, fake = d(x), d(rec)
-            loss = hinge_discriminator_loss(real, fake)
-            self.disc_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                n = torch.distributed.get_world_size()
-                for p in d.parameters():
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad.div_(n)
-            if not torch.isfinite(loss.detach()):
-                raise LDAEError(f"stage decoder: the discriminator's loss is not finite at step {step + 1}; "
-                                "lower discriminator_lr (the last checkpoint is kept)")
-            self.disc_optimizer.step()
-        finally:
-            d.requires_grad_(False)
-        return {"d_loss": loss.detach(), "d_real": real.detach().float().mean(), "d_fake": fake.detach().float().mean()}
+            loss, real, fake = discriminator_step(self.discriminator, self.disc_optimizer, x, rec, _all_reduce_mean)
+        except FloatingPointError:
+            raise LDAEError(f"stage decoder: the discriminator's loss is not finite at step {step + 1}; "
+                            "lower discriminator_lr (the last checkpoint is kept)") from None
+        return {"d_loss": loss, "d_real": real, "d_fake": fake}
 
     def auxiliary_state(self) -> tuple[dict, dict | None]:
         if self.discriminator is None:

@@ -14,7 +14,7 @@ import time
 import torch
 
 from ..nets.autoencoder import build_autoencoder
-from ..nets.discriminator import PatchDiscriminator3D, hinge_discriminator_loss
+from ..nets.discriminator import PatchDiscriminator3D, discriminator_step
 from ..nets.semantic_encoder import SemanticEncoder
 from ..nets.unet import ShiftUNet, UNet
 from .autoencoder import AutoencoderLoss
@@ -96,14 +96,8 @@ def measure_seconds_per_step(recipe: Recipe, stage: str, device: torch.device | 
             opt.step()
             ema.update(module)
             if disc is not None:  # the discriminator's own step (DecoderObjective.after_step)
-                disc.requires_grad_(True)
                 with _autocast(cfg, device):
-                    x, rec = module.last_pair
-                    d_loss = hinge_discriminator_loss(disc(x), disc(rec))
-                disc_opt.zero_grad(set_to_none=True)
-                d_loss.backward()
-                disc_opt.step()
-                disc.requires_grad_(False)
+                    discriminator_step(disc, disc_opt, *module.last_pair)
             _sync(device)
             times.append(time.perf_counter() - t0)
     return statistics.median(times[warmup:])
