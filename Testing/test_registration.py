@@ -26,7 +26,7 @@ from LDAELib.registration import (  # noqa: E402
     MNI_AFFINE, NativeContext, StageACache, StageASettings, check_scan, from_model_space_native, read_result,
     register_to_mni, run_stage_a, scan_key, write_result,
 )
-from LDAELib.registration.stage_a import quality_failure  # noqa: E402
+from LDAELib.registration.stage_a import clip_bright_voxels, quality_failure  # noqa: E402
 from LDAELib.space import ModelSpaceConfig, to_model_space  # noqa: E402
 
 COLIN = Path(os.environ.get("LDAE_COLIN27_DIR", "/usr/share/mricron/templates"))
@@ -269,6 +269,53 @@ def test_quality_check_flags_implausible_brain_volume():
     assert quality_failure({"similarity": 0.9, "brain_volume_ml": 1500.0}, s) is None
     msg = quality_failure({"similarity": 0.9, "brain_volume_ml": 400.0}, s)
     assert msg.startswith("Brain extraction failed the quality check: the brain mask measures 400 mL")
+
+
+# -- intensity ceiling --------------------------------------------------------------------------------
+def test_clip_bright_voxels_sets_only_the_outliers_to_the_ceiling():
+    rng = np.random.default_rng(0)
+    brain = np.zeros((40, 40, 40), np.float32)
+    brain[5:35, 5:35, 5:35] = rng.uniform(100.0, 200.0, (30, 30, 30))
+    clean = brain.copy()
+    assert clip_bright_voxels(clean, 1.1) == 0 and np.array_equal(clean, brain)  # a scan like the cohort's: unchanged
+    spots = (np.array([6, 10, 20, 30]), np.array([6, 12, 25, 33]), np.array([7, 30, 9, 20]))
+    brain[spots] = 5000.0
+    top = 1.1 * np.percentile(brain[brain > 0], 99.9)
+    untouched = brain.copy()
+    assert clip_bright_voxels(untouched, None) == 0 and np.array_equal(untouched, brain)
+    assert clip_bright_voxels(brain, 1.1) == 4
+    np.testing.assert_allclose(brain[spots], top, rtol=1e-6)
+    rest = np.ones(brain.shape, bool)
+    rest[spots] = False
+    np.testing.assert_array_equal(brain[rest], untouched[rest])
+
+
+@pytest.mark.parametrize("bad", [0.5, float("nan"), "1.1"])
+def test_intensity_ceiling_setting_is_checked(bad):
+    with pytest.raises(LDAEError, match="intensity_ceiling must be a number"):
+        StageASettings(intensity_ceiling=bad)
+    assert StageASettings(intensity_ceiling=None).intensity_ceiling is None
+
+
+def test_a_few_bright_voxels_do_not_darken_the_model_space_brain(colin):
+    """Bright specks inside the brain (as residual fat or vessels at a real head's mask edge) would
+    otherwise set stage B's min-max scale: the brain's median must stay where the clean head's is."""
+    head = colin["head"].copy()
+    rng = np.random.default_rng(1)
+    inside = np.argwhere(colin["brain"])
+    spots = tuple(inside[rng.choice(len(inside), 300, replace=False)].T)
+    head[spots] = 4.0 * head.max()
+    medians = {}
+    for name, data, ceiling in (("clean", colin["head"], 1.1), ("specks", head, 1.1), ("no ceiling", head, None)):
+        res = register_to_mni(data, colin["affine"], StageASettings(deformable=False, intensity_ceiling=ceiling))
+        x, _ = to_model_space(res.brain_mni, MNI_AFFINE, ModelSpaceConfig())
+        medians[name] = float(np.median(x[x > 0.05]))
+        if name == "specks":
+            assert res.quality["clipped_voxels"] >= 300
+    # Specks left at the ceiling may still set the maximum (the clean head's own is a little below
+    # it): within 10 %, the spread of the cohort's own maxima (1.04–1.11 × the 99.9th percentile).
+    assert abs(medians["specks"] - medians["clean"]) <= 0.10 * medians["clean"]
+    assert medians["no ceiling"] <= 0.5 * medians["clean"]  # what the ceiling prevents
 
 
 # -- command line ---------------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ step runs in SimpleITK (it ships inside 3D Slicer; no network weights, nothing d
 5. deformable registration: a smooth displacement field on the template's 2 mm grid (greedy
    diffeomorphic-style updates, ANTs neighbourhood cross-correlation), and its inverse;
 6. brain extraction = the template's brain mask carried onto the scan through the registration;
+   voxels brighter than 1.1 × the brain's 99.9th percentile (residual scalp fat or vessels at the
+   mask's edge) are clipped there, so that a handful of them do not set stage B's min-max scale and
+   darken the whole brain;
 7. the quality check: correlation with the template inside the brain, brain volume, how much of the
    brain the field of view holds. A failure stops with a message instead of a result.
 
@@ -61,6 +64,12 @@ class StageASettings:
         brain_volume_ml: quality check, plausible range of the extracted brain (mL; the template's
             mask, which includes the CSF around the brain, is 1887 mL).
         min_brain_inside: quality check, least fraction of the brain inside the field of view.
+        intensity_ceiling: the brightest intensity kept in the extracted brain, as a multiple of its
+            99.9th percentile; brighter voxels are set to it. Stage B scales by the brain's maximum,
+            so without a ceiling a few bright voxels left at the mask's edge make the whole brain dim
+            (one installed head: its brain at 0.1–0.4 of the model's range instead of 0.2–0.9). 1.1
+            is the most that the demo cohort's own scans reach (their maximum is 1.04–1.11 × that
+            percentile), so a scan like them is not changed. None: no ceiling (the authors' stage A).
     """
 
     bias_correction: bool = True
@@ -75,6 +84,12 @@ class StageASettings:
     min_similarity: float = 0.5
     brain_volume_ml: tuple[float, float] = (900.0, 2700.0)
     min_brain_inside: float = 0.97
+    intensity_ceiling: float | None = 1.1
+
+    def __post_init__(self) -> None:
+        c = self.intensity_ceiling
+        if c is not None and not (isinstance(c, (int, float)) and np.isfinite(c) and c >= 1.0):
+            raise LDAEError(f"intensity_ceiling must be a number ≥ 1 (a multiple of the brain's 99.9th percentile) or None, not {c!r}.")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -304,6 +319,20 @@ def _correlation(a: sitk.Image, b: sitk.Image, mask: sitk.Image) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def clip_bright_voxels(brain: np.ndarray, ceiling: float | None) -> int:
+    """Set the voxels of ``brain`` (in place) brighter than ``ceiling`` × the 99.9th percentile of its
+    non-zero voxels to that value; the number of voxels changed. Nothing happens for ``None``."""
+    if ceiling is None:
+        return 0
+    values = brain[brain > 0]
+    if values.size == 0:
+        return 0
+    top = np.float32(ceiling * np.percentile(values, 99.9))
+    above = brain > top
+    brain[above] = top
+    return int(above.sum())
+
+
 def quality_failure(q: dict, s: StageASettings) -> str | None:
     """The message that stops stage A, or None when the figures in ``q`` pass."""
     fixes = ("This does not look like a T1-weighted head or brain scan where the template fits: check that the right file "
@@ -439,6 +468,7 @@ def _register(data: np.ndarray, affine: np.ndarray, s: StageASettings, steps: _S
     corrected = sitk.Divide(images.resample(native, mni, to_native), reg.bias_on(mni, to_native))
     mni_mask = images.resample(tmpl["mask"], mni)
     brain_mni = images.to_numpy(corrected * mni_mask)
+    clipped = clip_bright_voxels(brain_mni, s.intensity_ceiling)
     steps.end()
 
     steps.step("quality check")
@@ -449,6 +479,7 @@ def _register(data: np.ndarray, affine: np.ndarray, s: StageASettings, steps: _S
         "brain_volume_ml": round(float(brain_mask.sum()) * voxel_ml, 1),
         "brain_inside_fov": round(inside, 4),
         "affine_scale": round(float(np.linalg.det(np.array(aff.GetMatrix()).reshape(3, 3))), 4),
+        "clipped_voxels": clipped,
     }
     reg.quality = q
     steps.end()
