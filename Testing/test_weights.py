@@ -240,6 +240,25 @@ def test_annotate_bundle_records_limitations_and_leaves_the_weights(tmp_path, sm
     assert b.stat().st_mode & 0o777 == 0o755  # as readable as before
 
 
+def test_annotate_bundle_changes_how_inputs_reach_the_grid_not_the_grid(tmp_path, small_bundle):
+    b = Path(shutil.copytree(small_bundle, tmp_path / "b"))
+    before = load_model(b)
+    assert before.config.space.antialias is False
+    weights = {f: h for f, h in verify_bundle(b).items() if f.endswith(".safetensors")}
+    annotate_bundle(b, space={"antialias": True})
+    after = load_model(b)
+    assert after.config.space.antialias is True
+    assert (after.config.space.spacing_mm, after.config.space.shape) == (before.config.space.spacing_mm, before.config.space.shape)
+    assert {f: h for f, h in verify_bundle(b).items() if f.endswith(".safetensors")} == weights
+    assert after.identity["id"] != before.identity["id"]
+    card = (b / "ldae_bundle.json").read_bytes()
+    for bad, message in (({"shape": [8, 8, 8]}, "fixed by the weights"), ({"antialias": "yes"}, "antialias must be"),
+                         ({"blur": 1}, "Unknown model-space setting")):
+        with pytest.raises(LDAEError, match=message):
+            annotate_bundle(b, space=bad)
+    assert (b / "ldae_bundle.json").read_bytes() == card
+
+
 def test_annotate_bundle_refuses_bad_requests_and_changes_nothing(tmp_path, small_bundle):
     b = Path(shutil.copytree(small_bundle, tmp_path / "b"))
     card = (b / "ldae_bundle.json").read_bytes()

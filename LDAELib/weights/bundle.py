@@ -165,11 +165,14 @@ def manifest_hashes(folder: str | Path) -> dict[str, str]:
 OPERATIONS = ("reconstruct", "edit", "interpolate", "vary")
 
 
-def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = None, documents: dict[str, str] | None = None) -> Path:
+def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = None, documents: dict[str, str] | None = None,
+                    space: dict | None = None) -> Path:
     """Record in a bundle what its model does badly, by operation (``LDAEModel.limitations``):
     ``{"vary": "…"}``; an empty text removes an operation's note. ``documents``: {name: text} of
-    files to add or replace beside the weights (its model card, README.md). The weight files are
-    untouched; ``ldae_bundle.json`` and the manifest are rewritten, so the model id changes.
+    files to add or replace beside the weights (its model card, README.md). ``space``: model-space
+    settings to change (``ModelSpaceConfig``; e.g. ``{"antialias": True}``): how inputs are brought
+    to the grid, which the weights do not fix. The weight files are untouched; ``ldae_bundle.json``
+    and the manifest are rewritten, so the model id changes.
 
     The bundle is verified first. The change is made in a copy beside it that then takes its place,
     so a failure leaves the bundle as it was.
@@ -188,6 +191,14 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = 
         raise LDAEError("each limitation is a text (an empty text removes the note)")
     verify_bundle(folder)
     meta = json.loads((folder / BUNDLE_JSON).read_text())
+    if space:
+        from ..space import ModelSpaceConfig
+
+        old_space = ModelSpaceConfig.from_dict(meta["config"].get("space", {}))
+        new_space = ModelSpaceConfig.from_dict({**old_space.to_dict(), **space})
+        if (new_space.spacing_mm, new_space.shape) != (old_space.spacing_mm, old_space.shape):
+            raise LDAEError("the model grid (spacing_mm, shape) is fixed by the weights; only how inputs are brought to it can change")
+        meta["config"]["space"] = new_space.to_dict()
     source = dict(meta.get("source") or {})
     lim = {k: v for k, v in dict(source.get("limitations") or {}).items() if isinstance(v, str)}
     for op, text in limitations.items():
