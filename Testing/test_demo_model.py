@@ -82,7 +82,8 @@ ALPHAS = [-2.0, -1.0, 0.0, 1.0, 2.0]
 
 def test_reconstructions_of_the_example_scans_keep_their_anatomy(demo_edits):
     """Edit at alpha 0 = the reconstruction at T = 10, at least the `ldae evaluate` target 0.93
-    (measured 0.946 and 0.950 with the 5,000-step refined decoder; 0.943 and 0.948 at 2,500 steps;
+    (measured 0.946 and 0.950 with the 5,000-step refined decoder, with and without the anti-aliasing
+    of its model space; 0.943 and 0.948 at 2,500 steps;
     0.928 and 0.936 before it)."""
     from LDAELib.evaluation.similarity import ssim
 
@@ -93,7 +94,7 @@ def test_reconstructions_of_the_example_scans_keep_their_anatomy(demo_edits):
 
 def test_disease_edits_grow_the_ventricles_monotonically(demo_edits):
     """Along `disease` the CSF-dark voxels around the lateral ventricles must grow at every step of
-    alpha on both example visits (shipped: 151 → 447 and 213 → 568 voxels from −2 to +2), and the
+    alpha on both example visits (shipped: 151 → 447 and 212 → 568 voxels from −2 to +2), and the
     image must visibly change (mean |Δ| 0.016 from −2 to +2 when shipped; the first shipped model's
     edits changed it by ~1e-5)."""
     import numpy as np
