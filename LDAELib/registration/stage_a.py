@@ -88,7 +88,7 @@ class StageASettings:
 
     def __post_init__(self) -> None:
         c = self.intensity_ceiling
-        if c is not None and not (isinstance(c, (int, float)) and np.isfinite(c) and c >= 1.0):
+        if c is not None and (isinstance(c, bool) or not (isinstance(c, (int, float)) and np.isfinite(c) and c >= 1.0)):
             raise LDAEError(f"intensity_ceiling must be a number ≥ 1 (a multiple of the brain's 99.9th percentile) or None, not {c!r}.")
 
     def to_dict(self) -> dict:
