@@ -26,7 +26,9 @@ from .cohort.command import run as run_cohort
 from .directions.files import fit_probe_from_csv
 from .errors import EXIT_CANCELLED, EXIT_ERROR, Cancelled, LDAEError
 from .evaluation.command import add_arguments as add_evaluate_arguments
+from .evaluation.command import add_orient_arguments
 from .evaluation.command import run as run_evaluate
+from .evaluation.command import run_orient
 from .evaluation.previews import write_comparison_png, write_strip_png
 from .inference.files import add_embeddings, add_volumes, check_embedding_output, interpolation_files, variation_files, volume_files
 from .inference.loading import open_model, open_pipeline
@@ -152,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(s)
     s = sub.add_parser("evaluate", help="judge a trained model on its held-out test subjects: report.md, metrics.json, figures (docs/training.md)")
     add_evaluate_arguments(s)
+    s = sub.add_parser("orient", help="orient a trained model's directions by what its edits render on training subjects "
+                       "(+alpha towards disease or older enlarges the ventricles); writes a new bundle (docs/training.md)")
+    add_orient_arguments(s)
     return p
 
 
@@ -190,6 +195,8 @@ def _run(args, model=None) -> int:
         return run_train(args)
     if args.command == "evaluate":
         return run_evaluate(args)
+    if args.command == "orient":
+        return run_orient(args)
     if args.command == "preprocess":
         return run_preprocess(args, Bar(args.quiet, "stage A"))
     if args.command == "fit-probe":

@@ -23,6 +23,30 @@ def test_edit_formula_is_the_authors():
     assert torch.allclose(d.apply(y, 0.0), y, atol=1e-6)
 
 
+def test_edit_sign_reverses_the_edit_and_keeps_the_reading():
+    """A direction oriented against its probe (edit_sign −1) moves a code the other way by the same
+    amount; its score (the label's reading) and its description are unchanged."""
+    g = torch.Generator().manual_seed(3)
+    w, mu, sd = torch.randn(64, generator=g), torch.randn(64, generator=g), torch.rand(64, generator=g) + 0.5
+    y = torch.randn(3, 64, generator=g)
+    along = Direction("age", w, mu, sd, positive="older", scale=0.4)
+    against = Direction("age", w, mu, sd, positive="older", scale=0.4, edit_sign=-1)
+    assert torch.allclose(against.apply(y, 1.5) - y, -(along.apply(y, 1.5) - y), atol=1e-5)
+    assert torch.allclose(against.apply(y, 1.5), along.apply(y, -1.5), atol=1e-5)
+    assert torch.equal(against.score(y), along.score(y)) and against.describe() == along.describe()
+    for bad in (0, 2, True, "-1", -1.5):
+        with pytest.raises(LDAEError, match="edit_sign"):
+            Direction("age", w, mu, sd, edit_sign=bad)
+
+
+def test_settings_leave_out_the_defaults_and_round_trip():
+    d = Direction("cn", torch.randn(8), torch.randn(8), torch.rand(8) + 1, bias=0.2, positive="cn", meta={"k": 1})
+    assert set(d.settings()) == {"bias", "positive", "negative", "alpha_unit", "meta"}
+    o = Direction("age", torch.randn(8), torch.randn(8), torch.rand(8) + 1, scale=0.5, edit_sign=-1, alpha_unit="5 years")
+    back = Direction.from_settings("age", o.weight, o.mean, o.std, o.settings())
+    assert (back.scale, back.edit_sign, back.alpha_unit) == (0.5, -1, "5 years")
+
+
 def test_binary_probe_points_towards_label_one():
     g = torch.Generator().manual_seed(1)
     axis = torch.randn(32, generator=g)
@@ -61,6 +85,10 @@ def test_direction_file_round_trip(tmp_path):
     back = load_direction(tmp_path / "age.safetensors")
     assert torch.equal(back.weight, d.weight) and back.positive == "older" and back.alpha_unit == "4 years"
     assert back.bias == pytest.approx(0.3)
+    assert back.edit_sign == 1
+    d.edit_sign = -1
+    save_direction(d, tmp_path / "against.safetensors")
+    assert load_direction(tmp_path / "against.safetensors").edit_sign == -1
 
 
 def test_fit_probe_command(tmp_path, capsys):

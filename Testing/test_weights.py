@@ -259,6 +259,28 @@ def test_annotate_bundle_changes_how_inputs_reach_the_grid_not_the_grid(tmp_path
     assert (b / "ldae_bundle.json").read_bytes() == card
 
 
+def test_annotate_bundle_reorients_a_direction_not_its_probe(tmp_path, small_bundle):
+    """``directions``: edit_sign, scale, unit and meta of a direction change in the card; its probe
+    tensors (and every weight) stay, and what cannot be changed this way is refused with nothing written."""
+    b = Path(shutil.copytree(small_bundle, tmp_path / "b"))
+    before = load_model(b)
+    weights = {f: h for f, h in verify_bundle(b).items() if f.endswith(".safetensors")}
+    annotate_bundle(b, directions={"disease": {"edit_sign": -1, "meta": {"rendered": {"flipped": True}}}})
+    after = load_model(b)
+    d0, d1 = before.directions["disease"], after.directions["disease"]
+    assert d1.edit_sign == -1 and d1.meta == {"rendered": {"flipped": True}} and torch.equal(d1.weight, d0.weight)
+    y = torch.randn(2, d0.dim)
+    assert torch.allclose(d1.apply(y, 1.0), d0.apply(y, -1.0), atol=1e-5)
+    assert {f: h for f, h in verify_bundle(b).items() if f.endswith(".safetensors")} == weights
+    assert after.identity["id"] != before.identity["id"]
+    card = (b / "ldae_bundle.json").read_bytes()
+    for bad, message in (({"age": {"edit_sign": -1}}, "no direction"), ({"disease": {"edit_sign": 3}}, "edit_sign must be"),
+                         ({"disease": {"bias": 1.0}}, "cannot be changed here"), ({"disease": {"scale": 0}}, "scale must be")):
+        with pytest.raises(LDAEError, match=message):
+            annotate_bundle(b, directions=bad)
+    assert (b / "ldae_bundle.json").read_bytes() == card
+
+
 def test_annotate_bundle_refuses_bad_requests_and_changes_nothing(tmp_path, small_bundle):
     b = Path(shutil.copytree(small_bundle, tmp_path / "b"))
     card = (b / "ldae_bundle.json").read_bytes()

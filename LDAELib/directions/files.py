@@ -18,7 +18,7 @@ from .probe import Direction, fit_linear_probe
 
 def save_direction(d: Direction, path: str | Path) -> None:
     meta = {"name": d.name, "bias": str(d.bias), "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit,
-            "meta": json.dumps(d.meta), "scale": str(d.scale)}
+            "meta": json.dumps(d.meta), "scale": str(d.scale), "edit_sign": str(d.edit_sign)}
     save_file({"weight": d.weight.contiguous(), "mean": d.mean.contiguous(), "std": d.std.contiguous()}, str(path), metadata=meta)
 
 
@@ -39,7 +39,7 @@ def load_direction(path: str | Path) -> Direction:
             raise LDAEError(f"{path} must hold tensors 'weight', 'mean' and 'std'")
         return Direction(meta.get("name", path.stem), t["weight"], t["mean"], t["std"], float(meta.get("bias", 0)),
                          meta.get("positive", ""), meta.get("negative", ""), meta.get("alpha_unit", ""), json.loads(meta.get("meta", "{}")),
-                         float(meta.get("scale", 1.0)))
+                         float(meta.get("scale", 1.0)), int(meta.get("edit_sign", 1)))
     sd = torch_load_safe(path)
     mean_p, std_p = path.with_name("semantic_mean.pt"), path.with_name("semantic_std.pt")
     if not (isinstance(sd, dict) and "weight" in sd and mean_p.exists() and std_p.exists()):

@@ -29,6 +29,11 @@ class Direction:
         alpha_unit: what one unit of alpha means, when calibrated (e.g. "≈ 4.1 years"), else "".
         scale: multiplies alpha (1 = the authors' step of √E·w/‖w‖ in normalised code per unit); a
             calibrated direction sets it so that one unit means ``alpha_unit``.
+        edit_sign: +1 (the authors' convention: +alpha moves the code along w), or −1: +alpha moves
+            it against w. A probe reads its label along w; a model can render a move along w the
+            other way (the demo model does, for age). Orienting a direction by what the model
+            renders (``LDAELib.training.orient``) sets −1 there and keeps w, so ``score`` still
+            reads the label and +alpha still means ``positive`` in the image.
     """
 
     name: str
@@ -41,6 +46,7 @@ class Direction:
     alpha_unit: str = ""
     meta: dict = field(default_factory=dict)
     scale: float = 1.0
+    edit_sign: int = 1
 
     def __post_init__(self) -> None:
         self.weight = torch.as_tensor(self.weight, dtype=torch.float32).reshape(-1).cpu()
@@ -59,6 +65,26 @@ class Direction:
         self.scale = float(self.scale)
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise LDAEError(f"direction '{self.name}': its scale must be a positive number, got {self.scale}")
+        if isinstance(self.edit_sign, bool) or self.edit_sign not in (1, -1):
+            raise LDAEError(f"direction '{self.name}': its edit_sign must be +1 or -1, got {self.edit_sign!r}")
+        self.edit_sign = int(self.edit_sign)
+
+    def settings(self) -> dict:
+        """What a direction file or bundle stores beside the tensors (JSON-ready); the defaults
+        (scale 1, edit_sign +1) are left out, so the authors' directions read as before."""
+        out = {"bias": self.bias, "positive": self.positive, "negative": self.negative, "alpha_unit": self.alpha_unit, "meta": self.meta}
+        if self.scale != 1.0:
+            out["scale"] = self.scale
+        if self.edit_sign != 1:
+            out["edit_sign"] = self.edit_sign
+        return out
+
+    @classmethod
+    def from_settings(cls, name: str, weight, mean, std, settings: dict) -> "Direction":
+        """The inverse of ``settings`` (missing fields take their defaults)."""
+        s = settings
+        return cls(name, weight, mean, std, float(s.get("bias", 0.0)), s.get("positive", ""), s.get("negative", ""), s.get("alpha_unit", ""),
+                   dict(s.get("meta") or {}), float(s.get("scale", 1.0)), s.get("edit_sign", 1))
 
     @property
     def dim(self) -> int:
@@ -66,14 +92,14 @@ class Direction:
 
     def apply(self, y: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
         """Move codes y (B×E) by alpha (scalar, or (B,) one per row) along the direction:
-        ŷ′ = ŷ + alpha·scale·√E·w/‖w‖ on the normalised code."""
+        ŷ′ = ŷ + alpha·edit_sign·scale·√E·w/‖w‖ on the normalised code."""
         if y.shape[-1] != self.dim:
             raise LDAEError(f"direction '{self.name}' is for {self.dim}-d codes, the model gives {y.shape[-1]}-d codes")
         w = self.weight.to(y.device, torch.float32)
         mu, sd = self.mean.to(y.device, torch.float32), self.std.to(y.device, torch.float32)
         a = torch.as_tensor(alpha, dtype=torch.float32, device=y.device).reshape(-1, 1)
-        if self.scale != 1.0:
-            a = a * self.scale
+        if self.scale != 1.0 or self.edit_sign != 1:
+            a = a * (self.scale * self.edit_sign)
         y_hat = (y.float() - mu) / sd
         y_hat = y_hat + a * math.sqrt(self.dim) * (w / w.norm())
         return (y_hat * sd + mu).to(y.dtype)

@@ -49,3 +49,43 @@ def run(args) -> int:
     print(f"wrote {args.output}/report.md ({sum(t['met'] for t in met)} of {len(met)} targets met; "
           f"{m['timing']['total_s']:.0f} s)")
     return 0
+
+
+def add_orient_arguments(p) -> None:
+    """The ``orient`` subcommand's options (argparse)."""
+    p.add_argument("--workdir", required=True, metavar="RUN", help="work folder of 'ldae train' (split.json; its training subjects are edited)")
+    p.add_argument("--output", "-o", required=True, metavar="BUNDLE", help="new folder for the oriented bundle (the model given is not changed)")
+    p.add_argument("--model", metavar="BUNDLE", help="bundle to orient (default: RUN/bundle)")
+    p.add_argument("--cohort", metavar="COHORT", help="cohort folder or CSV (default: the one recorded in RUN/split.json)")
+    p.add_argument("--subjects", type=int, default=8, metavar="N", help="training subjects whose first visits are edited (default 8)")
+    p.add_argument("--alpha", type=float, default=2.0, metavar="A", help="edit each to -A and +A (default 2)")
+    p.add_argument("--steps", type=int, default=10, metavar="T", help="DDIM steps of the edits (default 10)")
+    p.add_argument("--ageing-group", metavar="GROUP", help="measure the cohort's ageing on this group's subjects only, e.g. healthy "
+                   "(default: all training subjects)")
+    p.add_argument("--age-years", type=float, metavar="Y", help="rescale the age direction so that one unit renders Y years of "
+                   "the cohort's ageing (default: keep its scale and state what it renders)")
+    p.add_argument("--atlas-subjects", type=int, default=16, metavar="N", help="training subjects whose label maps make the volume measure (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subject draws (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the bundle's files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_orient(args) -> int:
+    from .orient import OrientSettings, orient
+
+    settings = OrientSettings(workdir=args.workdir, output=args.output, model=args.model, cohort=args.cohort, subjects=args.subjects,
+                              alpha=args.alpha, steps=args.steps, ageing_group=args.ageing_group,
+                              age_years=args.age_years, atlas_subjects=args.atlas_subjects, seed=args.seed, device=args.device,
+                              threads=args.threads, verify=not args.no_verify, progress=not args.quiet)
+    record = orient(settings, command="ldae " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    for name, d in record["directions"].items():
+        ml = d["ml_per_alpha"]
+        years = f"; {d['years_per_alpha']:.2f} years of the cohort's ageing" if "years_per_alpha" in d else ""
+        if "rescaled_by" in d:
+            years += f" (scale × {d['rescaled_by']:.2f})"
+        print(f"{name}: {'flipped' if d['flipped'] else 'kept'} (edit_sign {d['edit_sign']:+d}); per unit of alpha, median ventricles "
+              f"{ml['ventricles']:+.2f} mL, hippocampus {ml['hippocampus']:+.2f} mL{years}; {d['agreeing_scans']:.0%} of scans agree")
+    print(f"wrote {args.output}")
+    return 0

@@ -312,8 +312,7 @@ class TrainingSession:
                 tensors[f"{name}.weight"], tensors[f"{name}.mean"], tensors[f"{name}.std"] = d.weight, d.mean, d.std
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "directions.safetensors"))
             record = {"representation": fp, "settings": settings, "metrics": metrics,
-                      "directions": {n: {"bias": d.bias, "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": d.meta,
-                                          "scale": d.scale} for n, d in dirs.items()}}
+                      "directions": {n: d.settings() for n, d in dirs.items()}}
             write_json_atomic(folder / "probes.json", record)
             v, cv = metrics.get("val", {}), metrics["train_cv"]
             self.echo(f"probes: disease and age fitted on {len(train_rows)} training visits; 1 alpha of age ≈ {dirs['age'].alpha_unit}"
@@ -327,9 +326,7 @@ class TrainingSession:
             return None
         record = json.loads((folder / "probes.json").read_text())
         t = load_file(str(folder / "directions.safetensors"))
-        dirs = {n: Direction(n, t[f"{n}.weight"], t[f"{n}.mean"], t[f"{n}.std"], m["bias"], m["positive"], m["negative"], m["alpha_unit"], m["meta"],
-                             float(m.get("scale", 1.0)))
-                for n, m in record["directions"].items()}
+        dirs = {n: Direction.from_settings(n, t[f"{n}.weight"], t[f"{n}.mean"], t[f"{n}.std"], m) for n, m in record["directions"].items()}
         return dirs, record, t.get(_REFERENCE_KEY)
 
     def export_bundle(self, output: str | Path | None = None) -> Path:

@@ -92,11 +92,7 @@ def save_bundle(model: LDAEModel, folder: str | Path, *, name: str | None = None
             "name": name or identity.get("name", "LDAE model"),
             "config": model.config.to_dict(),
             "dtype": str(dtype).replace("torch.", ""),
-            "directions": {
-                dname: {"bias": d.bias, "positive": d.positive, "negative": d.negative, "alpha_unit": d.alpha_unit, "meta": d.meta,
-                        **({"scale": d.scale} if d.scale != 1.0 else {})}
-                for dname, d in model.directions.items()
-            },
+            "directions": {dname: d.settings() for dname, d in model.directions.items()},
             "source": {k: v for k, v in identity.items() if k != "licence"},
         }
         (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2))
@@ -166,12 +162,14 @@ OPERATIONS = ("reconstruct", "edit", "interpolate", "vary")
 
 
 def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = None, documents: dict[str, str] | None = None,
-                    space: dict | None = None) -> Path:
+                    space: dict | None = None, directions: dict[str, dict] | None = None) -> Path:
     """Record in a bundle what its model does badly, by operation (``LDAEModel.limitations``):
     ``{"vary": "…"}``; an empty text removes an operation's note. ``documents``: {name: text} of
     files to add or replace beside the weights (its model card, README.md). ``space``: model-space
     settings to change (``ModelSpaceConfig``; e.g. ``{"antialias": True}``): how inputs are brought
-    to the grid, which the weights do not fix. The weight files are untouched; ``ldae_bundle.json``
+    to the grid, which the weights do not fix. ``directions``: {name: {field: value}} changes how an
+    existing direction edits and is described (``edit_sign``, ``scale``, ``alpha_unit``, ``meta``;
+    e.g. after ``LDAELib.training.orient``), never its probe tensors. The weight files are untouched; ``ldae_bundle.json``
     and the manifest are rewritten, so the model id changes.
 
     The bundle is verified first. The change is made in a copy beside it that then takes its place,
@@ -199,6 +197,8 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = 
         if (new_space.spacing_mm, new_space.shape) != (old_space.spacing_mm, old_space.shape):
             raise LDAEError("the model grid (spacing_mm, shape) is fixed by the weights; only how inputs are brought to it can change")
         meta["config"]["space"] = new_space.to_dict()
+    if directions:
+        meta["directions"] = _changed_directions(folder, meta.get("directions", {}), directions)
     source = dict(meta.get("source") or {})
     lim = {k: v for k, v in dict(source.get("limitations") or {}).items() if isinstance(v, str)}
     for op, text in limitations.items():
@@ -238,6 +238,27 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = 
     return folder
 
 
+_DIRECTION_FIELDS = ("edit_sign", "scale", "alpha_unit", "meta")
+
+
+def _changed_directions(folder: Path, old: dict, changes: dict[str, dict]) -> dict:
+    """The bundle's direction settings with ``changes`` applied, each checked by building the direction."""
+    unknown = sorted(set(changes) - set(old))
+    if unknown:
+        raise LDAEError(f"the bundle has no direction(s) {', '.join(unknown)}; it has {', '.join(old) or 'none'}")
+    tensors = _read(folder / _DIRECTIONS)
+    out = {}
+    for name, settings in old.items():
+        change = dict(changes.get(name) or {})
+        bad = sorted(set(change) - set(_DIRECTION_FIELDS))
+        if bad:
+            raise LDAEError(f"direction '{name}': {', '.join(bad)} cannot be changed here (only {', '.join(_DIRECTION_FIELDS)}); "
+                            "a new probe needs a new bundle")
+        d = Direction.from_settings(name, tensors[f"{name}.weight"], tensors[f"{name}.mean"], tensors[f"{name}.std"], {**settings, **change})
+        out[name] = d.settings()
+    return out
+
+
 def _read(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
@@ -272,8 +293,7 @@ def load_bundle(folder: str | Path, *, verify: bool = True) -> LDAEModel:
             w, mu, sd = dsd[f"{dname}.weight"], dsd[f"{dname}.mean"], dsd[f"{dname}.std"]
         except KeyError:
             raise LDAEError(f"{folder / _DIRECTIONS} lacks the tensors of direction '{dname}'; re-create the bundle") from None
-        directions[dname] = Direction(dname, w, mu, sd, float(dm.get("bias", 0.0)), dm.get("positive", ""), dm.get("negative", ""),
-                                      dm.get("alpha_unit", ""), dm.get("meta", {}), float(dm.get("scale", 1.0)))
+        directions[dname] = Direction.from_settings(dname, w, mu, sd, dm)
     licence_path = folder / _LICENCE
     identity = {
         "name": meta.get("name", folder.name),

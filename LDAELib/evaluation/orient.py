@@ -1,0 +1,244 @@
+"""Orient a model's directions by what it renders (``ldae orient``; not in the paper).
+
+A probe reads its label along its weight w from the codes. Whether moving a code along w renders
+the label's effect in the image is up to the gradient estimator, and it need not: the demo model
+renders a move of the code towards "older" (or towards "more ventricle") as smaller ventricles
+(handover/demo_model/README.md, thirteenth run). This measures what a model renders, on training
+subjects only (the evaluation's test subjects stay held out):
+
+1. the first visits of N training subjects (a seeded draw, the groups taken in turn), in model space;
+2. each edited along each direction to −A and +A (the pipeline's own edit: one inversion, T DDIM
+   steps);
+3. every region's volume with the evaluation's image-based measure (its ROIs and calibration come
+   from training label maps);
+4. per scan and region, the change per unit of alpha: (V(+A) − V(−A)) / 2A.
+
+A direction whose median ventricle change per unit has the opposite sign of its label's effect
+(``EXPECTED_SIGN``: towards disease or older, the ventricles grow) gets its ``edit_sign`` flipped.
+Its probe w stays: the direction still reads the label, and +alpha now renders what its
+``positive`` says. ``meta["rendered"]`` records the medians per unit after orientation, the
+per-scan values and the share of scans that agree in sign; for ``age``, also how many years of the
+cohort's own ageing one unit renders: the median ventricle change per unit over the cohort's
+within-subject ventricle growth per year (truth columns of the training subjects, or of one group's:
+``ageing_group``, e.g. the healthy one, whose ageing is not mixed with the disease's atrophy).
+That number becomes the ``age`` direction's stated unit (``alpha_unit``, ``meta["years_per_alpha"]``;
+the probe's own reading stays as ``probe_years_per_alpha``, negative when flipped). With
+``age_years`` set, the ``age`` direction's ``scale`` is multiplied so that one unit renders that
+many years, and the edits are measured again at the new scale (a model's response need not be
+linear); what is stated is that second measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..directions import Direction
+from ..errors import LDAEError
+from .targets import EXPECTED_SIGN
+from .volumes import REGIONS
+
+ORIENTING_REGION = "ventricles"
+
+
+@dataclass
+class OrientSettings:
+    """``ldae orient``: which model, which training subjects, how far and how finely to edit."""
+
+    workdir: Path
+    output: Path
+    model: Path | None = None
+    cohort: Path | None = None
+    subjects: int = 8
+    alpha: float = 2.0
+    steps: int = 10
+    ageing_group: str | None = None
+    age_years: float | None = None
+    atlas_subjects: int = 16
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    verify: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.workdir, self.output = Path(self.workdir), Path(self.output)
+        self.model = Path(self.model) if self.model else None
+        if self.subjects < 1:
+            raise LDAEError("--subjects must be at least 1")
+        if not self.alpha > 0:
+            raise LDAEError(f"--alpha must be positive (the edits go to −alpha and +alpha), got {self.alpha}")
+        if self.steps < 1:
+            raise LDAEError("--steps must be at least 1")
+        if self.age_years is not None and not self.age_years > 0:
+            raise LDAEError(f"--age-years must be positive (years of ageing one unit of alpha renders), got {self.age_years}")
+
+
+def rendered_changes(pipe, directions: dict, scans: list[np.ndarray], measure, alpha: float, steps: int, progress=None) -> dict:
+    """{direction: {region: [change per unit of alpha, one per scan]}} of the directions as they stand."""
+    out = {name: {region: [] for region in REGIONS} for name in directions}
+    done, total = 0, len(scans) * len(directions)
+    for x in scans:
+        for name, d in directions.items():
+            imgs = pipe.edit(x, d, [-alpha, alpha], steps=steps).numpy()[:, 0]
+            lo, hi = measure.measure(imgs[0]), measure.measure(imgs[1])
+            for region in REGIONS:
+                out[name][region].append(float(hi[region] - lo[region]) / (2.0 * alpha))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return out
+
+
+def orientation(name: str, changes: dict[str, list[float]], ml_per_year: float | None = None) -> tuple[int, dict]:
+    """(sign to multiply the direction's edit_sign by, the ``rendered`` record) from one direction's
+    per-scan changes (as the direction stood when measured)."""
+    expected = EXPECTED_SIGN.get((name, ORIENTING_REGION), 0)
+    if expected == 0:
+        raise LDAEError(f"direction '{name}': no expected effect on the {ORIENTING_REGION} is known; "
+                        f"orientation knows {', '.join(sorted({d for d, _ in EXPECTED_SIGN}))}")
+    ref = np.asarray(changes[ORIENTING_REGION], dtype=np.float64)
+    if ref.size == 0 or not np.isfinite(ref).all():
+        raise LDAEError(f"direction '{name}': the edits gave no finite {ORIENTING_REGION} volumes to orient by")
+    median = float(np.median(ref))
+    if median == 0.0:
+        raise LDAEError(f"direction '{name}': its edits do not change the {ORIENTING_REGION} (median 0 mL per unit); "
+                        "there is nothing to orient it by")
+    flip = 1 if np.sign(median) == expected else -1
+    per_scan = {region: [flip * v for v in vals] for region, vals in changes.items()}
+    rec = {"region": ORIENTING_REGION, "flipped": flip == -1,
+           "ml_per_alpha": {region: float(np.median(v)) for region, v in per_scan.items()},
+           "ml_per_alpha_per_scan": per_scan,
+           "agreeing_scans": float(np.mean(np.sign(per_scan[ORIENTING_REGION]) == expected))}
+    if ml_per_year:
+        rec["cohort_ml_per_year"] = float(ml_per_year)
+        rec["years_per_alpha"] = rec["ml_per_alpha"][ORIENTING_REGION] / float(ml_per_year)
+    return flip, rec
+
+
+def within_subject_rate(rows, column: str, age_column: str = "age") -> float | None:
+    """Pooled within-subject slope of ``column`` on age (per year) over the rows' subjects: how the
+    cohort's own scans change as one subject ages (None without two visits of different age)."""
+    by_subject: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        try:
+            a, v = float(r.get(age_column)), float(r.get(column))
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(a) and np.isfinite(v):
+            by_subject.setdefault(r.subject, []).append((a, v))
+    sxy = sxx = 0.0
+    for pts in by_subject.values():
+        if len(pts) < 2:
+            continue
+        a, v = np.array(pts).T
+        sxy += float(((a - a.mean()) * (v - v.mean())).sum())
+        sxx += float(((a - a.mean()) ** 2).sum())
+    return sxy / sxx if sxx > 0 else None
+
+
+def first_visits(train_rows: list, n: int, seed: int) -> list:
+    """The first visits of n training subjects: a seeded draw within each group, groups in turn."""
+    firsts: dict[str, object] = {}
+    for r in train_rows:
+        firsts.setdefault(r.subject, r)
+    groups: dict[str, list] = {}
+    for s in sorted(firsts):
+        groups.setdefault(str(firsts[s].get("group", "")), []).append(s)
+    rng = np.random.default_rng(seed)
+    queues = [[g[i] for i in rng.permutation(len(g))] for _, g in sorted(groups.items())]
+    chosen: list[str] = []
+    while len(chosen) < min(n, len(firsts)):
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(q.pop(0))
+    return [firsts[s] for s in sorted(chosen)]
+
+
+def orient(s: OrientSettings, command: str = "") -> dict:
+    """Measure what the model renders along each direction, and write the oriented model as a new
+    bundle at ``s.output`` (the model given is never changed). Returns the record (also written
+    into the directions' meta and to ``orientation.json`` beside the bundle's files)."""
+    from ..pipeline import LDAEPipeline
+    from ..weights import load_model
+    from ..weights.bundle import annotate_bundle, is_bundle
+    from .sections import EvalSettings, Loader, _bar, read_inputs
+    from .volumes import build_measure, label_values
+
+    if s.output.exists():
+        raise LDAEError(f"{s.output} exists; give a new folder for the oriented bundle")
+    if s.threads:
+        torch.set_num_threads(int(s.threads))
+    inp = read_inputs(EvalSettings(workdir=s.workdir, output=s.output, model=s.model, cohort=s.cohort))
+    if not is_bundle(inp.model_path):
+        raise LDAEError(f"{inp.model_path} is not an LDAE bundle; orientation writes a bundle and needs one to start from")
+    model = load_model(inp.model_path, verify=s.verify)
+    if not model.directions:
+        raise LDAEError(f"{inp.model_path} has no directions to orient")
+    if not all(r.get("labels_path") for r in inp.train_rows):
+        raise LDAEError("the cohort has no label maps (labels_path); write it with 'ldae cohort --labels' so the edits can be measured")
+    space = model.config.space
+    load = Loader(inp.rows, space, s.workdir)
+    rng = np.random.default_rng(int(s.seed))
+    measure = build_measure(inp.train_rows, space, load, label_values(inp.cohort_csv.parent / "cohort.json"),
+                            max_subjects=s.atlas_subjects, rng=rng)
+    rows = first_visits(inp.train_rows, s.subjects, s.seed)
+    pipe = LDAEPipeline(model, device=torch.device(s.device), cache_size=len(rows) + 1, batch_size=2)
+    bar = _bar(EvalSettings(workdir=s.workdir, output=s.output, progress=s.progress), len(rows) * len(model.directions), "orient", "edit")
+
+    def progress(done, total):
+        bar.n = done
+        bar.refresh()
+
+    scans = [load(r) for r in rows]
+    changes = rendered_changes(pipe, model.directions, scans, measure, s.alpha, s.steps, progress)
+    bar.close()
+    ageing = [r for r in inp.train_rows if s.ageing_group is None or str(r.get("group", "")) == s.ageing_group]
+    if not ageing:
+        raise LDAEError(f"no training subject is in group {s.ageing_group!r}; give a group of the cohort's 'group' column")
+    rate = within_subject_rate(ageing, "ventricles_ml")
+    if s.age_years and "age" in model.directions and not (rate and rate > 0):
+        raise LDAEError("the cohort's ventricles do not grow with age within subjects (or it has one visit each); --age-years has nothing to calibrate by")
+    record = {"command": command, "model": str(inp.model_path), "subjects": [r.subject for r in rows], "alpha": s.alpha, "steps": s.steps,
+              "ageing_group": s.ageing_group, "measure_atlas_subjects": list(measure.atlas_subjects), "directions": {}}
+    updates = {}
+    for name, d in model.directions.items():
+        flip, rec = orientation(name, changes[name], rate if name == "age" else None)
+        rec.update(subjects=record["subjects"], alpha=s.alpha, steps=s.steps)
+        change = {"edit_sign": d.edit_sign * flip}
+        if name == "age" and s.age_years:
+            factor = s.age_years / rec["years_per_alpha"]
+            change["scale"] = d.scale * factor
+            oriented = Direction.from_settings(name, d.weight, d.mean, d.std, {**d.settings(), **change})
+            again = rendered_changes(pipe, {name: oriented}, scans, measure, s.alpha, s.steps)[name]
+            flip2, rec2 = orientation(name, again, rate)
+            if flip2 != 1:
+                raise LDAEError(f"at {factor:.2f} times its scale the age direction renders against ageing; it cannot be calibrated to {s.age_years} years")
+            rec = {**rec2, "subjects": rec["subjects"], "alpha": s.alpha, "steps": s.steps, "rescaled_by": factor,
+                   "before_rescaling": {k: rec[k] for k in ("ml_per_alpha", "agreeing_scans", "years_per_alpha")}}
+        if name == "age" and "years_per_alpha" in rec:
+            change["alpha_unit"] = f"{rec['years_per_alpha']:.1f} years of ageing, as rendered"
+            meta = {**d.meta, "years_per_alpha": rec["years_per_alpha"]}
+            if "probe_years_per_alpha" in meta:
+                meta["probe_years_per_alpha"] = meta["probe_years_per_alpha"] * flip * change.get("scale", d.scale) / d.scale
+        else:
+            meta = dict(d.meta)
+        change["meta"] = {**meta, "rendered": rec}
+        updates[name] = change
+        record["directions"][name] = {k: v for k, v in change.items() if k != "meta"} | rec
+    s.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{s.output.name}.", dir=s.output.parent))
+    try:
+        staged = tmp / "bundle"
+        shutil.copytree(inp.model_path, staged)
+        annotate_bundle(staged, directions=updates, documents={"orientation.json": json.dumps(record, indent=2) + "\n"})
+        staged.rename(s.output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record

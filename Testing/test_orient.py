@@ -1,0 +1,121 @@
+"""``ldae orient`` (LDAELib.evaluation.orient): directions oriented by what the model renders.
+
+The rules on made-up measurements, then the command on the tiny model of test_evaluate.py (trained
+for a few steps on an 8-subject labelled cohort at 4 mm, 2 DDIM steps): what it writes, that the
+oriented bundle renders its label's way on the scans it was measured on (the tiny model needs alpha 20 to
+change the measured ventricles at all), that only training
+subjects are edited, and that the model given and a failed run leave nothing changed or behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import pytest
+from test_evaluate import cohort, one_thread, run  # noqa: F401 (fixtures)
+
+from LDAELib.errors import LDAEError
+from LDAELib.evaluation.orient import first_visits, orientation, within_subject_rate
+
+
+def _row(subject, age, ventricles, group="control"):
+    return SimpleNamespace(subject=subject, get=lambda k, d=None: {"age": age, "ventricles_ml": ventricles, "group": group}.get(k, d))
+
+
+def test_a_direction_rendering_against_its_label_is_flipped():
+    flip, rec = orientation("age", {"ventricles": [-0.4, -0.2, 0.1], "hippocampus": [0.05, 0.0, -0.01]}, ml_per_year=0.5)
+    assert flip == -1 and rec["flipped"]
+    assert rec["ml_per_alpha"]["ventricles"] == pytest.approx(0.2) and rec["ml_per_alpha"]["hippocampus"] == pytest.approx(0.0)
+    assert rec["ml_per_alpha_per_scan"]["ventricles"] == pytest.approx([0.4, 0.2, -0.1])
+    assert rec["agreeing_scans"] == pytest.approx(2 / 3) and rec["years_per_alpha"] == pytest.approx(0.4)
+    flip, rec = orientation("disease", {"ventricles": [0.3, 0.5], "hippocampus": [-0.1, -0.1]})
+    assert flip == 1 and not rec["flipped"] and "years_per_alpha" not in rec
+    with pytest.raises(LDAEError, match="do not change"):
+        orientation("disease", {"ventricles": [0.0, 0.0], "hippocampus": [0.1, 0.1]})
+    with pytest.raises(LDAEError, match="no expected effect"):
+        orientation("cn", {"ventricles": [0.3], "hippocampus": [0.0]})
+    with pytest.raises(LDAEError, match="no finite"):
+        orientation("age", {"ventricles": [float("nan")], "hippocampus": [0.0]})
+
+
+def test_the_cohort_ageing_rate_is_within_subjects():
+    # two subjects growing 1 mL a year, far apart in size and age: across subjects the slope would be negative
+    rows = [_row("a", 60, 40), _row("a", 62, 42), _row("b", 80, 10), _row("b", 81, 11), _row("c", 70, "")]
+    assert within_subject_rate(rows, "ventricles_ml") == pytest.approx(1.0)
+    assert within_subject_rate([_row("a", 60, 40), _row("b", 61, 50)], "ventricles_ml") is None
+
+
+def test_first_visits_take_both_groups_in_turn_and_follow_the_seed():
+    rows = [_row(f"s{i}", 60 + v, 1, "disease" if i < 3 else "control") for i in range(8) for v in range(2)]
+    got = first_visits(rows, 4, seed=0)
+    assert len(got) == 4 and len({r.subject for r in got}) == 4
+    assert sum(r.get("group") == "disease" for r in got) == 2
+    assert all(r.get("age") == 60 for r in got)  # each subject's first visit
+    assert [r.subject for r in first_visits(rows, 4, seed=0)] == [r.subject for r in got]
+    assert len(first_visits(rows, 20, seed=1)) == 8
+
+
+def test_orient_writes_a_bundle_that_renders_its_labels_way(run, tmp_path, capsys):  # noqa: F811
+    from LDAELib.cli import main
+    from LDAELib.evaluation.orient import rendered_changes
+    from LDAELib.evaluation.sections import EvalSettings, Loader, read_inputs
+    from LDAELib.evaluation.targets import EXPECTED_SIGN
+    from LDAELib.evaluation.volumes import build_measure, label_values
+    from LDAELib.pipeline import LDAEPipeline
+    from LDAELib.weights import load_model
+    from LDAELib.weights.bundle import verify_bundle
+
+    source = verify_bundle(run / "bundle")
+    out = tmp_path / "oriented"
+    with one_thread():
+        assert main(["orient", "--workdir", str(run), "--output", str(out), "--subjects", "3", "--alpha", "20", "--steps", "2",
+                     "--atlas-subjects", "3",
+                     "--threads", "1", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "disease:" in printed and "age:" in printed and f"wrote {out}" in printed
+    assert verify_bundle(run / "bundle") == source  # the model given is untouched
+    record = json.loads((out / "orientation.json").read_text())
+    split = json.loads((run / "split.json").read_text())["subjects"]
+    assert len(record["subjects"]) == 3 and set(record["subjects"]) <= set(split["train"])
+    before, after = load_model(run / "bundle"), load_model(out)
+    assert after.identity["id"] != before.identity["id"]
+    for name, d in after.directions.items():
+        rec = d.meta["rendered"]
+        assert d.edit_sign == (-1 if rec["flipped"] else 1) * before.directions[name].edit_sign
+        assert np.median(rec["ml_per_alpha_per_scan"]["ventricles"]) * EXPECTED_SIGN[(name, "ventricles")] > 0
+    assert "years_per_alpha" in after.directions["age"].meta["rendered"]
+
+    # measured again with the oriented bundle on the same scans, the edits go the label's way
+    inp = read_inputs(EvalSettings(workdir=run, output=tmp_path / "x"))
+    load = Loader(inp.rows, after.config.space, run)
+    measure = build_measure(inp.train_rows, after.config.space, load, label_values(inp.cohort_csv.parent / "cohort.json"),
+                            max_subjects=3, rng=np.random.default_rng(0))
+    rows = {r.subject: r for r in reversed(inp.train_rows)}
+    with one_thread():
+        again = rendered_changes(LDAEPipeline(after), after.directions, [load(rows[s]) for s in record["subjects"]], measure, 20.0, 2)
+    for name in after.directions:
+        assert again[name]["ventricles"] == pytest.approx(record["directions"][name]["ml_per_alpha_per_scan"]["ventricles"], abs=1e-6)
+
+
+def test_orient_refuses_an_existing_output_and_leaves_nothing_after_a_failure(run, tmp_path, capsys):  # noqa: F811
+    from LDAELib.cli import main
+    from LDAELib.evaluation.orient import OrientSettings, orient
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    assert main(["orient", "--workdir", str(run), "--output", str(busy), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists" in err[0]
+    with pytest.raises(LDAEError, match="--alpha must be positive"):
+        OrientSettings(workdir=run, output=tmp_path / "o", alpha=0)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    with one_thread(), mock.patch("LDAELib.weights.bundle.annotate_bundle", boom), pytest.raises(KeyboardInterrupt):
+        orient(OrientSettings(workdir=run, output=tmp_path / "o", subjects=3, alpha=20, steps=2, atlas_subjects=3, progress=False, threads=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
