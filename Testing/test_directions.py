@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from LDAELib.cli import main
-from LDAELib.directions import Direction, fit_linear_probe
+from LDAELib.directions import Direction, fit_linear_probe, fit_longitudinal_direction
 from LDAELib.directions.files import load_direction, save_direction
 from LDAELib.errors import LDAEError
 
@@ -45,6 +45,54 @@ def test_settings_leave_out_the_defaults_and_round_trip():
     o = Direction("age", torch.randn(8), torch.randn(8), torch.rand(8) + 1, scale=0.5, edit_sign=-1, alpha_unit="5 years")
     back = Direction.from_settings("age", o.weight, o.mean, o.std, o.settings())
     assert (back.scale, back.edit_sign, back.alpha_unit) == (0.5, -1, "5 years")
+
+
+def _ageing_codes(between: float, seed: int = 5):
+    """Codes of 30 subjects × 4 visits: each subject a large random offset, plus within-subject
+    ageing of 0.1 per year along axis v; across subjects, age adds ``between`` per year along v."""
+    g = torch.Generator().manual_seed(seed)
+    e = 48
+    v = torch.randn(e, generator=g)
+    v /= v.norm()
+    codes, ages, subjects = [], [], []
+    for s in range(30):
+        base, start = torch.randn(e, generator=g) * 3, 55 + 30 * float(torch.rand(1, generator=g))
+        for k in range(4):
+            age = start + 2 * k
+            codes.append(base + (0.1 * 2 * k + between * (start - 70)) * v + 0.02 * torch.randn(e, generator=g))
+            ages.append(age)
+            subjects.append(f"s{s}")
+    return torch.stack(codes), torch.tensor(ages), subjects, v
+
+
+@pytest.mark.parametrize("between", [0.05, -0.3])
+def test_longitudinal_direction_follows_each_subjects_own_ageing(between):
+    """The axis is the within-subject change, whatever the subjects' spread; +1 moves a code as
+    its subject ages by per_unit years; the reading predicts age along it, and where older
+    subjects sit lower on the axis the weight points back and edit_sign is −1."""
+    codes, ages, subjects, v = _ageing_codes(between)
+    d = fit_longitudinal_direction(codes, ages, subjects, "age", per_unit=5.0, positive="older")
+    assert d.edit_sign == (1 if between > 0 else -1)
+    y = codes[:3]
+    move = ((d.apply(y, 1.0) - d.mean) / d.std) - ((y - d.mean) / d.std)
+    within = v / d.std  # the within-subject change, in normalised code
+    assert torch.nn.functional.cosine_similarity(move[0], within, dim=0) > 0.95
+    per_year_norm = float((0.1 * v / d.std).norm())
+    assert float(move[0].norm()) == pytest.approx(5.0 * per_year_norm, rel=0.05)
+    pred = d.meta["target_mean"] + d.meta["target_std"] * d.score(codes).double()
+    assert float(torch.corrcoef(torch.stack([pred, ages.double()]))[0, 1]) > 0  # the reading goes with age
+    assert d.meta["kind"] == "longitudinal" and d.meta["axis_subjects"] == 30
+
+
+def test_longitudinal_direction_needs_repeated_visits():
+    codes, ages, subjects, _ = _ageing_codes(0.05)
+    with pytest.raises(LDAEError, match="two or more codes"):
+        fit_longitudinal_direction(codes, ages, [f"v{i}" for i in range(len(subjects))], "age", per_unit=5.0)
+    with pytest.raises(LDAEError, match="positive amount"):
+        fit_longitudinal_direction(codes, ages, subjects, "age", per_unit=0.0)
+    only = torch.tensor([s in ("s0", "s1") for s in subjects])
+    d = fit_longitudinal_direction(codes, ages, subjects, "age", per_unit=5.0, axis_rows=only)
+    assert d.meta["axis_subjects"] == 2
 
 
 def test_binary_probe_points_towards_label_one():

@@ -711,6 +711,47 @@ def test_cross_validated_probe_metrics_hold_out_whole_subjects():
     assert seen["disease_auc"] > bad["disease_auc"] + 0.15  # what scoring on the training visits would claim
 
 
+def test_longitudinal_age_axis_follows_the_subjects_not_the_spread_between_them():
+    """age_axis 'longitudinal': the age direction moves a code as its own subject's code moves with
+    age (here along dimension 1), although across subjects an unrelated dimension (2) tracks age
+    and a probe follows that one; one unit = years_per_alpha years of the within-subject change; the
+    group setting takes the axis from one group; cross-validated metrics use the same fit."""
+    from LDAELib.training.config import ProbeConfig
+    from LDAELib.training.data import CohortRow
+    from LDAELib.training.probes import cross_validated_metrics, fit_directions
+
+    with pytest.raises(LDAEError, match="years_per_alpha"):
+        ProbeConfig(age_axis="longitudinal")
+    with pytest.raises(LDAEError, match="age_axis"):
+        ProbeConfig(age_axis="cross")
+    g = torch.Generator().manual_seed(4)
+    n_sub, e = 40, 16
+    rows, codes = [], []
+    for s in range(n_sub):
+        start, base = 55 + 30 * float(torch.rand(1, generator=g)), torch.randn(e, generator=g)
+        for v in range(3):
+            age = start + 2 * v
+            c = base + 0.05 * torch.randn(e, generator=g)
+            c[1] += 0.2 * age  # within-subject ageing
+            c[2] += 0.3 * (start - 70)  # who is old, not how a subject ages
+            c[0] += 2.0 * (s % 2)
+            codes.append(c)
+            rows.append(CohortRow(f"s{s}", Path("x"), {"group": "disease" if s % 2 else "healthy", "age": str(age)}))
+    codes = torch.stack(codes)
+    cfg = ProbeConfig(age_axis="longitudinal", years_per_alpha=5.0, calibration="cohort")
+    a = fit_directions(codes, rows, cfg)["age"]
+    step = (a.apply(codes, 1.0) - codes)[0]
+    assert float(step[1]) == pytest.approx(5 * 0.2, rel=0.05) and float(step[1]) > 10 * abs(float(step[2]))
+    assert a.alpha_unit == "5.0 years of within-subject ageing" and a.meta["years_per_alpha"] == 5.0
+    probe = fit_directions(codes, rows, ProbeConfig(years_per_alpha=5.0))["age"]
+    assert abs(float(probe.weight[2])) > abs(float(probe.weight[1]))  # the probe reads the spread between subjects
+    healthy = fit_directions(codes, rows, ProbeConfig(age_axis="longitudinal", years_per_alpha=5.0, age_axis_group="healthy"))["age"]
+    assert healthy.meta["axis_subjects"] == n_sub // 2
+    with pytest.raises(LDAEError, match="age_axis_group"):
+        fit_directions(codes, rows, ProbeConfig(age_axis="longitudinal", years_per_alpha=5.0, age_axis_group="nobody"))
+    assert cross_validated_metrics(codes, rows, cfg)["age_mae_years"] < 8
+
+
 def test_probes_are_fitted_again_when_their_settings_change(trained, tiny_cohort, tmp_path):
     """Changing a probe setting (here years_per_alpha) in a finished work folder refits the probes
     instead of keeping the old ones; unchanged settings keep them."""

@@ -259,9 +259,10 @@ def test_annotate_bundle_changes_how_inputs_reach_the_grid_not_the_grid(tmp_path
     assert (b / "ldae_bundle.json").read_bytes() == card
 
 
-def test_annotate_bundle_reorients_a_direction_not_its_probe(tmp_path, small_bundle):
+def test_annotate_bundle_reorients_or_replaces_directions(tmp_path, small_bundle):
     """``directions``: edit_sign, scale, unit and meta of a direction change in the card; its probe
-    tensors (and every weight) stay, and what cannot be changed this way is refused with nothing written."""
+    tensors (and every weight) stay, and what cannot be changed this way is refused with nothing
+    written. A whole ``Direction`` adds or replaces one, tensors included; the networks stay."""
     b = Path(shutil.copytree(small_bundle, tmp_path / "b"))
     before = load_model(b)
     weights = {f: h for f, h in verify_bundle(b).items() if f.endswith(".safetensors")}
@@ -279,6 +280,18 @@ def test_annotate_bundle_reorients_a_direction_not_its_probe(tmp_path, small_bun
         with pytest.raises(LDAEError, match=message):
             annotate_bundle(b, directions=bad)
     assert (b / "ldae_bundle.json").read_bytes() == card
+
+    from LDAELib.directions import Direction
+
+    g = torch.Generator().manual_seed(9)
+    age = Direction("age", torch.randn(d0.dim, generator=g), torch.zeros(d0.dim), torch.ones(d0.dim), positive="older", scale=0.3, edit_sign=-1)
+    annotate_bundle(b, directions={"age": age, "disease": {"alpha_unit": "the groups' gap"}})
+    whole = load_model(b)
+    assert set(whole.directions) == {"disease", "age"} and torch.equal(whole.directions["age"].weight, age.weight)
+    assert (whole.directions["age"].scale, whole.directions["age"].edit_sign) == (pytest.approx(0.3), -1)
+    assert torch.equal(whole.directions["disease"].weight, d0.weight) and whole.directions["disease"].alpha_unit == "the groups' gap"
+    assert {f: h for f, h in verify_bundle(b).items() if f.endswith(".safetensors") and f != "directions.safetensors"} == \
+        {f: h for f, h in weights.items() if f != "directions.safetensors"}
 
 
 def test_annotate_bundle_refuses_bad_requests_and_changes_nothing(tmp_path, small_bundle):

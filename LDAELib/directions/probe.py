@@ -168,3 +168,67 @@ def fit_linear_probe(
     else:
         raise LDAEError(f"unknown probe kind '{kind}' (binary or continuous)")
     return Direction(name, weight.float(), mean.float(), std.float(), bias, positive, negative, meta=meta)
+
+
+def fit_longitudinal_direction(
+    codes: torch.Tensor,
+    targets: torch.Tensor,
+    subjects: list[str],
+    name: str,
+    per_unit: float,
+    axis_rows: torch.Tensor | None = None,
+    positive: str = "",
+    negative: str = "",
+) -> Direction:
+    """A direction along how one subject's code changes as the target (age) grows; not in the paper.
+
+    Between subjects, codes differ mostly by what the target does not change; within one subject,
+    only time does. The axis is the pooled within-subject slope of the normalised codes on the
+    target, Σ (t − t̄ₛ)(ŷ − ȳₛ) / Σ (t − t̄ₛ)² over the subjects with two or more codes (of
+    ``axis_rows`` only, when given: e.g. one group's). One unit of alpha moves the code by
+    ``per_unit`` of the target along it (``scale`` = per_unit·‖slope‖/√E), towards larger targets.
+
+    The reading (``score``) is the standardised target regressed on the position along the axis,
+    over all codes (``meta`` has target_mean / target_std as for a continuous probe). When that
+    reading falls along the axis (older subjects' codes sit lower on it than younger ones'),
+    the weight points the other way and ``edit_sign`` is −1, so that +alpha still moves each code
+    as its subject's own code moves with age.
+    """
+    x = torch.as_tensor(codes, dtype=torch.float64)
+    t = torch.as_tensor(targets, dtype=torch.float64).reshape(-1)
+    if x.ndim != 2 or x.shape[0] != t.shape[0] or len(subjects) != t.shape[0]:
+        raise LDAEError(f"a longitudinal direction needs N×E codes, N targets and N subject ids; got {tuple(x.shape)}, {tuple(t.shape)}, {len(subjects)}")
+    if not per_unit > 0:
+        raise LDAEError(f"one unit of a longitudinal direction must be a positive amount of '{name}', got {per_unit}")
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    xn = (x - mean) / std
+    use = torch.ones(len(subjects), dtype=torch.bool) if axis_rows is None else torch.as_tensor(axis_rows, dtype=torch.bool)
+    sxy, sxx, n_subjects = torch.zeros(xn.shape[1], dtype=torch.float64), 0.0, 0
+    for s in sorted(set(subjects)):
+        i = torch.tensor([k for k, v in enumerate(subjects) if v == s and bool(use[k])], dtype=torch.long)
+        if i.numel() < 2:
+            continue
+        dt = t[i] - t[i].mean()
+        if float((dt * dt).sum()) == 0.0:
+            continue
+        sxy += (dt[:, None] * (xn[i] - xn[i].mean(0))).sum(0)
+        sxx += float((dt * dt).sum())
+        n_subjects += 1
+    if n_subjects == 0 or float(sxy.norm()) == 0.0:
+        raise LDAEError(f"a longitudinal '{name}' direction needs subjects with two or more codes at different '{name}' values")
+    slope = sxy / sxx
+    axis = slope / slope.norm()
+    pos = xn @ axis
+    tm, ts = t.mean(), t.std(unbiased=False).clamp_min(1e-12)
+    tn = (t - tm) / ts
+    pc = pos - pos.mean()
+    c = float((pc * (tn - tn.mean())).sum() / (pc * pc).sum().clamp_min(1e-300))
+    if c == 0.0 or not math.isfinite(c):
+        raise LDAEError(f"the '{name}' values do not vary along the within-subject axis at all; there is nothing to read")
+    bias = float(tn.mean() - c * pos.mean())
+    e = xn.shape[1]
+    meta = {"kind": "longitudinal", "n": int(x.shape[0]), "axis_subjects": n_subjects, "target_mean": float(tm), "target_std": float(ts),
+            "target_per_unit_score": float(ts), "within_subject_per_unit_target": float(slope.norm()),
+            "reading_r": float(torch.corrcoef(torch.stack([pos, t]))[0, 1]), "code_sd_per_alpha": float(pos.std(unbiased=False)) / (per_unit * float(slope.norm()))}
+    return Direction(name, (c * axis).float(), mean.float(), std.float(), bias, positive, negative, meta=meta,
+                     scale=per_unit * float(slope.norm()) / math.sqrt(e), edit_sign=1 if c > 0 else -1)

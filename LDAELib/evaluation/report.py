@@ -177,7 +177,12 @@ def _report(m: dict, figs: dict) -> str:
         L += [f"### {dname}: {d['direction']}", "", f"T = {d['steps']}, alphas {', '.join(f'{a:g}' for a in d['alphas'])}, on each subject's first visit.", ""]
         if "spearman" in d:
             if d.get("years_per_alpha"):
-                L += [f"One unit of alpha: {fmt(d['years_per_alpha'], 1)} years, as the age probe reads the edit.", ""]
+                L += [f"One unit of alpha, as the direction states it: {d['direction'].split('1 alpha ≈ ')[-1]}.", ""]
+            ra = d.get("rendered_ageing")
+            if ra and "years_per_alpha" in ra:
+                L += [f"What one unit renders on these test subjects: {fmt(ra['ventricles_ml_per_alpha']['median'], 2)} mL of ventricles "
+                      f"(median subject), {fmt(ra['years_per_alpha']['median'], 2)} years of the cohort's ageing "
+                      f"({fmt(ra['cohort_ventricles_ml_per_year'], 2)} mL a year within subjects, {ra['group']}).", ""]
             L += ["| region | expected sign | pooled ρ (Δ vs alpha) | per-subject ρ: median (lowest, highest) | mL per alpha | "
                   "V(+2) − V(−2), share of V(0) |", "|---|---|---|---|---|---|"]
             for region, sp in d["spearman"].items():

@@ -432,10 +432,30 @@ def edits_section(s, pipe, model, selected, inp, load, measure, keep, timing):
                     sp[region]["change_pm2_fraction"] = _summary([(v[region][alphas.index(2.0)] - v[region][alphas.index(-2.0)]) / v[region][i0]
                                                                   for v in vols.values() if v[region][i0]])
             res["spearman"] = sp
+            if dname == "age":
+                res["rendered_ageing"] = rendered_ageing(d, inp.train_rows, sp["ventricles"]["ml_per_alpha"]["mean"],
+                                                         float(np.median([float(np.polyfit(alphas, v["ventricles"], 1)[0]) for v in vols.values()])))
         out[dname] = res
     bar.close()
     timing["edits_s"] = time.perf_counter() - t0
     return {"directions": out, "missing": [d for d in ("disease", "age") if d not in model.directions]}
+
+
+def rendered_ageing(direction, train_rows, mean_ml_per_alpha: float, median_ml_per_alpha: float) -> dict:
+    """How many years of the cohort's own ageing one unit of the age direction renders on the test
+    subjects: their ventricles' change per unit of alpha over the within-subject ventricle growth
+    per year of the training subjects' truth columns (of the group the direction names, if any)."""
+    from .orient import within_subject_rate
+
+    meta = direction.meta
+    group = meta.get("age_axis_group") or (meta.get("rendered") or {}).get("ageing_group") or ""
+    rows = [r for r in train_rows if not group or str(r.get("group", "")) == group]
+    rate = within_subject_rate(rows, "ventricles_ml")
+    out = {"group": group or "all training subjects", "cohort_ventricles_ml_per_year": rate,
+           "ventricles_ml_per_alpha": {"mean": mean_ml_per_alpha, "median": median_ml_per_alpha}}
+    if rate and rate > 0:
+        out["years_per_alpha"] = {"mean": mean_ml_per_alpha / rate, "median": median_ml_per_alpha / rate}
+    return out
 
 
 def probe_section(s, pipe, model, inp, load, timing):

@@ -106,8 +106,10 @@ def targets(m: dict) -> list[dict]:
     a = dirs.get("age")
     if a:
         years = a.get("years_per_alpha")
-        out.append(_t("age: years per unit of alpha (the age probe's reading of an edit)", f"≤ {YEARS_PER_ALPHA_MAX:g}", years,
-                      _finite(years) and 0 < years <= YEARS_PER_ALPHA_MAX))
+        rendered = (a.get("rendered_ageing") or {}).get("years_per_alpha", {}).get("median")
+        out.append(_t("age: years per unit of alpha, as the direction states it", f"≤ {YEARS_PER_ALPHA_MAX:g}", years,
+                      _finite(years) and 0 < years <= YEARS_PER_ALPHA_MAX, baseline=rendered,
+                      note=None if rendered is None else "baseline: the years of the cohort's ageing one unit renders on the test subjects (median)"))
         if "spearman" in a:
             rho = a["spearman"]["ventricles"]["median_per_subject"]
             out.append(_t("age edits go the ageing way: median per-subject ρ of ventricles vs alpha", "> 0", rho, _finite(rho) and rho > 0))

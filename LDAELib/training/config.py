@@ -381,6 +381,13 @@ class ProbeConfig:
             A probe's predicted ages spread less than the true ones, so its own reading asks for a
             larger move than the codes of older visits make, and the authors' ``disease`` step can
             be many times the codes' spread along it (handover/demo_model/README.md).
+        age_axis: ``probe`` (the authors' way: a ridge probe of age on the codes) or
+            ``longitudinal`` (not in the paper): along how each training subject's own code changes
+            with age, one unit = ``years_per_alpha`` years of that change (needs it > 0 and
+            subjects with several visits; ``calibration`` then applies to ``disease`` only).
+        age_axis_group: with ``longitudinal``, take the within-subject change from this group's
+            subjects only (e.g. the healthy one, whose ageing is not mixed with the disease's
+            atrophy); "" = all training subjects.
     """
 
     l2: float = 1e-2
@@ -390,10 +397,16 @@ class ProbeConfig:
     age_column: str = "age"
     years_per_alpha: float = 0.0
     calibration: str = "probe"
+    age_axis: str = "probe"
+    age_axis_group: str = ""
 
     def __post_init__(self) -> None:
         if self.calibration not in ("probe", "cohort"):
             raise LDAEError(f"probes.calibration must be 'probe' or 'cohort', got {self.calibration!r}")
+        if self.age_axis not in ("probe", "longitudinal"):
+            raise LDAEError(f"probes.age_axis must be 'probe' or 'longitudinal', got {self.age_axis!r}")
+        if self.age_axis == "longitudinal" and not self.years_per_alpha > 0:
+            raise LDAEError("probes.age_axis 'longitudinal' needs years_per_alpha (how many years of within-subject ageing one unit is)")
         if self.calibration == "cohort" and not self.years_per_alpha > 0:
             raise LDAEError("probes.calibration 'cohort' needs years_per_alpha (how many years one unit of age alpha is)")
         if not self.years_per_alpha >= 0:

@@ -8,6 +8,12 @@
   many years (else scale 1, the authors' step); the number is ``Direction.alpha_unit`` ("5.0
   years") and ``meta["years_per_alpha"]``. (The probe's view of the edit; what the decoder makes of
   it is measured by the evaluation.)
+* ``ProbeConfig.age_axis = "longitudinal"`` (not in the paper) takes the ``age`` direction along how
+  each training subject's own code changes with age instead (``fit_longitudinal_direction``: the
+  pooled within-subject slope, of one group's subjects with ``age_axis_group``), one unit =
+  ``years_per_alpha`` years of that change; its reading of age is a regression on the position
+  along it. Between subjects the cohort's codes differ mostly by what age does not change, so a
+  probe of age finds little ageing to edit along (handover/demo_model/README.md, fourteenth run).
 * ``ProbeConfig.calibration = "cohort"`` measures a unit on the training codes instead: ``disease``
   one unit = the gap between the groups' mean positions along the direction, ``age`` one unit = the
   slope of the codes' position on age times ``years_per_alpha``. ``meta["code_sd_per_alpha"]`` says
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..directions import Direction, fit_linear_probe
+from ..directions import Direction, fit_linear_probe, fit_longitudinal_direction
 from ..errors import LDAEError
 from .config import ProbeConfig
 from .data import CohortRow, TrainingData, semantic_input
@@ -61,6 +67,18 @@ def _targets(rows: list[CohortRow], config: ProbeConfig) -> tuple[torch.Tensor, 
     return disease, age
 
 
+def _fit_age(codes: torch.Tensor, rows: list[CohortRow], age: torch.Tensor, config: ProbeConfig) -> Direction:
+    if config.age_axis == "longitudinal":
+        groups = [str(r.get(config.group_column, "")) for r in rows]
+        axis_rows = torch.tensor([not config.age_axis_group or g == config.age_axis_group for g in groups])
+        if not bool(axis_rows.any()):
+            raise LDAEError(f"no training visit is in group {config.age_axis_group!r} (probes.age_axis_group); "
+                            f"give a value of the {config.group_column!r} column")
+        return fit_longitudinal_direction(codes, age, [r.subject for r in rows], "age", float(config.years_per_alpha), axis_rows,
+                                          positive="older", negative="younger")
+    return fit_linear_probe(codes, age, "age", "continuous", l2=config.l2, positive="older", negative="younger")
+
+
 def fit_directions(codes: torch.Tensor, rows: list[CohortRow], config: ProbeConfig) -> dict[str, Direction]:
     """The ``disease`` and ``age`` directions from training codes (N×E) and their cohort rows."""
     disease, age = _targets(rows, config)
@@ -69,7 +87,7 @@ def fit_directions(codes: torch.Tensor, rows: list[CohortRow], config: ProbeConf
     e = codes.shape[1]
     d = fit_linear_probe(codes, disease, "disease", "binary", l2=config.l2, positive=f"atrophy ({config.disease_value} group)", negative="healthy")
     d.meta.update(target=f"{config.group_column} == {config.disease_value}", trained_on="EMA semantic codes of the training subjects' visits")
-    a = fit_linear_probe(codes, age, "age", "continuous", l2=config.l2, positive="older", negative="younger")
+    a = _fit_age(codes, rows, age, config)
     unscaled = float(a.meta["target_std"] * math.sqrt(e) * a.weight.double().norm())
     if config.calibration == "cohort":
         sick = disease.bool()
@@ -79,25 +97,31 @@ def fit_directions(codes: torch.Tensor, rows: list[CohortRow], config: ProbeConf
             raise LDAEError("the disease probe does not separate the training groups' mean codes; the codes carry no group difference to edit along")
         d.scale = gap / math.sqrt(e)
         d.alpha_unit = "the mean difference between the groups"
-        pa = position(a, codes)
-        per_year = float(((pa - pa.mean()) * (age - age.mean())).sum() / ((age - age.mean()) ** 2).sum())
-        if not per_year > 0:
-            raise LDAEError("along the age probe the training codes do not move with age; there is no ageing to edit along")
-        a.scale = float(config.years_per_alpha) * per_year / math.sqrt(e)
-        a.meta.update(calibration="cohort: the training codes' mean position along the direction changes by one unit "
-                                  "per years_per_alpha years of age (slope of position on age)",
-                      code_sd_per_alpha=float(pa.std()) / (a.scale * math.sqrt(e)))
+        if config.age_axis != "longitudinal":  # a longitudinal direction is calibrated by its own construction
+            pa = position(a, codes)
+            per_year = float(((pa - pa.mean()) * (age - age.mean())).sum() / ((age - age.mean()) ** 2).sum())
+            if not per_year > 0:
+                raise LDAEError("along the age probe the training codes do not move with age; there is no ageing to edit along")
+            a.scale = float(config.years_per_alpha) * per_year / math.sqrt(e)
+            a.meta.update(calibration="cohort: the training codes' mean position along the direction changes by one unit "
+                                      "per years_per_alpha years of age (slope of position on age)",
+                          code_sd_per_alpha=float(pa.std()) / (a.scale * math.sqrt(e)))
         d.meta.update(calibration="cohort: one unit = the difference between the groups' mean positions along the direction",
                       code_sd_per_alpha=float(pos.std()) / (d.scale * math.sqrt(e)))
         years = float(config.years_per_alpha)
-        probe_years = unscaled * a.scale
+        probe_years = unscaled * a.scale * a.edit_sign
+    elif config.age_axis == "longitudinal":
+        years = float(config.years_per_alpha)
+        probe_years = unscaled * a.scale * a.edit_sign
+        a.meta.update(calibration="longitudinal: one unit moves a code as its subject's own code moves in years_per_alpha years "
+                                  "(pooled within-subject slope)")
     else:
         if config.years_per_alpha:
             a.scale = float(config.years_per_alpha) / unscaled
         years = probe_years = unscaled * a.scale
         a.meta.update(calibration="the age probe's predicted change for an edit of alpha = 1 (scale·target_std·√E·‖w‖)")
     d.meta.update(logit_per_alpha=float(d.scale * math.sqrt(e) * d.weight.double().norm()))
-    a.alpha_unit = f"{years:.1f} years"
+    a.alpha_unit = f"{years:.1f} years" + (" of within-subject ageing" if config.age_axis == "longitudinal" else "")
     a.meta.update(years_per_alpha=years, probe_years_per_alpha=probe_years, years_per_unscaled_alpha=unscaled, target=config.age_column,
                   trained_on="EMA semantic codes of the training subjects' visits")
     return {"disease": d, "age": a}
@@ -139,7 +163,7 @@ def cross_validated_metrics(codes: torch.Tensor, rows: list[CohortRow], config: 
         if disease[train].unique().numel() == 2 and disease[held].unique().numel() == 2:
             d = fit_linear_probe(codes[train], disease[train], "disease", "binary", l2=config.l2)
             aucs.append(auc(d.score(codes[held]).numpy(), disease[held].numpy().astype(bool)))
-        a = fit_linear_probe(codes[train], age[train], "age", "continuous", l2=config.l2)
+        a = _fit_age(codes[train], [r for r, keep in zip(rows, train.tolist()) if keep], age[train], config)
         err[held] = (predicted_age(a, codes[held]) - age[held]).abs()
     return {"folds": folds, "subjects": len(fold_of), "disease_auc": float(np.mean(aucs)) if aucs else float("nan"),
             "disease_auc_folds": aucs, "age_mae_years": float(err.mean())}

@@ -162,14 +162,15 @@ OPERATIONS = ("reconstruct", "edit", "interpolate", "vary")
 
 
 def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = None, documents: dict[str, str] | None = None,
-                    space: dict | None = None, directions: dict[str, dict] | None = None) -> Path:
+                    space: dict | None = None, directions: dict[str, dict | Direction] | None = None) -> Path:
     """Record in a bundle what its model does badly, by operation (``LDAEModel.limitations``):
     ``{"vary": "…"}``; an empty text removes an operation's note. ``documents``: {name: text} of
     files to add or replace beside the weights (its model card, README.md). ``space``: model-space
     settings to change (``ModelSpaceConfig``; e.g. ``{"antialias": True}``): how inputs are brought
     to the grid, which the weights do not fix. ``directions``: {name: {field: value}} changes how an
     existing direction edits and is described (``edit_sign``, ``scale``, ``alpha_unit``, ``meta``;
-    e.g. after ``LDAELib.training.orient``), never its probe tensors. The weight files are untouched; ``ldae_bundle.json``
+    e.g. after ``ldae orient``); a ``Direction`` instead of the dict adds or replaces that direction
+    whole, tensors included (``directions.safetensors`` is rewritten). The network weights are untouched; ``ldae_bundle.json``
     and the manifest are rewritten, so the model id changes.
 
     The bundle is verified first. The change is made in a copy beside it that then takes its place,
@@ -197,8 +198,16 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = 
         if (new_space.spacing_mm, new_space.shape) != (old_space.spacing_mm, old_space.shape):
             raise LDAEError("the model grid (spacing_mm, shape) is fixed by the weights; only how inputs are brought to it can change")
         meta["config"]["space"] = new_space.to_dict()
+    new_tensors = None
     if directions:
-        meta["directions"] = _changed_directions(folder, meta.get("directions", {}), directions)
+        whole = {n: d for n, d in directions.items() if isinstance(d, Direction)}
+        changes = {n: d for n, d in directions.items() if not isinstance(d, Direction)}
+        meta["directions"] = _changed_directions(folder, meta.get("directions", {}), changes)
+        if whole:
+            new_tensors = _read(folder / _DIRECTIONS) if (folder / _DIRECTIONS).exists() else {}
+            for n, d in whole.items():
+                new_tensors[f"{n}.weight"], new_tensors[f"{n}.mean"], new_tensors[f"{n}.std"] = d.weight, d.mean, d.std
+                meta["directions"][n] = d.settings()
     source = dict(meta.get("source") or {})
     lim = {k: v for k, v in dict(source.get("limitations") or {}).items() if isinstance(v, str)}
     for op, text in limitations.items():
@@ -221,7 +230,12 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = 
         manifest = json.loads((tmp / MANIFEST).read_text())
         for name, text in documents.items():
             (tmp / name).write_text(text)
-        for name in (BUNDLE_JSON, *documents):
+        rewritten = [BUNDLE_JSON, *documents]
+        if new_tensors is not None:
+            save_file(_unshared(new_tensors), str(tmp / _DIRECTIONS))
+            os.chmod(tmp / _DIRECTIONS, (folder / _DIRECTIONS).stat().st_mode & 0o777 if (folder / _DIRECTIONS).exists() else 0o644)
+            rewritten.append(_DIRECTIONS)
+        for name in rewritten:
             manifest["files"][name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
         manifest["files"] = dict(sorted(manifest["files"].items()))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -243,6 +257,8 @@ _DIRECTION_FIELDS = ("edit_sign", "scale", "alpha_unit", "meta")
 
 def _changed_directions(folder: Path, old: dict, changes: dict[str, dict]) -> dict:
     """The bundle's direction settings with ``changes`` applied, each checked by building the direction."""
+    if not changes:
+        return dict(old)
     unknown = sorted(set(changes) - set(old))
     if unknown:
         raise LDAEError(f"the bundle has no direction(s) {', '.join(unknown)}; it has {', '.join(old) or 'none'}")

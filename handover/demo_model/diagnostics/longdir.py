@@ -1,10 +1,11 @@
 """`age` along the codes' within-subject change with age (a longitudinal direction), against the shipped probe.
-usage: longdir.py RUN BUNDLE N_TRAIN [GROUP]   (RUN holds split.json; edits use the bundle's guidance, T = 10)
+usage: longdir.py RUN BUNDLE N_TRAIN [GROUP | diff]   (RUN holds split.json; edits use the bundle's guidance, T = 10)
 
 Between subjects, the cohort's codes differ mostly by what ageing does not change (template, contrast,
 size), so a probe of age on them finds little ageing. Within one subject, only time changes. Here the
 direction is the pooled within-subject slope of the normalised codes on age (training subjects, or
-one GROUP's), one unit = 5 years of it. Prints its cosine with the shipped directions and the code
+one GROUP's), one unit = 5 years of it. With "diff": the disease group's slope minus the healthy
+group's (what the disease adds per year), one unit = 5 years of that. Prints its cosine with the shipped directions and the code
 spread along it, then edits α −2 … 2 of the first visits of N_TRAIN training subjects (the same draw
 as `ldae orient`): ventricles / hippocampus mL (the evaluation's image measure) and Spearman ρ."""
 import sys, json, math, numpy as np, torch
@@ -20,19 +21,27 @@ torch.set_num_threads(2)
 run, bundle, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]); group = sys.argv[4] if len(sys.argv) > 4 else None
 model = load_model(bundle); pipe = LDAEPipeline(model, cache_size=64); sp = model.config.space
 inp = read_inputs(EvalSettings(workdir=run, output="/tmp/none", model=bundle)); load = Loader(inp.rows, sp, run)
-train = [r for r in inp.train_rows if group is None or r.get("group") == group]
-codes = torch.cat([pipe.embed(load(r)) for r in train]).double()
 da, dd = model.directions["age"], model.directions["disease"]
-mu, sd = da.mean.double(), da.std.double(); yn = (codes - mu) / sd
-age = torch.tensor([r.number("age") for r in train], dtype=torch.float64)
-sxy, sxx = torch.zeros(yn.shape[1], dtype=torch.float64), 0.0
-subj = [r.subject for r in train]
-for s in sorted(set(subj)):
-    i = [k for k, x in enumerate(subj) if x == s]
-    if len(i) < 2: continue
-    a, y = age[i], yn[i]
-    sxy += ((a - a.mean())[:, None] * (y - y.mean(0))).sum(0); sxx += float(((a - a.mean()) ** 2).sum())
-slope = sxy / sxx  # normalised code per year
+mu, sd = da.mean.double(), da.std.double()
+def within_slope(rows):
+    codes = torch.cat([pipe.embed(load(r)) for r in rows]).double(); yn = (codes - mu) / sd
+    age = torch.tensor([r.number("age") for r in rows], dtype=torch.float64)
+    sxy, sxx = torch.zeros(yn.shape[1], dtype=torch.float64), 0.0
+    subj = [r.subject for r in rows]
+    for s in sorted(set(subj)):
+        i = [k for k, x in enumerate(subj) if x == s]
+        if len(i) < 2: continue
+        a, y = age[i], yn[i]
+        sxy += ((a - a.mean())[:, None] * (y - y.mean(0))).sum(0); sxx += float(((a - a.mean()) ** 2).sum())
+    return sxy / sxx, yn, subj  # normalised code per year
+if group == "diff":
+    sd_, yn, subj = within_slope([r for r in inp.train_rows if r.get("group") == "disease"])
+    sh_, _, _ = within_slope([r for r in inp.train_rows if r.get("group") != "disease"])
+    slope = sd_ - sh_; train = [r for r in inp.train_rows if r.get("group") == "disease"]
+    print(f"cos(disease slope, healthy slope) {float(sd_ @ sh_ / sd_.norm() / sh_.norm()):+.3f}; |disease| {float(sd_.norm()):.4f} |healthy| {float(sh_.norm()):.4f}")
+else:
+    train = [r for r in inp.train_rows if group is None or r.get("group") == group]
+    slope, yn, subj = within_slope(train)
 E = slope.numel()
 d = Direction("age", slope.float(), mu.float(), sd.float(), positive="older", negative="younger", scale=5 * float(slope.norm()) / math.sqrt(E),
               alpha_unit="5 years of within-subject code change")
