@@ -25,7 +25,9 @@ def test_bundle_is_small_verified_and_has_both_directions(demo_dir):
     assert tuple(model.config.space.shape) == (64, 80, 64)
     assert set(model.directions) >= {"disease", "age"}
     assert "older" in model.directions["age"].positive and "disease" in model.directions["disease"].positive
-    assert model.directions["age"].alpha_unit.endswith("years")
+    age = model.directions["age"]
+    assert "years" in age.alpha_unit and age.meta["kind"] == "longitudinal"  # along each subject's own ageing
+    assert 0 < age.meta["years_per_alpha"] <= 10 and not age.meta["rendered"]["flipped"]  # stated as rendered (ldae orient)
 
 
 def test_model_card_and_licence(demo_dir):
