@@ -144,21 +144,14 @@ def within_subject_rate(rows, column: str, age_column: str = "age") -> float | N
 
 
 def first_visits(train_rows: list, n: int, seed: int) -> list:
-    """The first visits of n training subjects: a seeded draw within each group, groups in turn."""
-    firsts: dict[str, object] = {}
+    """The first visits of n training subjects, drawn as ``ldae evaluate`` draws test subjects (a
+    seeded shuffle within each group, groups taken in turn); rows in visit order."""
+    from .sections import select_subjects
+
+    by_subject: dict[str, list] = {}
     for r in train_rows:
-        firsts.setdefault(r.subject, r)
-    groups: dict[str, list] = {}
-    for s in sorted(firsts):
-        groups.setdefault(str(firsts[s].get("group", "")), []).append(s)
-    rng = np.random.default_rng(seed)
-    queues = [[g[i] for i in rng.permutation(len(g))] for _, g in sorted(groups.items())]
-    chosen: list[str] = []
-    while len(chosen) < min(n, len(firsts)):
-        for q in queues:
-            if q and len(chosen) < n:
-                chosen.append(q.pop(0))
-    return [firsts[s] for s in sorted(chosen)]
+        by_subject.setdefault(r.subject, []).append(r)
+    return [by_subject[s][0] for s in select_subjects(by_subject, n, seed)]
 
 
 def orient(s: OrientSettings, command: str = "") -> dict:
