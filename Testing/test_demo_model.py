@@ -66,17 +66,19 @@ def _example(model, scan):
 
 @pytest.fixture(scope="module")
 def demo_edits(demo_dir):
-    """The shipped model's `disease` edits of both example visits at alpha −2 … 2, T = 10."""
+    """(model, pipeline, {scan: (input, `disease` edits)}, {scan: `age` edits}) of both example
+    visits at alpha −2 … 2, T = 10."""
     from LDAELib.pipeline import LDAEPipeline
     from LDAELib.weights import load_model
 
     model = load_model(demo_dir)
     pipe = LDAEPipeline(model)
-    out = {}
+    out, out_age = {}, {}
     for scan in example_scans():
         x = _example(model, scan)
         out[scan.path.name] = (x, pipe.edit(x, model.directions["disease"], ALPHAS, steps=10).numpy()[:, 0])
-    return model, pipe, out
+        out_age[scan.path.name] = pipe.edit(x, model.directions["age"], ALPHAS, steps=10).numpy()[:, 0]
+    return model, pipe, out, out_age
 
 
 ALPHAS = [-2.0, -1.0, 0.0, 1.0, 2.0]
@@ -89,7 +91,7 @@ def test_reconstructions_of_the_example_scans_keep_their_anatomy(demo_edits):
     0.928 and 0.936 before it)."""
     from LDAELib.evaluation.similarity import ssim
 
-    _, _, out = demo_edits
+    _, _, out, _ = demo_edits
     for name, (x, edits) in out.items():
         assert ssim(edits[ALPHAS.index(0.0)], x, 1.0) > 0.93, name
 
@@ -101,12 +103,25 @@ def test_disease_edits_grow_the_ventricles_monotonically(demo_edits):
     edits changed it by ~1e-5)."""
     import numpy as np
 
-    _, _, out = demo_edits
+    _, _, out, _ = demo_edits
     for name, (_, edits) in out.items():
         assert np.abs(edits[-1] - edits[0]).mean() > 5e-3, name
         centre = edits[:, 22:42, 25:55, 25:45]  # the lateral ventricles in the 64×80×64 model grid
         dark = (centre < 0.25).sum(axis=(1, 2, 3))
         assert (np.diff(dark) > 0).all(), (name, dark)
+
+
+def test_age_edits_grow_the_ventricles(demo_edits):
+    """Along `age` (each subject's own ageing of the codes) the CSF-dark voxels around the lateral
+    ventricles grow from alpha −2 to +2 by at least a fifth, never falling by more than a few voxels
+    on the way (shipped: 292 → 385 and 268 → 528), and the image visibly changes (mean |Δ| 0.026;
+    the age probe shipped before moved it by 0.001 and shrank the ventricles)."""
+    import numpy as np
+
+    for name, edits in demo_edits[3].items():
+        assert np.abs(edits[-1] - edits[0]).mean() > 5e-3, name
+        dark = (edits[:, 22:42, 25:55, 25:45] < 0.25).sum(axis=(1, 2, 3))
+        assert dark[-1] > 1.2 * dark[0] and (np.diff(dark) > -10).all(), (name, dark)
 
 
 def test_a_variation_is_a_brain_like_the_reconstruction(demo_edits):
@@ -117,7 +132,7 @@ def test_a_variation_is_a_brain_like_the_reconstruction(demo_edits):
 
     from LDAELib.evaluation.similarity import ssim
 
-    model, pipe, out = demo_edits
+    model, pipe, out, _ = demo_edits
     assert "vary" not in model.limitations
     x, edits = next(iter(out.values()))
     enc = pipe.encode(x, steps=10)
@@ -142,7 +157,7 @@ def test_a_real_head_through_the_raw_path_keeps_its_anatomy(demo_edits, monkeypa
     if not colin.is_file():
         pytest.skip("Colin27 (ch2.nii.gz) not installed: apt-get install mricron-data")
     monkeypatch.setenv("LDAE_CACHE_DIR", str(tmp_path))
-    model, pipe, _ = demo_edits
+    model, pipe, _, _ = demo_edits
     assert model.config.space.antialias
     prep = to_model(read_image(colin), "raw", model.config.space)
     x = prep.x
