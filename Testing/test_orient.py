@@ -119,3 +119,40 @@ def test_orient_refuses_an_existing_output_and_leaves_nothing_after_a_failure(ru
     with one_thread(), mock.patch("LDAELib.weights.bundle.annotate_bundle", boom), pytest.raises(KeyboardInterrupt):
         orient(OrientSettings(workdir=run, output=tmp_path / "o", subjects=3, alpha=20, steps=2, atlas_subjects=3, progress=False, threads=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
+
+
+def test_age_years_rescales_age_and_measures_it_again(run, tmp_path):  # noqa: F811
+    """--age-years: the age direction's scale is multiplied so that one unit renders that many years,
+    and what is stated is the second measurement. A stand-in for the model's rendering, linear in
+    the direction's signed scale (age renders against its label, disease with it), makes the
+    arithmetic checkable; a direction of unknown effect is left alone and listed."""
+    from LDAELib.directions import Direction
+    from LDAELib.evaluation import orient as mod
+    from LDAELib.evaluation.orient import OrientSettings, orient
+    from LDAELib.weights import load_model
+    from LDAELib.weights.bundle import annotate_bundle
+
+    per = {"age": -3.0, "disease": 5.0}  # mL per unit of signed scale
+
+    def linear(pipe, directions, scans, measure, alpha, steps, progress=None):
+        return {n: {"ventricles": [per[n] * d.scale * d.edit_sign * (1 + 0.1 * i) for i in range(len(scans))],
+                    "hippocampus": [0.0] * len(scans)} for n, d in directions.items()}
+
+    base = load_model(run / "bundle")
+    model = tmp_path / "with_cn"
+    import shutil
+    shutil.copytree(run / "bundle", model)
+    cn = Direction("cn", base.directions["disease"].weight, base.directions["disease"].mean, base.directions["disease"].std, positive="CN")
+    annotate_bundle(model, directions={"cn": cn})
+    with one_thread(), mock.patch.object(mod, "rendered_changes", linear):
+        record = orient(OrientSettings(workdir=run, output=tmp_path / "o", model=model, subjects=3, steps=1, atlas_subjects=3,
+                                       age_years=2.0, progress=False, threads=1))
+    out = load_model(tmp_path / "o")
+    a, a0 = out.directions["age"], base.directions["age"]
+    rate = record["directions"]["age"]["cohort_ml_per_year"]
+    assert a.edit_sign == -a0.edit_sign and record["directions"]["age"]["flipped"]
+    assert a.meta["years_per_alpha"] == pytest.approx(2.0) and a.alpha_unit == "2.0 years of ageing, as rendered"
+    before = record["directions"]["age"]["before_rescaling"]["years_per_alpha"]
+    assert a.scale == pytest.approx(a0.scale * 2.0 / before) and before == pytest.approx(3.0 * 1.1 * a0.scale / rate)
+    assert out.directions["disease"].edit_sign == base.directions["disease"].edit_sign
+    assert record["not_oriented"] == ["cn"] and out.directions["cn"].edit_sign == 1 and "rendered" not in out.directions["cn"].meta

@@ -25,7 +25,9 @@ That number becomes the ``age`` direction's stated unit (``alpha_unit``, ``meta[
 the probe's own reading stays as ``probe_years_per_alpha``, negative when flipped). With
 ``age_years`` set, the ``age`` direction's ``scale`` is multiplied so that one unit renders that
 many years, and the edits are measured again at the new scale (a model's response need not be
-linear); what is stated is that second measurement.
+linear); what is stated is that second measurement. Directions whose effect is not known here
+(other than ``disease`` and ``age``, e.g. the authors' ``cn``) are left as they are and listed in
+the record as ``not_oriented``.
 """
 
 from __future__ import annotations
@@ -172,8 +174,16 @@ def orient(s: OrientSettings, command: str = "") -> dict:
     if not is_bundle(inp.model_path):
         raise LDAEError(f"{inp.model_path} is not an LDAE bundle; orientation writes a bundle and needs one to start from")
     model = load_model(inp.model_path, verify=s.verify)
-    if not model.directions:
-        raise LDAEError(f"{inp.model_path} has no directions to orient")
+    known = {name: d for name, d in model.directions.items() if EXPECTED_SIGN.get((name, ORIENTING_REGION))}
+    if not known:
+        raise LDAEError(f"{inp.model_path} has no direction whose effect is known to orient by "
+                        f"({', '.join(sorted({n for n, _ in EXPECTED_SIGN}))}); it has {', '.join(model.directions) or 'none'}")
+    ageing = [r for r in inp.train_rows if s.ageing_group is None or str(r.get("group", "")) == s.ageing_group]
+    if not ageing:
+        raise LDAEError(f"no training subject is in group {s.ageing_group!r}; give a group of the cohort's 'group' column")
+    rate = within_subject_rate(ageing, "ventricles_ml")
+    if s.age_years and "age" in known and not (rate and rate > 0):
+        raise LDAEError("the cohort's ventricles do not grow with age within subjects (or it has one visit each); --age-years has nothing to calibrate by")
     if not all(r.get("labels_path") for r in inp.train_rows):
         raise LDAEError("the cohort has no label maps (labels_path); write it with 'ldae cohort --labels' so the edits can be measured")
     space = model.config.space
@@ -183,25 +193,20 @@ def orient(s: OrientSettings, command: str = "") -> dict:
                             max_subjects=s.atlas_subjects, rng=rng)
     rows = first_visits(inp.train_rows, s.subjects, s.seed)
     pipe = LDAEPipeline(model, device=torch.device(s.device), cache_size=len(rows) + 1, batch_size=2)
-    bar = _bar(EvalSettings(workdir=s.workdir, output=s.output, progress=s.progress), len(rows) * len(model.directions), "orient", "edit")
+    bar = _bar(EvalSettings(workdir=s.workdir, output=s.output, progress=s.progress), len(rows) * len(known), "orient", "edit")
 
     def progress(done, total):
         bar.n = done
         bar.refresh()
 
     scans = [load(r) for r in rows]
-    changes = rendered_changes(pipe, model.directions, scans, measure, s.alpha, s.steps, progress)
+    changes = rendered_changes(pipe, known, scans, measure, s.alpha, s.steps, progress)
     bar.close()
-    ageing = [r for r in inp.train_rows if s.ageing_group is None or str(r.get("group", "")) == s.ageing_group]
-    if not ageing:
-        raise LDAEError(f"no training subject is in group {s.ageing_group!r}; give a group of the cohort's 'group' column")
-    rate = within_subject_rate(ageing, "ventricles_ml")
-    if s.age_years and "age" in model.directions and not (rate and rate > 0):
-        raise LDAEError("the cohort's ventricles do not grow with age within subjects (or it has one visit each); --age-years has nothing to calibrate by")
     record = {"command": command, "model": str(inp.model_path), "subjects": [r.subject for r in rows], "alpha": s.alpha, "steps": s.steps,
-              "ageing_group": s.ageing_group, "measure_atlas_subjects": list(measure.atlas_subjects), "directions": {}}
+              "ageing_group": s.ageing_group, "measure_atlas_subjects": list(measure.atlas_subjects), "directions": {},
+              "not_oriented": sorted(set(model.directions) - set(known))}
     updates = {}
-    for name, d in model.directions.items():
+    for name, d in known.items():
         flip, rec = orientation(name, changes[name], rate if name == "age" else None)
         rec.update(subjects=record["subjects"], alpha=s.alpha, steps=s.steps)
         change = {"edit_sign": d.edit_sign * flip}
@@ -213,7 +218,7 @@ def orient(s: OrientSettings, command: str = "") -> dict:
             flip2, rec2 = orientation(name, again, rate)
             if flip2 != 1:
                 raise LDAEError(f"at {factor:.2f} times its scale the age direction renders against ageing; it cannot be calibrated to {s.age_years} years")
-            rec = {**rec2, "subjects": rec["subjects"], "alpha": s.alpha, "steps": s.steps, "rescaled_by": factor,
+            rec = {**rec2, "flipped": rec["flipped"], "subjects": rec["subjects"], "alpha": s.alpha, "steps": s.steps, "rescaled_by": factor,
                    "before_rescaling": {k: rec[k] for k in ("ml_per_alpha", "agreeing_scans", "years_per_alpha")}}
         if name == "age" and "years_per_alpha" in rec:
             change["alpha_unit"] = f"{rec['years_per_alpha']:.1f} years of ageing, as rendered"
