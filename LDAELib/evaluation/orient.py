@@ -44,7 +44,7 @@ import torch
 from ..directions import Direction
 from ..errors import LDAEError
 from .targets import EXPECTED_SIGN
-from .volumes import REGIONS
+from .volumes import REGIONS, within_subject_rate
 
 ORIENTING_REGION = "ventricles"
 
@@ -122,27 +122,6 @@ def orientation(name: str, changes: dict[str, list[float]], ml_per_year: float |
         rec["cohort_ml_per_year"] = float(ml_per_year)
         rec["years_per_alpha"] = rec["ml_per_alpha"][ORIENTING_REGION] / float(ml_per_year)
     return flip, rec
-
-
-def within_subject_rate(rows, column: str, age_column: str = "age") -> float | None:
-    """Pooled within-subject slope of ``column`` on age (per year) over the rows' subjects: how the
-    cohort's own scans change as one subject ages (None without two visits of different age)."""
-    by_subject: dict[str, list[tuple[float, float]]] = {}
-    for r in rows:
-        try:
-            a, v = float(r.get(age_column)), float(r.get(column))
-        except (TypeError, ValueError):
-            continue
-        if np.isfinite(a) and np.isfinite(v):
-            by_subject.setdefault(r.subject, []).append((a, v))
-    sxy = sxx = 0.0
-    for pts in by_subject.values():
-        if len(pts) < 2:
-            continue
-        a, v = np.array(pts).T
-        sxy += float(((a - a.mean()) * (v - v.mean())).sum())
-        sxx += float(((a - a.mean()) ** 2).sum())
-    return sxy / sxx if sxx > 0 else None
 
 
 def first_visits(train_rows: list, n: int, seed: int) -> list:

@@ -30,7 +30,7 @@ from ..training.data import VolumeStore, cohort_csv, read_cohort, visit_order
 from ..training.probes import auc, predicted_age
 from .similarity import BRAIN_DILATION, BRAIN_THRESHOLD, brain_mask, mse, psnr, ssim
 from .targets import BLUR_REFERENCE, BLUR_REFERENCE_SIGMA, DEFAULT_ALPHAS, DEFAULT_STEPS, EXPECTED_SIGN, SSIM_TARGET_T
-from .volumes import REGIONS, agreement, build_measure, has_volume_truth, label_values, spearman, truth_of
+from .volumes import REGIONS, agreement, build_measure, has_volume_truth, label_values, spearman, truth_of, within_subject_rate
 
 
 @dataclass
@@ -445,8 +445,6 @@ def rendered_ageing(direction, train_rows, mean_ml_per_alpha: float, median_ml_p
     """How many years of the cohort's own ageing one unit of the age direction renders on the test
     subjects: their ventricles' change per unit of alpha over the within-subject ventricle growth
     per year of the training subjects' truth columns (of the group the direction names, if any)."""
-    from .orient import within_subject_rate
-
     meta = direction.meta
     group = meta.get("age_axis_group") or (meta.get("rendered") or {}).get("ageing_group") or ""
     rows = [r for r in train_rows if not group or str(r.get("group", "")) == group]
