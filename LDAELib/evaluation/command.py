@@ -8,6 +8,14 @@ import sys
 from .targets import DEFAULT_ALPHAS, DEFAULT_STEPS
 
 
+def _add_run_options(p) -> None:
+    """Where and how a command over a work folder runs: device, threads, verification, progress."""
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the bundle's files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def add_arguments(p) -> None:
     """The ``evaluate`` subcommand's options (argparse)."""
     p.add_argument("--workdir", required=True, metavar="RUN", help="work folder of 'ldae train' (split.json, recipe.json, bundle/)")
@@ -29,10 +37,7 @@ def add_arguments(p) -> None:
                    help="raw scans with skull to reconstruct through the raw path (section 5); default: the real heads installed "
                    "here (Colin27 from mricron-data, the ITK example subject); with no SCAN, none")
     p.add_argument("--seed", type=int, default=0, help="seed of the subject choice and the semantic-only noise (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the bundle's files")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_run_options(p)
 
 
 def run(args) -> int:
@@ -66,10 +71,7 @@ def add_orient_arguments(p) -> None:
                    "the cohort's ageing (default: keep its scale and state what it renders)")
     p.add_argument("--atlas-subjects", type=int, default=16, metavar="N", help="training subjects whose label maps make the volume measure (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subject draws (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default cpu)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the bundle's files")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_run_options(p)
 
 
 def run_orient(args) -> int:
