@@ -743,6 +743,7 @@ def test_longitudinal_age_axis_follows_the_subjects_not_the_spread_between_them(
     step = (a.apply(codes, 1.0) - codes)[0]
     assert float(step[1]) == pytest.approx(5 * 0.2, rel=0.05) and float(step[1]) > 10 * abs(float(step[2]))
     assert a.alpha_unit == "5.0 years of within-subject ageing" and a.meta["years_per_alpha"] == 5.0
+    assert a.meta["calibration"].startswith("longitudinal")  # whatever probes.calibration says
     probe = fit_directions(codes, rows, ProbeConfig(years_per_alpha=5.0))["age"]
     assert abs(float(probe.weight[2])) > abs(float(probe.weight[1]))  # the probe reads the spread between subjects
     healthy = fit_directions(codes, rows, ProbeConfig(age_axis="longitudinal", years_per_alpha=5.0, age_axis_group="healthy"))["age"]

@@ -88,7 +88,6 @@ def fit_directions(codes: torch.Tensor, rows: list[CohortRow], config: ProbeConf
     d = fit_linear_probe(codes, disease, "disease", "binary", l2=config.l2, positive=f"atrophy ({config.disease_value} group)", negative="healthy")
     d.meta.update(target=f"{config.group_column} == {config.disease_value}", trained_on="EMA semantic codes of the training subjects' visits")
     a = _fit_age(codes, rows, age, config)
-    unscaled = float(a.meta["target_std"] * math.sqrt(e) * a.weight.double().norm())
     if config.calibration == "cohort":
         sick = disease.bool()
         pos = position(d, codes)
@@ -97,34 +96,45 @@ def fit_directions(codes: torch.Tensor, rows: list[CohortRow], config: ProbeConf
             raise LDAEError("the disease probe does not separate the training groups' mean codes; the codes carry no group difference to edit along")
         d.scale = gap / math.sqrt(e)
         d.alpha_unit = "the mean difference between the groups"
-        if config.age_axis != "longitudinal":  # a longitudinal direction is calibrated by its own construction
-            pa = position(a, codes)
-            per_year = float(((pa - pa.mean()) * (age - age.mean())).sum() / ((age - age.mean()) ** 2).sum())
-            if not per_year > 0:
-                raise LDAEError("along the age probe the training codes do not move with age; there is no ageing to edit along")
-            a.scale = float(config.years_per_alpha) * per_year / math.sqrt(e)
-            a.meta.update(calibration="cohort: the training codes' mean position along the direction changes by one unit "
-                                      "per years_per_alpha years of age (slope of position on age)",
-                          code_sd_per_alpha=float(pa.std()) / (a.scale * math.sqrt(e)))
         d.meta.update(calibration="cohort: one unit = the difference between the groups' mean positions along the direction",
                       code_sd_per_alpha=float(pos.std()) / (d.scale * math.sqrt(e)))
+    d.meta.update(logit_per_alpha=float(d.scale * math.sqrt(e) * d.weight.double().norm()))
+    if config.age_axis == "longitudinal":  # calibrated by its own construction, whatever ``calibration`` says
+        describe_longitudinal_age(a, float(config.years_per_alpha), config.age_column, "EMA semantic codes of the training subjects' visits")
+        return {"disease": d, "age": a}
+    unscaled = float(a.meta["target_std"] * math.sqrt(e) * a.weight.double().norm())
+    if config.calibration == "cohort":
+        pa = position(a, codes)
+        per_year = float(((pa - pa.mean()) * (age - age.mean())).sum() / ((age - age.mean()) ** 2).sum())
+        if not per_year > 0:
+            raise LDAEError("along the age probe the training codes do not move with age; there is no ageing to edit along")
+        a.scale = float(config.years_per_alpha) * per_year / math.sqrt(e)
+        a.meta.update(calibration="cohort: the training codes' mean position along the direction changes by one unit "
+                                  "per years_per_alpha years of age (slope of position on age)",
+                      code_sd_per_alpha=float(pa.std()) / (a.scale * math.sqrt(e)))
         years = float(config.years_per_alpha)
-        probe_years = unscaled * a.scale * a.edit_sign
-    elif config.age_axis == "longitudinal":
-        years = float(config.years_per_alpha)
-        probe_years = unscaled * a.scale * a.edit_sign
-        a.meta.update(calibration="longitudinal: one unit moves a code as its subject's own code moves in years_per_alpha years "
-                                  "(pooled within-subject slope)")
+        probe_years = unscaled * a.scale
     else:
         if config.years_per_alpha:
             a.scale = float(config.years_per_alpha) / unscaled
         years = probe_years = unscaled * a.scale
         a.meta.update(calibration="the age probe's predicted change for an edit of alpha = 1 (scale·target_std·√E·‖w‖)")
-    d.meta.update(logit_per_alpha=float(d.scale * math.sqrt(e) * d.weight.double().norm()))
-    a.alpha_unit = f"{years:.1f} years" + (" of within-subject ageing" if config.age_axis == "longitudinal" else "")
+    a.alpha_unit = f"{years:.1f} years"
     a.meta.update(years_per_alpha=years, probe_years_per_alpha=probe_years, years_per_unscaled_alpha=unscaled, target=config.age_column,
                   trained_on="EMA semantic codes of the training subjects' visits")
     return {"disease": d, "age": a}
+
+
+def describe_longitudinal_age(a: Direction, years: float, target: str, trained_on: str) -> None:
+    """Unit and meta of an ``age`` direction from ``fit_longitudinal_direction`` (one unit = ``years``
+    years of within-subject change): what the probes stage writes, and what a bundle refitted later
+    (handover/demo_model/longitudinal_age.py) carries."""
+    unscaled = float(a.meta["target_std"] * math.sqrt(a.dim) * a.weight.double().norm())
+    a.alpha_unit = f"{years:.1f} years of within-subject ageing"
+    a.meta.update(calibration="longitudinal: one unit moves a code as its subject's own code moves in years_per_alpha years "
+                              "(pooled within-subject slope)",
+                  years_per_alpha=years, probe_years_per_alpha=unscaled * a.scale * a.edit_sign, years_per_unscaled_alpha=unscaled,
+                  target=target, trained_on=trained_on)
 
 
 def position(direction: Direction, codes: torch.Tensor) -> torch.Tensor:

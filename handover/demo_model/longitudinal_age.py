@@ -12,6 +12,7 @@ import shutil, sys, tempfile, torch
 from pathlib import Path
 from LDAELib.directions import fit_longitudinal_direction
 from LDAELib.evaluation.sections import EvalSettings, Loader, read_inputs
+from LDAELib.training.probes import describe_longitudinal_age
 from LDAELib.pipeline import LDAEPipeline
 from LDAELib.weights import load_model
 from LDAELib.weights.bundle import annotate_bundle
@@ -29,12 +30,8 @@ codes = torch.cat([pipe.embed(load(r)) for r in rows])
 ages = torch.tensor([r.number("age") for r in rows], dtype=torch.float64)
 axis_rows = torch.tensor([not group or str(r.get("group", "")) == group for r in rows])
 d = fit_longitudinal_direction(codes, ages, [r.subject for r in rows], "age", years, axis_rows, positive="older", negative="younger")
-e = d.dim
-unscaled = float(d.meta["target_std"] * e ** 0.5 * d.weight.double().norm())
-d.alpha_unit = f"{years:.1f} years of within-subject ageing"
-d.meta.update(years_per_alpha=years, probe_years_per_alpha=unscaled * d.scale * d.edit_sign, target="age", age_axis_group=group,
-              calibration="longitudinal: one unit moves a code as its subject's own code moves in years_per_alpha years (pooled within-subject slope)",
-              trained_on="the bundle's semantic codes of the training subjects' visits (handover/demo_model/longitudinal_age.py)")
+describe_longitudinal_age(d, years, "age", "the bundle's semantic codes of the training subjects' visits (handover/demo_model/longitudinal_age.py)")
+d.meta.update(age_axis_group=group)
 print(f"{len(rows)} visits, {d.meta['axis_subjects']} subjects on the axis; |slope| {d.meta['within_subject_per_unit_target']:.4f} per year; "
       f"code SD along it {d.meta['code_sd_per_alpha']:.2f} units; reading r {d.meta['reading_r']:+.3f}; edit_sign {d.edit_sign:+d}; "
       f"the reading says {d.meta['probe_years_per_alpha']:+.2f} years per unit")
