@@ -156,3 +156,67 @@ def test_age_years_rescales_age_and_measures_it_again(run, tmp_path):  # noqa: F
     assert a.scale == pytest.approx(a0.scale * 2.0 / before) and before == pytest.approx(3.0 * 1.1 * a0.scale / rate)
     assert out.directions["disease"].edit_sign == base.directions["disease"].edit_sign
     assert record["not_oriented"] == ["cn"] and out.directions["cn"].edit_sign == 1 and "rendered" not in out.directions["cn"].meta
+
+
+def test_the_contrast_axis_sums_the_candidates_in_the_sense_each_renders(run, tmp_path):  # noqa: F811
+    """--disease-axis contrast: the group probe and the anatomy probe are each oriented, and the new
+    disease axis is the sum of their oriented unit normals. A stand-in rendering, linear in the edit's
+    move along a fixed vector R of the normalised code space, fixes each candidate's sense; the test
+    recovers the anatomy probe's normal from the new axis and the recorded cosine and checks both senses,
+    the reading (the disease group higher on the axis), the step and the final sense."""
+    import torch
+
+    from LDAELib.evaluation import orient as mod
+    from LDAELib.evaluation.orient import OrientSettings, orient
+    from LDAELib.weights import load_model
+    from LDAELib.weights.bundle import verify_bundle
+
+    base = load_model(run / "bundle")
+    g = base.directions["disease"]
+    R = torch.randn(g.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def moved(d):  # the edit's move per unit of alpha along R, in the normalised code space
+        w = d.weight.double()
+        return float(d.edit_sign * d.scale * (w / w.norm()) @ R)
+
+    def linear(pipe, directions, scans, measure, alpha, steps, progress=None):
+        return {n: {"ventricles": [moved(d) * (1 + 0.1 * i) for i in range(len(scans))], "hippocampus": [-moved(d)] * len(scans)}
+                for n, d in directions.items()}
+
+    source = verify_bundle(run / "bundle")
+    ug = g.weight.double() / g.weight.double().norm()
+    senses = []
+    for k in range(2):   # a random R, then one along which the anatomy probe renders against its label
+        with one_thread(), mock.patch.object(mod, "rendered_changes", linear):
+            record = orient(OrientSettings(workdir=run, output=tmp_path / f"o{k}", subjects=3, steps=1, atlas_subjects=3,
+                                           disease_axis="contrast", progress=False, threads=1))
+        assert verify_bundle(run / "bundle") == source
+        out = load_model(tmp_path / f"o{k}")
+        d, c = out.directions["disease"], record["disease_contrast"]
+        s_g, s_a, cos = c["candidates"]["group"]["sense"], c["candidates"]["anatomy"]["sense"], c["cos_group_anatomy"]
+        assert s_g == np.sign(g.edit_sign * float(ug @ R))
+        w = d.weight.double() / d.weight.double().norm()
+        length = (2 + 2 * s_g * g.edit_sign * s_a * cos) ** 0.5
+        sign = np.sign(float(w @ ug) * (s_g * g.edit_sign + s_a * cos))   # the axis may have been turned round for the reading
+        ua = (sign * length * w - s_g * g.edit_sign * ug) / s_a
+        assert float(ua.norm()) == pytest.approx(1.0, abs=1e-5) and float(ua @ ug) == pytest.approx(cos, abs=1e-5)
+        assert s_a == np.sign(float(ua @ R))
+        assert c["group_gap_along_axis"] > 0 and d.meta["kind"] == "contrast" and "contrast axis" in d.alpha_unit
+        assert d.scale == pytest.approx(g.scale) and torch.equal(d.mean, g.mean) and torch.equal(d.std, g.std)
+        assert moved(d) > 0 and record["directions"]["disease"]["ml_per_alpha"]["ventricles"] > 0   # renders the disease's way
+        assert torch.equal(out.directions["age"].weight, base.directions["age"].weight)   # the others only change settings
+        assert record["disease_axis"] == "contrast"
+        senses.append((s_g, s_a))
+        v = ua - cos * ug   # the anatomy normal's part across the group normal
+        R = g.edit_sign * ug - 10 * v / v.norm()
+    assert senses[1] == (1, -1)   # the demo model's case
+
+
+def test_the_contrast_axis_needs_the_cohorts_volumes():
+    from LDAELib.evaluation.orient import OrientSettings, contrast_direction
+
+    rows = [SimpleNamespace(subject=f"s{i}", get=lambda k, d=None, i=i: {"group": "disease" if i % 2 else "control"}.get(k, d)) for i in range(4)]
+    with pytest.raises(LDAEError, match="ldae cohort --labels"):
+        contrast_direction(None, None, rows, None, [], None, 2.0, 1)
+    with pytest.raises(LDAEError, match="--disease-axis must be one of probe, contrast"):
+        OrientSettings(workdir=".", output="o", disease_axis="anatomy")

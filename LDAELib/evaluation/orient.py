@@ -28,11 +28,20 @@ many years, and the edits are measured again at the new scale (a model's respons
 linear); what is stated is that second measurement. Directions whose effect is not known here
 (other than ``disease`` and ``age``, e.g. the authors' ``cn``) are left as they are and listed in
 the record as ``not_oriented``.
+
+With ``disease_axis="contrast"`` the ``disease`` direction is first rebuilt (``contrast_direction``):
+the group probe's axis and the codes' regression on the anatomy's disease score (a logistic
+regression of the group on the cohort's true regional volumes) are each edited and oriented as
+above, and the new axis is the sum of their oriented unit normals. Where the model renders one of
+them against its label on a scan, the other often holds (the demo model: 7 of 8 training scans
+monotone in both regions, against 5 of 8 along the group probe; handover/demo_model/README.md,
+fifteenth run). Its step is the group probe's; its reading is the position along the new axis.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +56,7 @@ from .targets import EXPECTED_SIGN
 from .volumes import REGIONS, within_subject_rate
 
 ORIENTING_REGION = "ventricles"
+DISEASE_AXES = ("probe", "contrast")
 
 
 @dataclass
@@ -62,6 +72,7 @@ class OrientSettings:
     steps: int = 10
     ageing_group: str | None = None
     age_years: float | None = None
+    disease_axis: str = "probe"
     atlas_subjects: int = 16
     seed: int = 0
     device: str = "cpu"
@@ -78,6 +89,8 @@ class OrientSettings:
             raise LDAEError(f"--alpha must be positive (the edits go to −alpha and +alpha), got {self.alpha}")
         if self.steps < 1:
             raise LDAEError("--steps must be at least 1")
+        if self.disease_axis not in DISEASE_AXES:
+            raise LDAEError(f"--disease-axis must be one of {', '.join(DISEASE_AXES)}, got {self.disease_axis!r}")
         if self.age_years is not None and not self.age_years > 0:
             raise LDAEError(f"--age-years must be positive (years of ageing one unit of alpha renders), got {self.age_years}")
 
@@ -122,6 +135,69 @@ def orientation(name: str, changes: dict[str, list[float]], ml_per_year: float |
         rec["cohort_ml_per_year"] = float(ml_per_year)
         rec["years_per_alpha"] = rec["ml_per_alpha"][ORIENTING_REGION] / float(ml_per_year)
     return flip, rec
+
+
+def contrast_direction(pipe, group: Direction, train_rows: list, load, scans: list, measure, alpha: float, steps: int,
+                       l2: float = 0.01) -> tuple[Direction, dict]:
+    """The ``disease`` direction of ``disease_axis="contrast"`` (module docstring) and its record.
+
+    ``group`` is the model's group probe; ``train_rows`` the training visits (cohort table rows with
+    the group and the true regional volumes), ``scans`` the model-space scans its candidates are
+    edited on. The anatomy probe is expressed on the group probe's normalisation; the new axis is
+    s_g·u_group + s_a·u_anatomy with each s the candidate's rendered sense (±1), its sign then
+    chosen so that the disease group sits higher on it; ``edit_sign`` +1, ``scale`` the group probe's.
+    """
+    from ..cohort.cohort import VOLUME_COLUMNS
+    from ..directions import fit_linear_probe
+    from ..training.probes import auc
+
+    columns = [c for c in VOLUME_COLUMNS if all(_is_number(r.get(c)) for r in train_rows)]
+    if not columns:
+        raise LDAEError("the cohort table has no regional volume columns (ventricles_ml, …); write it with 'ldae cohort --labels' "
+                        "to build the contrast axis")
+    sick = torch.tensor([str(r.get("group", "")) == "disease" for r in train_rows])
+    if bool(sick.all()) or not bool(sick.any()):
+        raise LDAEError("the contrast axis needs training subjects of the disease group and of another group")
+    volumes = torch.tensor([[r.number(c) for c in columns] for r in train_rows], dtype=torch.float64)
+    anatomy_score = fit_linear_probe(volumes, sick.double(), "anatomy", "binary", l2=l2)
+    score = anatomy_score.score(volumes.float()).double()
+    codes = torch.cat([pipe.embed(load(r)) for r in train_rows]).double()
+    anatomy = fit_linear_probe(codes, score, "disease", "continuous", l2=l2)
+    mu, sd = group.mean.double(), group.std.double()
+    unit = lambda w: w / w.norm()
+    u_group = unit(group.weight.double())
+    u_anatomy = unit(anatomy.weight.double() / anatomy.std.double() * sd)
+    candidates = {"group": Direction.from_settings("disease", u_group * group.edit_sign, mu, sd, {"scale": group.scale}),
+                  "anatomy": Direction.from_settings("disease", u_anatomy, mu, sd, {"scale": group.scale})}
+    senses, record = {}, {"columns": columns, "anatomy_score_auc_training": auc(score.numpy(), sick.numpy()),
+                          "cos_group_anatomy": float(u_group @ u_anatomy), "candidates": {}}
+    for name, d in candidates.items():
+        flip, rec = orientation("disease", rendered_changes(pipe, {name: d}, scans, measure, alpha, steps)[name])
+        senses[name] = flip
+        record["candidates"][name] = {"sense": flip, "ml_per_alpha": rec["ml_per_alpha"], "agreeing_scans": rec["agreeing_scans"]}
+    w = senses["group"] * group.edit_sign * u_group + senses["anatomy"] * u_anatomy
+    pos = ((codes - mu) / sd) @ unit(w)
+    gap = float(pos[sick].mean() - pos[~sick].mean())
+    if gap < 0:
+        w, pos, gap = -w, -pos, -gap
+    record.update(group_gap_along_axis=gap, reading_auc_training=auc(pos.numpy(), sick.numpy()))
+    meta = {"kind": "contrast", "n": len(train_rows), "target": "group == disease",
+            "trained_on": "the model's semantic codes of the training subjects' visits (ldae orient --disease-axis contrast)",
+            "axis": "the sum of the group probe's and the anatomy probe's unit normals, each in the sense it renders the disease; "
+                    "anatomy probe: a ridge regression of the codes on the anatomy's disease score (a logistic regression of the group "
+                    "on the true regional volumes " + ", ".join(columns) + ")",
+            "calibration": "the group probe's step: one unit moves the normalised code as far as the groups' gap along the group probe",
+            "code_sd_per_alpha": float(pos.std()) / (group.scale * math.sqrt(w.numel())), "contrast": record}
+    d = Direction("disease", w.float(), mu.float(), sd.float(), 0.0, group.positive, group.negative,
+                  "the groups' mean gap along the group probe, taken along the contrast axis", meta, group.scale, 1)
+    return d, record
+
+
+def _is_number(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def first_visits(train_rows: list, n: int, seed: int) -> list:
@@ -179,11 +255,18 @@ def orient(s: OrientSettings, command: str = "") -> dict:
         bar.refresh()
 
     scans = [load(r) for r in rows]
+    contrast = None
+    if s.disease_axis == "contrast":
+        if "disease" not in known:
+            raise LDAEError(f"{inp.model_path} has no 'disease' direction to build the contrast axis from")
+        known["disease"], contrast = contrast_direction(pipe, known["disease"], inp.train_rows, load, scans, measure, s.alpha, s.steps)
     changes = rendered_changes(pipe, known, scans, measure, s.alpha, s.steps, progress)
     bar.close()
     record = {"command": command, "model": str(inp.model_path), "subjects": [r.subject for r in rows], "alpha": s.alpha, "steps": s.steps,
               "ageing_group": s.ageing_group, "measure_atlas_subjects": list(measure.atlas_subjects), "directions": {},
-              "not_oriented": sorted(set(model.directions) - set(known))}
+              "not_oriented": sorted(set(model.directions) - set(known)), "disease_axis": s.disease_axis}
+    if contrast is not None:
+        record["disease_contrast"] = contrast
     updates = {}
     for name, d in known.items():
         flip, rec = orientation(name, changes[name], rate if name == "age" else None)
@@ -207,7 +290,9 @@ def orient(s: OrientSettings, command: str = "") -> dict:
         else:
             meta = dict(d.meta)
         change["meta"] = {**meta, "rendered": rec}
-        updates[name] = change
+        # a rebuilt direction replaces the bundle's whole direction; the others change their settings only
+        updates[name] = Direction.from_settings(name, d.weight, d.mean, d.std, {**d.settings(), **change}) \
+            if contrast is not None and name == "disease" else change
         record["directions"][name] = {k: v for k, v in change.items() if k != "meta"} | rec
     s.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{s.output.name}.", dir=s.output.parent))
