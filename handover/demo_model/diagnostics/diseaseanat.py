@@ -12,7 +12,9 @@ and how many subjects go the disease's way (ventricles ρ ≥ 0.9 and hippocampu
 sign of each direction (`ldae orient` picks the sign from the median ventricle change). NAMES
 (comma-separated, default shipped,anat) may add "comb": the shipped direction's unit vector minus
 anat's (the sense each renders the disease in on most subjects), same unit rule as anat unless
-COMB_UNIT gives its length in normalised code units (the shipped direction's is printed as its unit)."""
+COMB_UNIT gives its length in normalised code units (the shipped direction's is printed as its unit);
+and "combo": comb made orthogonal to a ridge probe of the codes on each visit's mean brain intensity
+(voxels above 0.05), same unit. Every edit line ends with the mean change α −2 → 2 over the brain."""
 import sys, math, numpy as np, torch
 from pathlib import Path
 from LDAELib.directions import Direction, fit_linear_probe
@@ -62,7 +64,15 @@ d_comb, g_comb = on_shipped_codes(u(dd) - w_anat / w_anat.norm())
 if len(sys.argv) > 7: d_comb.scale = float(sys.argv[7]) / math.sqrt(E)
 print(f"comb: groups' gap {g_comb:+.3f} (sign set so that + is the disease side); unit {d_comb.scale * math.sqrt(E):.3f}; "
       f"test AUC of the position along it {auc(posn(d_comb, yte), gte.bool()):.3f}")
-dirs = {"shipped": dd, "anat": d_anat, "comb": d_comb}
+def brain_mean(r):
+    x = np.asarray(load(r)); return float(x[x > 0.05].mean())
+d_int = fit_linear_probe(ytr, torch.tensor([brain_mean(r) for r in train]), "intensity", "continuous", l2=l2)
+w_int = d_int.weight.double() / d_int.std.double() * sd; w_int = w_int / w_int.norm()
+wc = d_comb.weight.double() / d_comb.weight.double().norm(); wo = wc - (wc @ w_int) * w_int
+d_combo = Direction("disease", wo.float(), mu.float(), sd.float(), positive="atrophy", negative="healthy", scale=d_comb.scale)
+print(f"intensity probe: cos with comb {float(wc @ w_int):+.3f}, with shipped {float(u(dd) @ w_int):+.3f}; combo gap "
+      f"{float((((ytr - mu) / sd) @ (wo / wo.norm()))[gtr.bool()].mean() - (((ytr - mu) / sd) @ (wo / wo.norm()))[~gtr.bool()].mean()):+.3f}")
+dirs = {"shipped": dd, "anat": d_anat, "comb": d_comb, "combo": d_combo}
 if n <= 0: sys.exit(0)
 meas = build_measure(train, sp, load, label_values(inp.cohort_csv.parent / "cohort.json"), max_subjects=16, rng=np.random.default_rng(0))
 alphas = [-2.0, -1.0, 0.0, 1.0, 2.0]
@@ -76,6 +86,8 @@ for r in first_visits(train, n, seed):
         vv = [round(q["ventricles"], 1) for q in v]; hh = [round(q["hippocampus"], 2) for q in v]
         rv, rh = spearman(alphas, vv), spearman(alphas, hh)
         good[name + "+"] += rv >= 0.9 and rh <= -0.7; good[name + "-"] += rv <= -0.9 and rh >= 0.7; dv[name].append(vv[-1] - vv[0])
-        print(f"{r.subject} {r.get('group'):8s} {name:7s} ven {vv} rho {rv:+.2f} hip {hh} rho {rh:+.2f} |d| {np.abs(out[-1] - out[0]).mean():.4f}", flush=True)
+        brain = x > 0.05
+        print(f"{r.subject} {r.get('group'):8s} {name:7s} ven {vv} rho {rv:+.2f} hip {hh} rho {rh:+.2f} |d| {np.abs(out[-1] - out[0]).mean():.4f} "
+              f"brain {float((out[-1] - out[0])[brain].mean()):+.4f}", flush=True)
 print("subjects going the disease's way under each sign:", good, "; median ventricle change α −2 → 2:",
       {k: round(float(np.median(v)), 2) for k, v in dv.items()})
