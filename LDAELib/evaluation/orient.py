@@ -138,7 +138,7 @@ def orientation(name: str, changes: dict[str, list[float]], ml_per_year: float |
 
 
 def contrast_direction(pipe, group: Direction, train_rows: list, load, scans: list, measure, alpha: float, steps: int,
-                       l2: float = 0.01) -> tuple[Direction, dict]:
+                       l2: float = 0.01, progress=None) -> tuple[Direction, dict]:
     """The ``disease`` direction of ``disease_axis="contrast"`` (module docstring) and its record.
 
     ``group`` is the model's group probe; ``train_rows`` the training visits (cohort table rows with
@@ -146,6 +146,7 @@ def contrast_direction(pipe, group: Direction, train_rows: list, load, scans: li
     edited on. The anatomy probe is expressed on the group probe's normalisation; the new axis is
     s_g·u_group + s_a·u_anatomy with each s the candidate's rendered sense (±1), its sign then
     chosen so that the disease group sits higher on it; ``edit_sign`` +1, ``scale`` the group probe's.
+    ``progress(done, total)`` is called after each visit embedded and each candidate edit.
     """
     from ..cohort.cohort import VOLUME_COLUMNS
     from ..directions import fit_linear_probe
@@ -161,7 +162,13 @@ def contrast_direction(pipe, group: Direction, train_rows: list, load, scans: li
     volumes = torch.tensor([[r.number(c) for c in columns] for r in train_rows], dtype=torch.float64)
     anatomy_score = fit_linear_probe(volumes, sick.double(), "anatomy", "binary", l2=l2)
     score = anatomy_score.score(volumes.float()).double()
-    codes = torch.cat([pipe.embed(load(r)) for r in train_rows]).double()
+    total = len(train_rows) + 2 * len(scans)
+    codes = []
+    for r in train_rows:
+        codes.append(pipe.embed(load(r)))
+        if progress is not None:
+            progress(len(codes), total)
+    codes = torch.cat(codes).double()
     anatomy = fit_linear_probe(codes, score, "disease", "continuous", l2=l2)
     mu, sd = group.mean.double(), group.std.double()
     unit = lambda w: w / w.norm()
@@ -171,8 +178,9 @@ def contrast_direction(pipe, group: Direction, train_rows: list, load, scans: li
                   "anatomy": Direction.from_settings("disease", u_anatomy, mu, sd, {"scale": group.scale})}
     senses, record = {}, {"columns": columns, "anatomy_score_auc_training": auc(score.numpy(), sick.numpy()),
                           "cos_group_anatomy": float(u_group @ u_anatomy), "candidates": {}}
-    for name, d in candidates.items():
-        flip, rec = orientation("disease", rendered_changes(pipe, {name: d}, scans, measure, alpha, steps)[name])
+    for k, (name, d) in enumerate(candidates.items()):
+        step = None if progress is None else (lambda done, _, k=k: progress(len(train_rows) + k * len(scans) + done, total))
+        flip, rec = orientation("disease", rendered_changes(pipe, {name: d}, scans, measure, alpha, steps, step)[name])
         senses[name] = flip
         record["candidates"][name] = {"sense": flip, "ml_per_alpha": rec["ml_per_alpha"], "agreeing_scans": rec["agreeing_scans"]}
     w = senses["group"] * group.edit_sign * u_group + senses["anatomy"] * u_anatomy
@@ -191,6 +199,14 @@ def contrast_direction(pipe, group: Direction, train_rows: list, load, scans: li
     d = Direction("disease", w.float(), mu.float(), sd.float(), 0.0, group.positive, group.negative,
                   "the groups' mean gap along the group probe, taken along the contrast axis", meta, group.scale, 1)
     return d, record
+
+
+def _follow(bar):
+    """A progress(done, total) callback that moves a tqdm bar."""
+    def progress(done, total):
+        bar.n = done
+        bar.refresh()
+    return progress
 
 
 def _is_number(v) -> bool:
@@ -233,6 +249,8 @@ def orient(s: OrientSettings, command: str = "") -> dict:
     if not known:
         raise LDAEError(f"{inp.model_path} has no direction whose effect is known to orient by "
                         f"({', '.join(sorted({n for n, _ in EXPECTED_SIGN}))}); it has {', '.join(model.directions) or 'none'}")
+    if s.disease_axis == "contrast" and "disease" not in known:
+        raise LDAEError(f"{inp.model_path} has no 'disease' direction to build the contrast axis from")
     ageing = [r for r in inp.train_rows if s.ageing_group is None or str(r.get("group", "")) == s.ageing_group]
     if not ageing:
         raise LDAEError(f"no training subject is in group {s.ageing_group!r}; give a group of the cohort's 'group' column")
@@ -248,19 +266,16 @@ def orient(s: OrientSettings, command: str = "") -> dict:
                             max_subjects=s.atlas_subjects, rng=rng)
     rows = first_visits(inp.train_rows, s.subjects, s.seed)
     pipe = LDAEPipeline(model, device=torch.device(s.device), cache_size=len(rows) + 1, batch_size=2)
-    bar = _bar(EvalSettings(workdir=s.workdir, output=s.output, progress=s.progress), len(rows) * len(known), "orient", "edit")
-
-    def progress(done, total):
-        bar.n = done
-        bar.refresh()
-
     scans = [load(r) for r in rows]
+    bar_settings = EvalSettings(workdir=s.workdir, output=s.output, progress=s.progress)
     contrast = None
     if s.disease_axis == "contrast":
-        if "disease" not in known:
-            raise LDAEError(f"{inp.model_path} has no 'disease' direction to build the contrast axis from")
-        known["disease"], contrast = contrast_direction(pipe, known["disease"], inp.train_rows, load, scans, measure, s.alpha, s.steps)
-    changes = rendered_changes(pipe, known, scans, measure, s.alpha, s.steps, progress)
+        bar = _bar(bar_settings, len(inp.train_rows) + 2 * len(scans), "contrast axis", "step")
+        known["disease"], contrast = contrast_direction(pipe, known["disease"], inp.train_rows, load, scans, measure, s.alpha, s.steps,
+                                                        progress=_follow(bar))
+        bar.close()
+    bar = _bar(bar_settings, len(rows) * len(known), "orient", "edit")
+    changes = rendered_changes(pipe, known, scans, measure, s.alpha, s.steps, _follow(bar))
     bar.close()
     record = {"command": command, "model": str(inp.model_path), "subjects": [r.subject for r in rows], "alpha": s.alpha, "steps": s.steps,
               "ageing_group": s.ageing_group, "measure_atlas_subjects": list(measure.atlas_subjects), "directions": {},
