@@ -96,32 +96,60 @@ def test_reconstructions_of_the_example_scans_keep_their_anatomy(demo_edits):
         assert ssim(edits[ALPHAS.index(0.0)], x, 1.0) > 0.93, name
 
 
+def _ventricle_voxels(edits):
+    """CSF-dark voxels around the lateral ventricles of each image, dark relative to that image's own
+    tissue: below the midpoint of its CSF and grey-matter levels (``tissue_levels``), the threshold of
+    the evaluation's volume measure. A fixed threshold would count a global darkening of the brain as
+    ventricle growth: the shipped `age` edits of the first example visit go from 292 to 385 voxels
+    under 0.25 while the image's own threshold falls from 0.39 to 0.34 and the ventricles stay."""
+    import numpy as np
+
+    from LDAELib.evaluation.volumes import BRAIN_THRESHOLD, tissue_levels
+
+    counts = []
+    for img in edits:
+        csf, gm, _ = tissue_levels(img)
+        centre = img[22:42, 25:55, 25:45]  # the lateral ventricles in the 64×80×64 model grid
+        counts.append(int(((centre < (csf + gm) / 2) & (centre > BRAIN_THRESHOLD)).sum()))
+    return np.array(counts)
+
+
 def test_disease_edits_grow_the_ventricles_monotonically(demo_edits):
-    """Along `disease` the CSF-dark voxels around the lateral ventricles must grow at every step of
-    alpha on both example visits (shipped: 151 → 447 and 212 → 568 voxels from −2 to +2), and the
-    image must visibly change (mean |Δ| 0.016 from −2 to +2 when shipped; the first shipped model's
-    edits changed it by ~1e-5)."""
+    """Along `disease` the ventricles (``_ventricle_voxels``) must grow at every step of alpha on both
+    example visits (shipped: 614 → 893 and 698 → 1211 voxels from −2 to +2), and the image must
+    visibly change (mean |Δ| 0.016 from −2 to +2 when shipped; the first shipped model's edits changed
+    it by ~1e-5)."""
     import numpy as np
 
     _, _, out, _ = demo_edits
     for name, (_, edits) in out.items():
         assert np.abs(edits[-1] - edits[0]).mean() > 5e-3, name
-        centre = edits[:, 22:42, 25:55, 25:45]  # the lateral ventricles in the 64×80×64 model grid
-        dark = (centre < 0.25).sum(axis=(1, 2, 3))
+        dark = _ventricle_voxels(edits)
         assert (np.diff(dark) > 0).all(), (name, dark)
 
 
-def test_age_edits_grow_the_ventricles(demo_edits):
-    """Along `age` (each subject's own ageing of the codes) the CSF-dark voxels around the lateral
-    ventricles grow from alpha −2 to +2 by at least a fifth, never falling by more than a few voxels
-    on the way (shipped: 292 → 385 and 268 → 528), and the image visibly changes (mean |Δ| 0.026;
-    the age probe shipped before moved it by 0.001 and shrank the ventricles)."""
+def test_age_edits_visibly_change_the_image(demo_edits):
+    """Along `age` the image visibly changes from alpha −2 to +2 (mean |Δ| 0.026 when shipped; the
+    age probe shipped before moved it by 0.001)."""
     import numpy as np
 
     for name, edits in demo_edits[3].items():
         assert np.abs(edits[-1] - edits[0]).mean() > 5e-3, name
-        dark = (edits[:, 22:42, 25:55, 25:45] < 0.25).sum(axis=(1, 2, 3))
-        assert dark[-1] > 1.2 * dark[0] and (np.diff(dark) > -10).all(), (name, dark)
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped `age` direction does not grow the example subject's ventricles relative to its "
+                                       "tissue (810 → 770 and 884 → 986 voxels from −2 to +2, neither monotone): on this subject its "
+                                       "edits are mostly a global darkening (docs/demo_model_evaluation: ventricle ρ −0.6 here, "
+                                       "median +0.9 over the 12 test subjects)")
+def test_age_edits_grow_the_ventricles(demo_edits):
+    """Along `age` (each subject's own ageing of the codes) the ventricles (``_ventricle_voxels``) grow
+    from alpha −2 to +2 by at least a tenth and never fall on the way. Strict: when a model passes,
+    the marker must go."""
+    import numpy as np
+
+    for name, edits in demo_edits[3].items():
+        dark = _ventricle_voxels(edits)
+        assert dark[-1] > 1.1 * dark[0] and (np.diff(dark) >= 0).all(), (name, dark)
 
 
 def test_a_variation_is_a_brain_like_the_reconstruction(demo_edits):
