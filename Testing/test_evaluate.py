@@ -154,6 +154,14 @@ def test_metrics_json_holds_what_the_report_prints(report):
     assert f"| ventricles | {BLUR_REFERENCE} | {_ms(dec[BLUR_REFERENCE]['bias_ml'], 2)} |" in md
     probes = m["probes"]
     assert f"AUC = {fmt(probes['disease']['auc'], 3)}" in md and f"MAE = {fmt(probes['age']['mae_years'], 2)} years" in md
+    # each direction's global change: one value per subject, their median printed in its section
+    for dname, d in m["edits"]["directions"].items():
+        g = d["global_change"]
+        assert set(g["per_subject"]) == set(d["volumes_ml"]) and g["alphas"] == [-2.0, 2.0]
+        med = float(np.median([v["brain_mean"] for v in g["per_subject"].values()]))
+        assert g["median"]["brain_mean"] == pytest.approx(med)
+        section = md.split(f"### {dname}:")[1].split("###")[0]
+        assert f"mean over the brain, median {fmt(med, 4)}" in section
 
 
 def test_only_held_out_subjects_reach_the_model(report, run, cohort):
@@ -185,6 +193,24 @@ def test_composition_and_interpolation_design_are_recorded(report):
         mo = p["months"]
         assert mo[0] < mo[1] < mo[2] and p["fraction"] == pytest.approx((mo[1] - mo[0]) / (mo[2] - mo[0]))
         assert p["ventricles_ml"]["truth"] > 0 and set(p["ventricles_ml"]["abs_error"]) >= {"LDAE", "voxel blend"}
+
+
+def test_global_change_reads_the_whole_brain_not_its_anatomy():
+    """An edit that darkens every brain voxel by 0.05 reads −0.05 over the brain and moves the
+    grey-matter level by −0.05; one that only moves voxels outside the input's brain reads 0 over
+    the brain."""
+    from LDAELib.evaluation.sections import global_change
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((20, 24, 20), np.float32)
+    x[4:16, 4:20, 4:16] = rng.choice([0.2, 0.55, 0.8], size=(12, 16, 12)) + rng.normal(0, 0.01, (12, 16, 12))
+    brain = x > 0.02
+    darker = np.where(brain, x - 0.05, x)
+    g = global_change(x, x, darker)
+    assert g["brain_mean"] == pytest.approx(-0.05, abs=1e-6) and g["grey_matter_level"] == pytest.approx(-0.05, abs=2e-3)
+    outside = np.where(brain, x, x + 0.3)
+    assert global_change(x, x, outside)["brain_mean"] == 0.0
+    assert global_change(x, darker, x)["brain_mean"] == pytest.approx(0.05, abs=1e-6)  # the sign follows hi − lo
 
 
 # ------------------------------------------------------------------------------------------ the volume measure

@@ -193,6 +193,12 @@ def _report(m: dict, figs: dict) -> str:
             L += ["", "Per subject ρ (ventricles / hippocampus): " + "; ".join(
                 f"{s}: {fmt(d['spearman']['ventricles']['per_subject'][s], 2)} / {fmt(d['spearman']['hippocampus']['per_subject'][s], 2)}"
                 for s in d["spearman"]["ventricles"]["per_subject"]) + ".", ""]
+        g = d.get("global_change")
+        if g and g["per_subject"]:
+            bm = [v["brain_mean"] for v in g["per_subject"].values()]
+            L += [f"Global change from alpha {g['alphas'][0]:g} to {g['alphas'][1]:g} (intensities in [0, 1]): mean over the brain, median "
+                  f"{fmt(g['median']['brain_mean'], 4)} ({fmt(min(bm), 4)} to {fmt(max(bm), 4)}; darker on {sum(v < 0 for v in bm)} of {len(bm)} "
+                  f"subjects); grey-matter level, median {fmt(g['median']['grey_matter_level'], 4)}. {g['how'][0].upper() + g['how'][1:]}.", ""]
         c = d["composition_max_abs_diff"]
         L.append(f"Composition: max |edit(alpha 0) − reconstruction| = {fmt(c['max'])} (largest over subjects; 0 means identical).")
         rv = d["reversibility"]

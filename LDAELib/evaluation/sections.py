@@ -30,7 +30,7 @@ from ..training.data import VolumeStore, cohort_csv, read_cohort, visit_order
 from ..training.probes import auc, predicted_age
 from .similarity import BRAIN_DILATION, BRAIN_THRESHOLD, brain_mask, mse, psnr, ssim
 from .targets import BLUR_REFERENCE, BLUR_REFERENCE_SIGMA, DEFAULT_ALPHAS, DEFAULT_STEPS, EXPECTED_SIGN, SSIM_TARGET_T
-from .volumes import REGIONS, agreement, build_measure, has_volume_truth, label_values, spearman, truth_of, within_subject_rate
+from .volumes import REGIONS, agreement, build_measure, has_volume_truth, label_values, spearman, tissue_levels, truth_of, within_subject_rate
 
 
 @dataclass
@@ -379,6 +379,21 @@ def interpolation_section(s, pipe, selected, inp, load, measure, keep, timing):
                       "(the visits just before and after); fraction = (months_mid − months_before) / (months_after − months_before)"}
 
 
+GLOBAL_CHANGE_HOW = ("the edit at the largest alpha minus the edit at the smallest, averaged over the input's brain (voxels above "
+                     f"{BRAIN_THRESHOLD:g}), and the change of the grey-matter level (3-class k-means of the brain's intensities). In "
+                     "an `ldae cohort` cohort ageing and disease change anatomy, not tissue intensity, so there this is the model's own, and it moves any "
+                     "image-based volume measure")
+
+
+def global_change(x, lo, hi) -> dict:
+    """How much an edit changes the whole brain rather than its anatomy: the mean of ``hi − lo``
+    over the input ``x``'s brain, and the change of the grey-matter k-means level (model-space
+    intensities, [0, 1])."""
+    x, lo, hi = (np.asarray(torch.as_tensor(v, dtype=torch.float32).cpu()).squeeze() for v in (x, lo, hi))
+    brain = x > BRAIN_THRESHOLD
+    return {"brain_mean": float((hi - lo)[brain].mean()), "grey_matter_level": float(tissue_levels(hi)[1] - tissue_levels(lo)[1])}
+
+
 def edits_section(s, pipe, model, selected, inp, load, measure, keep, timing):
     t0 = time.perf_counter()
     T = s.main_steps
@@ -391,11 +406,13 @@ def edits_section(s, pipe, model, selected, inp, load, measure, keep, timing):
     for dname in names:
         d = model.directions[dname]
         vols: dict[str, dict[str, list[float]]] = {}
-        comp, rev = [], []
+        comp, rev, glob = [], [], {}
+        lo, hi = alphas.index(min(alphas)), alphas.index(max(alphas))
         for subj in selected:
             x = _t(load(inp.test_rows[subj][0]))
             enc = pipe.encode(x, T)
             imgs = pipe.edit(enc, d, alphas, T)
+            glob[subj] = global_change(x, imgs[lo], imgs[hi])
             recon = keep["recon"][subj][2] if subj in keep.get("recon", {}) else pipe.reconstruct(enc, T)
             comp.append(float((imgs[i0] - recon[0]).abs().max()))
             ra = float(s.reverse_alpha)
@@ -413,7 +430,11 @@ def edits_section(s, pipe, model, selected, inp, load, measure, keep, timing):
                "composition_max_abs_diff": {"per_subject": dict(zip(selected, comp)), "max": max(comp) if comp else float("nan")},
                "reversibility": {"alpha": float(s.reverse_alpha), "per_subject": rev,
                                  "summary": {ref: {k: _summary([r[ref][k] for r in rev]) for k in ("ssim", "mse")}
-                                             for ref in ("vs input", "vs reconstruction", "edited vs input")}}}
+                                             for ref in ("vs input", "vs reconstruction", "edited vs input")}},
+               "global_change": {"alphas": [alphas[lo], alphas[hi]], "per_subject": glob,
+                                 "median": {k: float(np.median([g[k] for g in glob.values()])) if glob else float("nan")
+                                            for k in ("brain_mean", "grey_matter_level")},
+                                 "how": GLOBAL_CHANGE_HOW}}
         if measure is not None:
             res["volumes_ml"] = vols
             sp: dict = {}
