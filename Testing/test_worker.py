@@ -110,24 +110,19 @@ def test_edit_reports_progress_then_result_on_the_source_grid(worker, scans, tmp
     assert "not an acquired scan" in prov["note"]
 
 
-def test_second_edit_of_a_source_reuses_its_encoding_and_is_faster_by_the_inversion(worker, scans, tmp_path):
+def test_second_edit_of_a_source_reuses_its_encoding_and_skips_the_inversion(worker, scans, tmp_path):
+    """The second and third edits of one source run no encoder and no inversion: only sampling and
+    decoding (the calls and the progress stages say so). How much time that saves is measured in
+    benchmarks, not asserted here: a wall-clock comparison fails on a loaded machine."""
     first, progress = _run(worker, _edit(scans["b"], tmp_path / "1", alpha=1.0, key="cache"))
     assert first["type"] == "result" and first["calls"]["inversion"] == 1 and first["cache"] == {"encoded": False, "inverted": False}
-    inv = [m for m in progress if m["stage"] == "inversion"]
-    before_inv = [m for m in progress if m["done"] == inv[0]["done"] - 1]
-    inversion_s = inv[-1]["elapsed"] - before_inv[0]["elapsed"]
-    seconds = []
+    assert "inversion" in {m["stage"] for m in progress}
     for alpha in (-1.0, 3.0):
         again, progress2 = _run(worker, _edit(scans["b"], tmp_path / f"2{alpha}", alpha=alpha, key="cache"))
         assert again["type"] == "result"
         assert again["cache"] == {"encoded": True, "inverted": True}
         assert again["calls"]["autoencoder_encode"] == 0 and again["calls"]["semantic_encode"] == 0 and again["calls"]["inversion"] == 0
         assert {m["stage"] for m in progress2} == {"sampling", "decode"}
-        seconds.append(again["seconds"])
-    second = min(seconds)
-    print(f"\nfirst edit {first['seconds']:.3f} s (inversion {inversion_s:.3f} s), cached edit {second:.3f} s "
-          f"-> {first['seconds'] / second:.2f}x faster")
-    assert first["seconds"] - second >= 0.8 * inversion_s  # at least the inversion's share (20 % timing slack)
 
 
 def test_bad_input_gives_one_clear_error_and_the_worker_keeps_serving(worker, scans, tmp_path):
