@@ -112,8 +112,9 @@ def test_edit_reports_progress_then_result_on_the_source_grid(worker, scans, tmp
 
 def test_second_edit_of_a_source_reuses_its_encoding_and_skips_the_inversion(worker, scans, tmp_path):
     """The second and third edits of one source run no encoder and no inversion: only sampling and
-    decoding (the calls and the progress stages say so). How much time that saves is measured in
-    benchmarks, not asserted here: a wall-clock comparison fails on a loaded machine."""
+    decoding (the calls and the progress stages say so). How much time that saves is measured by
+    benchmarks/bench_worker_cache.py, not asserted here: a wall-clock comparison fails on a loaded
+    machine."""
     first, progress = _run(worker, _edit(scans["b"], tmp_path / "1", alpha=1.0, key="cache"))
     assert first["type"] == "result" and first["calls"]["inversion"] == 1 and first["cache"] == {"encoded": False, "inverted": False}
     assert "inversion" in {m["stage"] for m in progress}
