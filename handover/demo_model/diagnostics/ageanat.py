@@ -7,16 +7,18 @@ table's true regional volumes); "comb" is the sum of the shipped direction's and
 each in the sense it renders ageing in on most of the N training subjects (the median ventricle change
 from α −2 to +2, as `ldae orient` decides). Every direction keeps the shipped direction's step (its
 normalised code units per alpha). Prints the age
-MAE of the anatomical score on the test visits (the ceiling from the true volumes), then per subject
+MAE of the anatomical age on the test visits (the ceiling from the true volumes), then per subject
 α −2 … 2 the image measure's ventricles and hippocampus, their ρ, and the mean brain change α −2 → 2;
 the first visits of N training subjects (the `ldae orient` draw with SEED)."""
 import sys, numpy as np, torch
 from pathlib import Path
+from LDAELib.cohort.cohort import VOLUME_COLUMNS
 from LDAELib.directions import Direction, fit_linear_probe
 from LDAELib.evaluation.orient import first_visits
 from LDAELib.evaluation.sections import EvalSettings, Loader, read_inputs
 from LDAELib.evaluation.volumes import build_measure, label_values, spearman
 from LDAELib.pipeline import LDAEPipeline
+from LDAELib.training.probes import predicted_age
 from LDAELib.weights import load_model
 torch.set_grad_enabled(False)
 torch.set_num_threads(2)
@@ -26,17 +28,12 @@ model = load_model(bundle); pipe = LDAEPipeline(model, cache_size=64); sp = mode
 inp = read_inputs(EvalSettings(workdir=run, output="/tmp/none", model=bundle)); load = Loader(inp.rows, sp, run)
 train = inp.train_rows
 test = [r for rows in inp.test_rows.values() for r in rows]
-COLS = ["ventricles_ml", "hippocampus_l_ml", "hippocampus_r_ml", "grey_matter_ml", "white_matter_ml", "csf_ml", "whole_brain_ml"]
-def vols(rows): return torch.tensor([[r.number(c) for c in COLS] for r in rows], dtype=torch.float64)
+def vols(rows): return torch.tensor([[r.number(c) for c in VOLUME_COLUMNS] for r in rows], dtype=torch.float64)
 def ages(rows): return torch.tensor([r.number("age") for r in rows], dtype=torch.float64)
-anat = fit_linear_probe(vols(train), ages(train), "age", "continuous", l2=l2)
-def score(d, x): return ((x - d.mean.double()) / d.std.double()) @ d.weight.double() + float(d.meta.get("bias", 0.0))
-s_tr = score(anat, vols(train))
-A_tr = ages(train)  # the score in years: a least-squares line on the training visits
-k = float(((s_tr - s_tr.mean()) @ (A_tr - A_tr.mean())) / ((s_tr - s_tr.mean()) ** 2).sum())
-to_years = lambda x: (score(anat, x) - s_tr.mean()) * k + A_tr.mean()
-print(f"anatomical age (true volumes): MAE training {float((to_years(vols(train)) - A_tr).abs().mean()):.2f} y, "
-      f"test {float((to_years(vols(test)) - ages(test)).abs().mean()):.2f} y", flush=True)
+anat = fit_linear_probe(vols(train), ages(train), "age", "continuous", l2=l2)   # the anatomy's age, in years by predicted_age
+s_tr = predicted_age(anat, vols(train).float())
+print(f"anatomical age (true volumes): MAE training {float((s_tr - ages(train)).abs().mean()):.2f} y, "
+      f"test {float((predicted_age(anat, vols(test).float()) - ages(test)).abs().mean()):.2f} y", flush=True)
 ytr = torch.cat([pipe.embed(load(r)) for r in train]).double()
 da = model.directions["age"]; mu, sd = da.mean.double(), da.std.double()
 d_anat = fit_linear_probe(ytr, s_tr, "age", "continuous", l2=l2)
