@@ -330,7 +330,8 @@ def _info(args, model) -> int:
         f"parameters:  {model.num_parameters() / 1e6:.1f} M",
         f"model space: {model.config.space.shape} voxels at {model.config.space.spacing_mm} mm; latent {model.config.latent_shape}",
         "directions:  " + ("; ".join(d.describe() for d in model.directions.values()) or "none"),
-        *([f"guidance:    code guidance {model.config.code_guidance:g} around the training codes' mean (1 is the authors' rule)"]
+        *([f"guidance:    code guidance {model.config.code_guidance:g} around the training codes' mean (1 is the authors' rule)"
+           + ("; mean-free: an edit keeps each latent channel's mean" if model.config.code_guidance_mean_free else "")]
           if model.config.guided else []),
         f"licence:     {ident.get('licence') or 'see the model card'}",
         *(f"limitation:  {op}: {text}" for op, text in model.limitations.items()),

@@ -44,12 +44,22 @@ class LDAEConfig:
     """Weight w of the gradient estimator's answer to the code at inference:
     g(ȳ) + w·(g(y) − g(ȳ)), ȳ the model's reference code (``LDAEModel.reference_code``). 1.0 is
     the authors' rule, g(y), and needs no reference; our trained models may ship another weight."""
+    code_guidance_mean_free: bool = False
+    """With code guidance, g(y) − g(ȳ) first loses its mean over the latent grid, channel by channel
+    (``code_guided_shift``): the code can no longer move a latent channel as a whole, which the
+    decoder renders as a brightening or darkening of the whole brain, so an edit keeps the scan's
+    overall intensity (carried by its inverted noise). Inference only; needs code_guidance ≠ 1."""
 
     def __post_init__(self) -> None:
         w = float(self.code_guidance)
         if not (w == w and abs(w) != float("inf")) or w < 0:
             raise ValueError(f"code_guidance must be a finite number ≥ 0, got {self.code_guidance!r}")
         self.code_guidance = w
+        if not isinstance(self.code_guidance_mean_free, bool):
+            raise ValueError(f"code_guidance_mean_free must be true or false, got {self.code_guidance_mean_free!r}")
+        if self.code_guidance_mean_free and not self.guided:
+            raise ValueError("code_guidance_mean_free needs code guidance (code_guidance ≠ 1): it changes how the "
+                             "guided part of the shift is formed")
 
     @property
     def guided(self) -> bool:
@@ -72,6 +82,8 @@ class LDAEConfig:
             d["x0_clip"] = self.x0_clip
         if self.guided:
             d["code_guidance"] = self.code_guidance
+        if self.code_guidance_mean_free:
+            d["code_guidance_mean_free"] = True
         return d
 
     @classmethod
@@ -87,6 +99,7 @@ class LDAEConfig:
             latent_shift=bool(d.get("latent_shift", False)),
             x0_clip=None if d.get("x0_clip", 1.0) is None else float(d.get("x0_clip", 1.0)),
             code_guidance=float(d.get("code_guidance", 1.0)),
+            code_guidance_mean_free=d.get("code_guidance_mean_free", False),
         )
 
     @property

@@ -136,3 +136,77 @@ def test_the_evaluation_report_names_a_models_guidance():
     from LDAELib.evaluation.report import _guidance
 
     assert _guidance({"code_guidance": 8.0}) == ", code guidance 8" and _guidance({"code_guidance": 1.0}) == _guidance({}) == ""
+
+
+# ------------------------------------------------------------------ mean-free code guidance
+def _mean_free(model, weight: float, reference: torch.Tensor):
+    m = _guided(model, weight, reference)
+    m.config.code_guidance_mean_free = True
+    return m
+
+
+def test_mean_free_guidance_removes_each_channels_mean_from_the_guided_part_only(model):
+    ref = torch.randn(64, generator=torch.Generator().manual_seed(7))
+    pipe = LDAEPipeline(_mean_free(model, 3.0, ref))
+    g = torch.Generator().manual_seed(6)
+    x, y, t = torch.randn(2, 3, 16, 20, 16, generator=g), torch.randn(2, 64, generator=g), torch.tensor([500, 20])
+    with torch.inference_mode():
+        _, shift = pipe._unet(x, t, y)
+        _, gy = model.shift_unet(x, t, y)
+        _, gr = model.shift_unet(x, t, ref[None].expand(2, -1))
+    d = gy - gr
+    expected = gr + 3.0 * (d - d.mean(dim=(2, 3, 4), keepdim=True))
+    assert torch.allclose(shift, expected, atol=1e-5)
+    # the reference's own answer keeps its mean; the code's part has none, per item and channel
+    assert torch.allclose((shift - gr).mean(dim=(2, 3, 4)), torch.zeros(2, 3), atol=1e-5)
+    assert (d.mean(dim=(2, 3, 4)).abs() > 1e-4).any()  # so the check above is not trivially true
+    assert not torch.allclose(shift, gr + 3.0 * d, atol=1e-4)
+
+
+def test_mean_free_guidance_leaves_the_reconstruction_around_the_scans_own_code_alone(model, scan):
+    plain = LDAEPipeline(model)
+    y = plain.embed(scan)[0]
+    assert torch.equal(LDAEPipeline(_mean_free(model, 4.0, y)).reconstruct(scan, STEPS), plain.reconstruct(scan, STEPS))
+
+
+def test_mean_free_guidance_is_a_checked_setting_kept_by_bundles_provenance_and_info(model, tmp_path, capsys):
+    with pytest.raises(ValueError, match="needs code guidance"):
+        LDAEConfig(code_guidance_mean_free=True)
+    with pytest.raises(ValueError, match="true or false"):
+        LDAEConfig.from_dict({"code_guidance": 2, "code_guidance_mean_free": "yes"})
+    assert "code_guidance_mean_free" not in LDAEConfig(code_guidance=2.0).to_dict()
+    folder = save_bundle(_mean_free(model, 6.0, torch.ones(64)), tmp_path / "b", name="mf")
+    assert json.loads((folder / "ldae_bundle.json").read_text())["config"]["code_guidance_mean_free"] is True
+    loaded = load_model(folder)
+    assert loaded.config.code_guidance_mean_free
+    from LDAELib.cli import main
+    from LDAELib.inference.provenance import provenance
+    from LDAELib.inference.settings import RunSettings
+
+    assert main(["info", "--model", str(folder)]) == 0
+    assert "mean-free" in capsys.readouterr().out
+    prov = provenance(loaded, LDAEPipeline(loaded), RunSettings(input_space="model"), "edit", [])
+    assert prov["code_guidance_mean_free"] is True
+    assert "code_guidance_mean_free" not in provenance(model, LDAEPipeline(model), RunSettings(input_space="model"), "edit", [])
+
+
+def test_annotate_bundle_switches_mean_free_guidance_without_touching_the_weights(model, tmp_path):
+    from LDAELib.weights.bundle import annotate_bundle
+
+    folder = save_bundle(_guided(model, 6.0, torch.ones(64)), tmp_path / "b", name="guided")
+    before = {f.name: f.read_bytes() for f in folder.glob("*.safetensors")}
+    annotate_bundle(folder, inference={"code_guidance_mean_free": True})
+    assert load_model(folder).config.code_guidance_mean_free
+    assert {f.name: f.read_bytes() for f in folder.glob("*.safetensors")} == before
+    with pytest.raises(LDAEError, match="cannot be changed in a bundle"):
+        annotate_bundle(folder, inference={"code_guidance": 2.0})
+    plain = save_bundle(model, tmp_path / "plain", name="plain")
+    with pytest.raises(LDAEError, match="needs code guidance"):
+        annotate_bundle(plain, inference={"code_guidance_mean_free": True})
+    assert not load_model(plain).config.code_guidance_mean_free  # the refused change left it as it was
+
+
+def test_the_evaluation_report_names_mean_free_guidance():
+    from LDAELib.evaluation.report import _guidance
+
+    assert _guidance({"code_guidance": 8.0, "code_guidance_mean_free": True}) == ", code guidance 8, mean-free"

@@ -809,6 +809,17 @@ def test_a_recipe_with_code_guidance_ships_the_training_codes_mean_as_reference(
     assert torch.equal(load_file(str(w / "probes" / "directions.safetensors"))["_reference_code"], mean)
     with pytest.raises(LDAEError, match="code_guidance"):
         apply_overrides(tiny_recipe(), ["model.code_guidance=-1"])
+    # mean-free guidance is an inference setting too: the same work folder and probes serve it
+    mf = apply_overrides(tiny_recipe(), ["model.code_guidance=4", "model.code_guidance_mean_free=true"])
+    said.clear()
+    session = TrainingSession(mf, tiny_cohort, w, progress=False, echo=said.append)
+    session.fit_probes()
+    assert said[-1] == "probes: already fitted, kept"
+    shutil.rmtree(w / "bundle")
+    model = load_model(session.export_bundle(w / "bundle"))
+    assert model.config.code_guidance_mean_free and model.config.code_guidance == 4.0
+    with pytest.raises(LDAEError, match="needs code guidance"):
+        apply_overrides(tiny_recipe(), ["model.code_guidance_mean_free=true"])
 
 
 # --------------------------------------------------------------------------------- command line

@@ -31,11 +31,17 @@ def guided_eps(eps: torch.Tensor, g: torch.Tensor, k: int, sched: DDIMSchedule) 
     return eps - _coef(sched.sqrt_one_minus_alphas_cumprod, k, eps) * g
 
 
-def code_guided_shift(g: torch.Tensor, g_ref: torch.Tensor, weight: float) -> torch.Tensor:
+def code_guided_shift(g: torch.Tensor, g_ref: torch.Tensor, weight: float, mean_free: bool = False) -> torch.Tensor:
     """g(ȳ) + w·(g(y) − g(ȳ)): the gradient estimator's answer to the code y, scaled by w around its
     answer to a reference code ȳ. w = 1 gives g(y) (the authors' rule); w > 1 makes the code, and
-    so a move of the code, decide more of the sample, as guidance scales do in diffusion models."""
-    return g_ref + float(weight) * (g - g_ref)
+    so a move of the code, decide more of the sample, as guidance scales do in diffusion models.
+
+    ``mean_free``: the difference g(y) − g(ȳ) first loses its mean over the latent grid, channel by
+    channel, so the code cannot move a latent channel as a whole (``LDAEConfig.code_guidance_mean_free``)."""
+    d = g - g_ref
+    if mean_free:
+        d = d - d.mean(dim=tuple(range(2, d.ndim)), keepdim=True)
+    return g_ref + float(weight) * d
 
 
 def predict_x0(x: torch.Tensor, eps: torch.Tensor, k: int, sched: DDIMSchedule, clip: float | None = DEFAULT_X0_CLIP) -> torch.Tensor:

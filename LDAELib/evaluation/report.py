@@ -69,7 +69,9 @@ def _ms(d: dict, nd: int = 4) -> str:
 def _guidance(model: dict) -> str:
     """', code guidance 8' for a model that samples with code guidance (docs/training.md), else ''."""
     w = model.get("code_guidance", 1.0)
-    return f", code guidance {w:g}" if w != 1.0 else ""
+    if w == 1.0:
+        return ""
+    return f", code guidance {w:g}" + (", mean-free" if model.get("code_guidance_mean_free") else "")
 
 def _report(m: dict, figs: dict) -> str:
     st = m["settings"]
@@ -290,7 +292,8 @@ def evaluate(settings: EvalSettings, command: str = "") -> dict:
         m = {
             "settings": {**{k: v for k, v in asdict(s).items() if k not in ("progress",)}, "command": command},
             "model": {"name": model.name, "path": str(Path(inp.model_path).resolve()), "id": model.identity.get("id"),
-                      "space": space.to_dict(), "directions": sorted(model.directions), "code_guidance": model.config.code_guidance},
+                      "space": space.to_dict(), "directions": sorted(model.directions), "code_guidance": model.config.code_guidance,
+                      "code_guidance_mean_free": model.config.code_guidance_mean_free},
             "data": {"workdir": str(s.workdir.resolve()), "cohort_csv": str(inp.cohort_csv.resolve()), "n_test_subjects": len(inp.test_rows), "n_test_visits": len(tests),
                      "test_subjects": sorted(inp.test_rows), "selected_subjects": selected,
                      "train_subjects": len(inp.split["subjects"]["train"]), "val_subjects": len(inp.split["subjects"].get("val", [])),

@@ -9,6 +9,7 @@ Written beside each output (``out.json``) and onto each Slicer node (``LDAE.Prov
                                checked against those hashes when loaded)
     steps, seed, latent        DDIM steps each way; the seed; "mean" or "sampled(seed=N)"
     code_guidance              the model's code guidance weight w, when it is not the authors' 1
+    code_guidance_mean_free    true when that guidance leaves each latent channel's mean to the scan
     input_space                "raw", "mni" or "model" (``inference.space``)
     device, dtype, decode_dtype, weight_storage, conv_backend    how the numbers were computed
     inputs                     [{path, sha256}] of the scans it was computed from
@@ -82,6 +83,8 @@ def provenance(model, pipeline, settings, operation: str, inputs: list[dict], **
     }
     if model.config.guided:
         prov["code_guidance"] = model.config.code_guidance
+        if model.config.code_guidance_mean_free:
+            prov["code_guidance_mean_free"] = True
     note = model.limitations.get(operation)
     if note:
         prov["model_limitation"] = note

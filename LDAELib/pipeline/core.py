@@ -139,6 +139,7 @@ class LDAEPipeline:
         self.store = EncodingStore(cache_dir) if cache_dir else None
         self.x0_clip = model.config.x0_clip
         self.code_guidance = model.config.code_guidance  # read once, like x0_clip: the rule of this pipeline's life
+        self.code_guidance_mean_free = model.config.code_guidance_mean_free
         if model.config.guided and model.reference_code is None:
             raise LDAEError(f"the model's configuration asks for code guidance {model.config.code_guidance:g} but it has no "
                             "reference code; load it from its bundle again (the bundle holds reference_code.safetensors)")
@@ -184,7 +185,8 @@ class LDAEPipeline:
             eps, g = unet(x, t, y)
             return eps.float().contiguous(), g.float().contiguous()
         eps, g, g_ref = unet.forward_with_reference(x, t, y, self.model.reference_code.to(y.device, y.dtype))
-        return eps.float().contiguous(), code_guided_shift(g.float(), g_ref.float(), self.code_guidance).contiguous()
+        return eps.float().contiguous(), code_guided_shift(g.float(), g_ref.float(), self.code_guidance,
+                                                               self.code_guidance_mean_free).contiguous()
 
     # ------------------------------------------------------------------ networks
     @torch.inference_mode()

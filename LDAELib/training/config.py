@@ -540,6 +540,7 @@ def comparable(recipe_dict: dict) -> dict:
     model.pop("latent_scale", None)
     model.pop("x0_clip", None)  # used by DDIM at inference only, not in training
     model.pop("code_guidance", None)  # likewise
+    model.pop("code_guidance_mean_free", None)  # likewise
     data = {k: v for k, v in recipe_dict.get("data", {}).items() if k not in ("disk_cache", "memory_cache")}
     return {"model": model, "data": data}
 

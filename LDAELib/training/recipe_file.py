@@ -64,7 +64,7 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-_OPTIONAL_MODEL_SETTINGS = ("latent_shift", "x0_clip", "code_guidance")
+_OPTIONAL_MODEL_SETTINGS = ("latent_shift", "x0_clip", "code_guidance", "code_guidance_mean_free")
 """Model settings a recipe's JSON leaves out at their defaults, which ``--set model.KEY=…`` may still set."""
 
 

@@ -161,8 +161,13 @@ def manifest_hashes(folder: str | Path) -> dict[str, str]:
 OPERATIONS = ("reconstruct", "edit", "interpolate", "vary")
 
 
+INFERENCE_SETTINGS = ("code_guidance_mean_free",)
+"""Model settings that only change how inference uses the weights, which ``annotate_bundle`` may change."""
+
+
 def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = None, documents: dict[str, str] | None = None,
-                    space: dict | None = None, directions: dict[str, dict | Direction] | None = None) -> Path:
+                    space: dict | None = None, directions: dict[str, dict | Direction] | None = None,
+                    inference: dict | None = None) -> Path:
     """Record in a bundle what its model does badly, by operation (``LDAEModel.limitations``):
     ``{"vary": "…"}``; an empty text removes an operation's note. ``documents``: {name: text} of
     files to add or replace beside the weights (its model card, README.md). ``space``: model-space
@@ -170,7 +175,8 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = 
     to the grid, which the weights do not fix. ``directions``: {name: {field: value}} changes how an
     existing direction edits and is described (``edit_sign``, ``scale``, ``alpha_unit``, ``meta``;
     e.g. after ``ldae orient``); a ``Direction`` instead of the dict adds or replaces that direction
-    whole, tensors included (``directions.safetensors`` is rewritten). The network weights are untouched; ``ldae_bundle.json``
+    whole, tensors included (``directions.safetensors`` is rewritten). ``inference``: model settings
+    of :data:`INFERENCE_SETTINGS` (e.g. ``{"code_guidance_mean_free": True}``). The network weights are untouched; ``ldae_bundle.json``
     and the manifest are rewritten, so the model id changes.
 
     The bundle is verified first. The change is made in a copy beside it that then takes its place,
@@ -198,6 +204,17 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = 
         if (new_space.spacing_mm, new_space.shape) != (old_space.spacing_mm, old_space.shape):
             raise LDAEError("the model grid (spacing_mm, shape) is fixed by the weights; only how inputs are brought to it can change")
         meta["config"]["space"] = new_space.to_dict()
+    if inference:
+        from ..model import LDAEConfig
+
+        unknown = sorted(set(inference) - set(INFERENCE_SETTINGS))
+        if unknown:
+            raise LDAEError(f"{', '.join(unknown)} cannot be changed in a bundle: the settings inference alone uses are "
+                            f"{', '.join(INFERENCE_SETTINGS)}")
+        try:
+            meta["config"] = LDAEConfig.from_dict({**meta["config"], **inference}).to_dict()
+        except ValueError as e:
+            raise LDAEError(f"cannot change {', '.join(inference)}: {e}") from e
     new_tensors = None
     if directions:
         whole = {n: d for n, d in directions.items() if isinstance(d, Direction)}
