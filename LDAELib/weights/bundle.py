@@ -212,9 +212,14 @@ def annotate_bundle(folder: str | Path, *, limitations: dict[str, str] | None = 
             raise LDAEError(f"{', '.join(unknown)} cannot be changed in a bundle: the settings inference alone uses are "
                             f"{', '.join(INFERENCE_SETTINGS)}")
         try:
-            meta["config"] = LDAEConfig.from_dict({**meta["config"], **inference}).to_dict()
+            written = LDAEConfig.from_dict({**meta["config"], **inference}).to_dict()  # checks the combination
         except ValueError as e:
             raise LDAEError(f"cannot change {', '.join(inference)}: {e}") from e
+        for key in inference:  # only these keys change; a setting at its default is left out, as save_bundle does
+            if key in written:
+                meta["config"][key] = written[key]
+            else:
+                meta["config"].pop(key, None)
     new_tensors = None
     if directions:
         whole = {n: d for n, d in directions.items() if isinstance(d, Direction)}

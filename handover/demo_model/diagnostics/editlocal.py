@@ -28,10 +28,10 @@ tmp = Path(tempfile.mkdtemp()) / "other"
 shutil.copytree(bundle, tmp)
 annotate_bundle(tmp, inference={"code_guidance_mean_free": not load_model(bundle).config.code_guidance_mean_free})
 inp = read_inputs(EvalSettings(workdir=run, output="/tmp/none", model=str(bundle)))
+load = Loader(inp.rows, load_model(bundle).config.space, run)  # both copies share the model space
+scans = [np.asarray(load(r), dtype=np.float32).squeeze() for r in first_visits(inp.train_rows, n, seed)]
 for path in (bundle, tmp):
     model = load_model(path); pipe = LDAEPipeline(model, cache_size=4)
-    load = Loader(inp.rows, model.config.space, run)
-    scans = [np.asarray(load(r), dtype=np.float32).squeeze() for r in first_visits(inp.train_rows, n, seed)]
     for dname in ("disease", "age"):
         near, area, smooth, mean = [], [], [], []
         for x in scans:
