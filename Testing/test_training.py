@@ -1148,6 +1148,98 @@ def test_paired_training_builds_z_t_from_another_visit_of_the_same_subject(train
         assert (a != r) == bool(obj.partners[r]) and rows[a].subject == rows[r].subject
 
 
+def test_brain_histogram_matching_removes_contrast_and_keeps_the_background():
+    """matching.py: a scan and a copy of it in another contrast (gain and gamma inside the brain)
+    come out alike once both are matched to one reference; the map is monotone, the background is
+    untouched, and a scan without a brain is refused with a message."""
+    from LDAELib.testing import phantom_brain
+    from LDAELib.training.matching import brain_quantiles, match_brain_histogram, reference_quantiles
+
+    x = np.asarray(phantom_brain((32, 40, 32))[0], dtype=np.float32)
+    x = x / x.max()
+    brain = x > 0.02
+    other = x.copy()
+    other[brain] = np.clip(0.85 * x[brain] ** 1.4 + 0.03, 0.021, 1.0)
+    assert np.abs(other - x)[brain].mean() > 0.05  # a real contrast change
+    ref = reference_quantiles([brain_quantiles(x), brain_quantiles(other)])
+    mx, mo = match_brain_histogram(x, ref), match_brain_histogram(other, ref)
+    assert np.abs(mx - mo)[brain].mean() < 0.01 * np.abs(other - x)[brain].mean() + 1e-3
+    assert np.array_equal(mx[~brain], x[~brain]) and np.array_equal(mo[~brain], other[~brain])
+    order = np.argsort(x[brain])
+    assert np.all(np.diff(mx[brain][order]) >= -1e-6)  # monotone: the anatomy's ranking is kept
+    with pytest.raises(LDAEError, match="voxels above"):
+        match_brain_histogram(np.zeros((8, 8, 8), np.float32), ref)
+
+
+def test_contrast_free_targets_take_the_pairs_and_the_code_target_from_matched_latents(trained, tiny_cohort, tmp_path):
+    """contrast_free_targets: the paired items' coarse difference comes from the intensity-matched
+    latents of the same two scans (zero for unpaired items) and the code regression's latent target
+    too; z_t stays built from the stored latents; the matched latents are encoded once; a short run
+    trains; the setting is refused where it would change nothing."""
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.checkpoint import load_checkpoint
+    from LDAELib.training.config import RepresentationStageConfig
+    from LDAELib.training.representation import RepresentationLoss, RepresentationObjective
+    from LDAELib.training.session import _strip
+
+    with pytest.raises(LDAEError, match="contrast_free_targets"):
+        RepresentationStageConfig(contrast_free_targets=True)
+    with pytest.raises(LDAEError, match="true or false"):
+        RepresentationStageConfig(contrast_free_targets="yes", pair_probability=1.0)
+
+    work, _ = trained
+    w = upstream_copy(work, tmp_path / "matched")
+    recipe = tiny_recipe()
+    rc = recipe.representation
+    rc.pair_probability, rc.pair_with, rc.code_regression_weight, rc.contrast_free_targets = 1.0, "any", 0.1, True
+    session = TrainingSession(recipe, tiny_cohort, w, progress=False, echo=lambda m: None)
+    lat, matched = session.latents(), session.matched_latents()
+    assert matched.rows == lat.rows and matched.scale == lat.scale
+    assert not torch.allclose(matched.mu, lat.mu)  # each scan moved onto the common reference
+    stamp = (w / "latents_matched" / "latents.safetensors").stat().st_mtime_ns
+    assert session.matched_latents().rows == lat.rows
+    assert (w / "latents_matched" / "latents.safetensors").stat().st_mtime_ns == stamp  # kept, not encoded again
+
+    unet = _strip(load_checkpoint(session._require("ddpm", "representation"), with_optimizer=False).groups["ema"], "unet.")
+    with pytest.raises(LDAEError, match="matched latents"):
+        RepresentationObjective(recipe.model, rc, session.data, lat, unet, torch.device("cpu"), {})
+    obj = RepresentationObjective(recipe.model, rc, session.data, lat, unet, torch.device("cpu"), {}, matched)
+    rows = obj.items[:4]
+    for step in range(20):
+        b = obj._rows(rows, step)
+        if "pair_delta" in b:
+            break
+    pairs = [obj._partner(r, step) if int(t) >= rc.pair_min_t else r for r, t in zip(rows, b["t"])]
+    assert any(a != r for a, r in zip(pairs, rows))
+    for i, (a, r) in enumerate(zip(pairs, rows)):
+        expect = (matched.scaled_means([a]) - matched.scaled_means([r]))[0] if a != r else torch.zeros_like(b["pair_delta"][i])
+        assert torch.allclose(b["pair_delta"][i], expect)
+        assert torch.equal(b["z0_pair"][i], obj.draw([a], step)["z0"][0])  # z_t from the stored latent
+    head = obj.module.code_regression
+    assert torch.allclose(b["code_target"], head.target(matched.scaled_means(rows), obj._column_values(rows)))
+
+    # The loss takes the given difference's coarse part; the stored latents' difference is the default.
+    gen = torch.Generator().manual_seed(1)
+    z0, z0_pair = torch.randn(2, 2, 4, 4, 4, generator=gen), torch.randn(2, 2, 4, 4, 4, generator=gen)
+    noise, t = torch.randn(z0.shape, generator=gen), torch.tensor([400, 800])
+
+    class Net(torch.nn.Module):
+        def forward(self, zt, t, y):
+            return torch.zeros_like(zt), torch.zeros_like(zt)
+
+    loss = RepresentationLoss(lambda v: torch.zeros(v.shape[0], 16), Net(), 1000, 0.1, "axial", pair_pool=2)
+    x = torch.zeros(2, 1, 16, 16, 16)
+    default = loss(x, z0, t, noise, z0_pair=z0_pair)[1]["mse"]
+    same = loss(x, z0, t, noise, z0_pair=z0_pair, pair_delta=z0_pair - z0)[1]["mse"]
+    other = loss(x, z0, t, noise, z0_pair=z0_pair, pair_delta=torch.zeros_like(z0))[1]["mse"]
+    assert torch.allclose(default, same) and not torch.allclose(default, other)
+    assert torch.allclose(other, noise.pow(2).mean())  # no coarse difference: the target is the noise
+
+    session.train_representation()
+    log = [json.loads(r) for r in (w / "representation" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["mse"]) for r in log if r["split"] == "train")
+
+
 def test_a_second_training_in_the_same_work_folder_stops_at_once(tiny_cohort, tmp_path):
     """While one process trains in a work folder, another `ldae train` there (run or a hand-over load)
     fails before writing anything and names the first; when the first ends, however it ends, the

@@ -303,6 +303,13 @@ class RepresentationStageConfig(StageConfig):
     noise. An edit is exactly that disagreement (an edited code, a source's inverted noise); the plain
     objective never shows it, and a frozen ε-branch reads coarse anatomy from z_t, so the gradient
     estimator learns nothing that depends on the code there (handover/demo_model/README.md).
+
+    ``contrast_free_targets`` (false = as above; not in the paper): the paired items' coarse
+    difference L(z0_A − z0_B) and the code regression's pooled latent are taken from the latents of
+    the scans brought to one intensity reference (``training/matching.py``: each scan's brain
+    histogram mapped onto the training scans' median), so neither target asks the code to carry a
+    scan's contrast or gain; z_t and the plain items keep the latents as stored. The matched latents
+    are encoded once by the EMA autoencoder (``WORKDIR/latents_matched``).
     """
 
     steps: int = 5000
@@ -322,9 +329,15 @@ class RepresentationStageConfig(StageConfig):
     pair_with: str = "subject"
     pair_pool: int = 2
     pair_min_t: int = 0
+    contrast_free_targets: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.contrast_free_targets, bool):
+            raise LDAEError(f"contrast_free_targets must be true or false, got {self.contrast_free_targets!r}")
+        if self.contrast_free_targets and not (self.pair_probability > 0 or (self.code_regression_weight > 0 and self.code_regression_latent)):
+            raise LDAEError("contrast_free_targets changes only the paired items and the code regression's latent part; "
+                            "set pair_probability or code_regression_weight as well, or leave it out")
         if not 0.0 <= self.pair_probability <= 1.0:
             raise LDAEError(f"pair_probability must be between 0 and 1, got {self.pair_probability!r}")
         if self.pair_with not in ("subject", "any"):

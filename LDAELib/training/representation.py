@@ -162,14 +162,17 @@ class RepresentationLoss(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
 
     def forward(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, code_target: torch.Tensor | None = None,
-                z0_pair: torch.Tensor | None = None):
+                z0_pair: torch.Tensor | None = None, pair_delta: torch.Tensor | None = None):
         """``z0_pair`` (optional, same shape as z0): the latent z_t is built from (``pair_probability``);
-        rows equal to z0 give the plain objective."""
+        rows equal to z0 give the plain objective. ``pair_delta`` (optional, with ``z0_pair``): the
+        difference whose coarse part the target takes instead of z0_pair − z0 (``contrast_free_targets``:
+        the same two scans' intensity-matched latents; zero in unpaired rows)."""
         view = (-1, *([1] * (z0.dim() - 1)))
         ab = self.alphas_cumprod[t].view(view)
         target = noise.float()
         if z0_pair is not None:
-            target = target + (ab / (1 - ab)).sqrt() * coarse_part(z0_pair.float() - z0.float(), self.pair_pool)
+            delta = z0_pair.float() - z0.float() if pair_delta is None else pair_delta.float()
+            target = target + (ab / (1 - ab)).sqrt() * coarse_part(delta, self.pair_pool)
             z0 = z0_pair
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
         y = self.encoder(semantic_input(x, self.plane))
@@ -207,8 +210,14 @@ class RepresentationObjective(Objective):
     name, stage_id = "representation", STAGE_ID
 
     def __init__(self, model_config, config: RepresentationStageConfig, data: TrainingData, latents: Latents,
-                 unet_state: dict[str, torch.Tensor], device: torch.device, upstream: dict) -> None:
+                 unet_state: dict[str, torch.Tensor], device: torch.device, upstream: dict,
+                 matched: Latents | None = None) -> None:
+        """``matched``: the scans' intensity-matched latents, needed when ``config.contrast_free_targets``
+        (the paired items' coarse difference and the code regression's pooled latent come from them)."""
         self.config, self.data, self.device, self._upstream = config, data, torch.device(device), upstream
+        if config.contrast_free_targets and matched is None:
+            raise LDAEError("contrast_free_targets needs the intensity-matched latents (Session.matched_latents)")
+        self.targets = matched if config.contrast_free_targets else latents
         self._columns: dict[int, list[float]] = {}
         if model_config.unet.latent_dim != model_config.encoder.emb_dim:
             raise LDAEError(f"unet_args.latent_dim ({model_config.unet.latent_dim}) must equal the semantic code size enc_args.emb_dim ({model_config.encoder.emb_dim})")
@@ -237,7 +246,7 @@ class RepresentationObjective(Objective):
                 torch.manual_seed(config.seed + 1)
                 fit_rows = [r for r in self.items if latents.has(r)]
                 grid = config.code_regression_grid if config.code_regression_latent else None
-                head = CodeRegression.fitted(model_config.encoder.emb_dim, grid, latents, fit_rows,
+                head = CodeRegression.fitted(model_config.encoder.emb_dim, grid, self.targets, fit_rows,
                                              config.code_regression_columns, self._column_values(fit_rows))
         self.module = RepresentationLoss(encoder, shift, model_config.num_timesteps, config.snr_exponent, model_config.slicing_plane,
                                          head, config.code_regression_weight, config.coarse_loss_weight,
@@ -265,11 +274,17 @@ class RepresentationObjective(Objective):
                     if a != r:
                         z0_pair[i] = self.draw([a], step)["z0"][0]
                 out["z0_pair"] = z0_pair
+                if self.config.contrast_free_targets:
+                    delta = torch.zeros_like(z0_pair)
+                    for i, (a, r) in enumerate(zip(pairs, rows)):
+                        if a != r:
+                            delta[i] = (self.targets.scaled_means([a]) - self.targets.scaled_means([r]))[0].to(delta)
+                    out["pair_delta"] = delta
         head = self.module.code_regression
         if head is not None:
             # The target is the posterior mean μ, not the sampled z0: σ is large next to how much μ
             # varies between scans, so a sampled target would be mostly noise.
-            mu = self.draw.latents.scaled_means(rows).to(self.device) if head.grid is not None else None
+            mu = self.targets.scaled_means(rows).to(self.device) if head.grid is not None else None
             values = self._column_values(rows)
             out["code_target"] = head.target(mu, None if values is None else values.to(self.device))
         return out

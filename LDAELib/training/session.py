@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -230,6 +231,43 @@ class TrainingSession:
         self._latents = lat
         return lat
 
+    MATCHING = "brain histogram (voxels > 0.02) mapped onto the training scans' median brain quantiles (101 levels)"
+
+    def matched_latents(self) -> Latents:
+        """The latents of the training and validation scans brought to one intensity reference
+        (``training/matching.py``), encoded by the final EMA autoencoder once and stored in
+        ``WORKDIR/latents_matched``, with the stored latents' scale and shift: what
+        ``representation.contrast_free_targets`` builds its targets from."""
+        from .matching import brain_quantiles, match_brain_histogram, reference_quantiles
+
+        lat = self.latents()
+        folder = self.workdir / "latents_matched"
+        key = {"autoencoder": lat.meta["autoencoder"], "matching": self.MATCHING}
+        found = Latents.load(folder)
+        if found is not None and all(found.meta.get(k) == v for k, v in key.items()):
+            return found
+        self.prepare_volumes()
+        if self.ctx.is_main:
+            ck = load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False)
+            ae = build_autoencoder(self.recipe.model.autoencoder)
+            ae.load_state_dict(_strip(ck.groups["ema"], "autoencoder."))
+            ae.to(self.ctx.device).eval()
+            train = self.data.indices["train"]
+            reference = reference_quantiles([brain_quantiles(self.data.volumes[r]) for r in train])
+            rows = lat.rows
+            mus, sigmas = [], []
+            with torch.no_grad():
+                for i in range(0, len(rows), 4):
+                    chunk = [match_brain_histogram(self.data.volumes[r], reference) for r in rows[i:i + 4]]
+                    mu, sigma = ae.encode(torch.from_numpy(np.stack(chunk))[:, None].to(self.ctx.device))
+                    mus.append(mu.float().cpu())
+                    sigmas.append(sigma.float().cpu())
+            meta = {**key, "reference_quantiles": [round(float(v), 6) for v in reference], "n_train": lat.meta.get("n_train")}
+            Latents(rows, torch.cat(mus), torch.cat(sigmas), lat.scale, meta, lat.shift).save(folder)
+            self.echo(f"matched latents: {len(rows)} volumes brought to one intensity reference and encoded")
+        self.ctx.barrier()
+        return Latents.load(folder)
+
     def train_decoder(self, stop_at: int | None = None) -> StageResult | None:
         """Stage (a′): refine the decoder on μ, the encoder frozen (``training.decoder``); None when
         the recipe leaves it out (``decoder.steps: 0``)."""
@@ -272,7 +310,9 @@ class TrainingSession:
         unet_state = _strip(ck.groups["ema"], "unet.")
         up = {"autoencoder": lat.meta["autoencoder"], "ddpm": module_fingerprint(self.stage_dir("ddpm"))}
         self.prepare_volumes()
-        obj = RepresentationObjective(self.recipe.model, self.recipe.representation, self.data, lat, unet_state, self.ctx.device, up)
+        matched = self.matched_latents() if self.recipe.representation.contrast_free_targets else None
+        obj = RepresentationObjective(self.recipe.model, self.recipe.representation, self.data, lat, unet_state, self.ctx.device, up,
+                                      matched)
         return self._run(obj, "representation", stop_at, {"latent_scale": lat.scale})
 
     def _ema_encoder(self):
