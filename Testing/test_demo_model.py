@@ -29,6 +29,9 @@ def test_bundle_is_small_verified_and_has_both_directions(demo_dir):
     age = model.directions["age"]
     assert "years" in age.alpha_unit and age.meta["kind"] == "longitudinal"  # along each subject's own ageing
     assert 0 < age.meta["years_per_alpha"] <= 10 and not age.meta["rendered"]["flipped"]  # stated as rendered (ldae orient)
+    disease = model.directions["disease"]
+    assert disease.meta["kind"] == "contrast"  # ldae orient --disease-axis contrast (docs/training.md)
+    assert disease.meta["rendered"]["ml_per_alpha"]["ventricles"] > 0  # renders its label's way on the orientation draw
 
 
 def test_model_card_and_licence(demo_dir):
@@ -117,10 +120,10 @@ def _ventricle_voxels(edits):
 
 def test_disease_edits_grow_the_ventricles_monotonically(demo_edits):
     """Along `disease` the ventricles (``_ventricle_voxels``) must grow at every step of alpha on both
-    example visits (shipped, with mean-free code guidance: 625, 698, 795, 867, 945 and 675, 805, 965,
-    1178, 1316 voxels over alpha −2 … 2; without it 614 → 893 and 698 → 1211), and the image must
-    visibly change (mean |Δ| 0.018 and 0.020 from −2 to +2 when shipped; the first shipped model's
-    edits changed it by ~1e-5)."""
+    example visits (shipped, the contrast axis with mean-free code guidance: 710, 752, 795, 852, 930
+    and 832, 901, 965, 1123, 1207 voxels over alpha −2 … 2; the group probe with it 625 → 945 and
+    675 → 1316, without it 614 → 893 and 698 → 1211), and the image must visibly change (mean |Δ|
+    0.015 and 0.014 from −2 to +2 when shipped; the first shipped model's edits changed it by ~1e-5)."""
     import numpy as np
 
     _, _, out, _ = demo_edits
