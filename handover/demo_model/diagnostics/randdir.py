@@ -16,7 +16,7 @@ from LDAELib.evaluation.volumes import build_measure, label_values
 from LDAELib.pipeline import LDAEPipeline
 from LDAELib.weights import load_model
 torch.set_grad_enabled(False)
-torch.set_num_threads(2)
+torch.set_num_threads(int(__import__("os").environ.get("LDAE_THREADS", "2")))
 run, bundle, n, k = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 seed = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 model = load_model(bundle); pipe = LDAEPipeline(model, cache_size=64); sp = model.config.space
