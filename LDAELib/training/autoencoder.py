@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,13 +150,19 @@ class AutoencoderObjective(Objective):
 
 
 @torch.inference_mode()
-def encode_latents(autoencoder: nn.Module, data: TrainingData, rows: list[int], device: torch.device, batch_size: int = 4, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """μ, σ (N×C×d×h×w float32, CPU) of the given rows, in order."""
+def encode_latents(autoencoder: nn.Module, data: TrainingData, rows: list[int], device: torch.device, batch_size: int = 4, progress=None,
+                   transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ, σ (N×C×d×h×w float32, CPU) of the given rows, in order; ``transform`` (optional) maps each
+    stored volume (numpy) before it is encoded."""
     autoencoder.eval()
     mus, sigmas = [], []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        mu, sigma = autoencoder.encode(data.volumes.batch(chunk, device))
+        if transform is None:
+            batch = data.volumes.batch(chunk, device)
+        else:
+            batch = torch.from_numpy(np.stack([transform(data.volumes[r]) for r in chunk]))[:, None].to(device)
+        mu, sigma = autoencoder.encode(batch)
         mus.append(mu.float().cpu())
         sigmas.append(sigma.float().cpu())
         if progress is not None:

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -205,11 +204,7 @@ class TrainingSession:
         if lat is None or lat.meta.get("autoencoder") != fp:
             self.prepare_volumes()
             if self.ctx.is_main:
-                ck = load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False)
-
-                ae = build_autoencoder(self.recipe.model.autoencoder)
-                ae.load_state_dict(_strip(ck.groups["ema"], "autoencoder."))
-                ae.to(self.ctx.device)
+                ae = self._ema_autoencoder()
                 rows = self.data.indices["train"] + self.data.indices["val"]
                 mu, sigma = encode_latents(ae, self.data, rows, self.ctx.device)
                 n_train = len(self.data.indices["train"])
@@ -231,6 +226,13 @@ class TrainingSession:
         self._latents = lat
         return lat
 
+    def _ema_autoencoder(self):
+        """The autoencoder stage's final EMA weights, on this process's device."""
+        ck = load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False)
+        ae = build_autoencoder(self.recipe.model.autoencoder)
+        ae.load_state_dict(_strip(ck.groups["ema"], "autoencoder."))
+        return ae.to(self.ctx.device)
+
     MATCHING = "brain histogram (voxels > 0.02) mapped onto the training scans' median brain quantiles (101 levels)"
 
     def matched_latents(self) -> Latents:
@@ -248,23 +250,13 @@ class TrainingSession:
             return found
         self.prepare_volumes()
         if self.ctx.is_main:
-            ck = load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False)
-            ae = build_autoencoder(self.recipe.model.autoencoder)
-            ae.load_state_dict(_strip(ck.groups["ema"], "autoencoder."))
-            ae.to(self.ctx.device).eval()
-            train = self.data.indices["train"]
-            reference = reference_quantiles([brain_quantiles(self.data.volumes[r]) for r in train])
-            rows = lat.rows
-            mus, sigmas = [], []
+            reference = reference_quantiles([brain_quantiles(self.data.volumes[r]) for r in self.data.indices["train"]])
             with torch.no_grad():
-                for i in range(0, len(rows), 4):
-                    chunk = [match_brain_histogram(self.data.volumes[r], reference) for r in rows[i:i + 4]]
-                    mu, sigma = ae.encode(torch.from_numpy(np.stack(chunk))[:, None].to(self.ctx.device))
-                    mus.append(mu.float().cpu())
-                    sigmas.append(sigma.float().cpu())
+                mu, sigma = encode_latents(self._ema_autoencoder(), self.data, lat.rows, self.ctx.device,
+                                           transform=lambda v: match_brain_histogram(v, reference))
             meta = {**key, "reference_quantiles": [round(float(v), 6) for v in reference], "n_train": lat.meta.get("n_train")}
-            Latents(rows, torch.cat(mus), torch.cat(sigmas), lat.scale, meta, lat.shift).save(folder)
-            self.echo(f"matched latents: {len(rows)} volumes brought to one intensity reference and encoded")
+            Latents(lat.rows, mu, sigma, lat.scale, meta, lat.shift).save(folder)
+            self.echo(f"matched latents: {len(lat.rows)} volumes brought to one intensity reference and encoded")
         self.ctx.barrier()
         return Latents.load(folder)
 
