@@ -348,6 +348,30 @@ def test_decoder_stage_refines_only_the_decoder_and_the_bundle_takes_it(trained,
         session.refine_bundle_decoder(tmp_path / "other", tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
 
+    # The other way round (a retrained representation keeping a decoder refined elsewhere): the
+    # folder without a decoder stage writes its bundle with the refined bundle's decoder.
+    from LDAELib.cli import main as ldae
+
+    assert ldae(["train", "bundle", "--cohort", str(tiny_cohort), "--workdir", str(work), "--decoder-from", str(bundle),
+                 "--output", str(tmp_path / "taken"), "-q"]) == 0
+    d = load_model(tmp_path / "taken")
+    assert all(torch.equal(d.autoencoder.state_dict()[k], b.autoencoder.state_dict()[k]) for k in new)  # the refined decoder
+    assert all(torch.equal(v, a.shift_unet.state_dict()[k]) for k, v in d.shift_unet.state_dict().items())  # this folder's stages
+    training = d.identity["source"]["training"]
+    assert training["stages"]["decoder"]["steps"] == 20 and training["fingerprints"]["decoder"] == meta["fingerprints"]["decoder"]
+    assert training["decoder_from"]["weights_sha256"] and training["recipe"]["decoder"]["steps"] == 20
+    with pytest.raises(LDAEError, match="not trained on this work folder's autoencoder"):
+        TrainingSession(tiny_recipe(), tiny_cohort, work, progress=False, echo=messages.append).export_bundle(
+            tmp_path / "refused", decoder_from=tmp_path / "other")
+    with pytest.raises(LDAEError, match="no refined decoder"):  # bundle0 was never refined
+        TrainingSession(tiny_recipe(), tiny_cohort, work, progress=False, echo=messages.append).export_bundle(
+            tmp_path / "refused", decoder_from=bundle0)
+    with pytest.raises(LDAEError, match="refines the decoder itself"):
+        TrainingSession(recipe, tiny_cohort, w, progress=False, echo=messages.append).export_bundle(
+            tmp_path / "refused", decoder_from=bundle)
+    assert not (tmp_path / "refused").exists()
+    assert ldae(["train", "ddpm", "--cohort", str(tiny_cohort), "--workdir", str(work), "--decoder-from", str(bundle)]) != 0
+
 
 def test_decoder_stage_is_off_by_default_and_checks_its_settings(trained, tiny_cohort):
     from LDAELib.training import TrainingSession

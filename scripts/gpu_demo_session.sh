@@ -20,8 +20,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 python3 -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available(), 'cores', __import__('os').cpu_count())"
 
 rm -rf /tmp/ldae-stages
-timeout "${TRAIN_LIMIT:-370}" python3 scripts/train_demo_gpu.py --work /tmp/ldae-run --out /tmp/ldae-stages \
-  --minutes "${MINUTES:-4}" ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log"
+limit=${TRAIN_LIMIT:-370}
+timeout "$limit" python3 scripts/train_demo_gpu.py --work /tmp/ldae-run --out /tmp/ldae-stages \
+  --minutes "${MINUTES:-4}" --by $((limit * 85 / 100)) ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log"
 echo "training: exit ${PIPESTATUS[0]}"
 if [ -d /tmp/ldae-stages ]; then
   (cd /tmp/ldae-stages && tar cf - . | split -b 15m - "$OUT/stages.tar.part-")

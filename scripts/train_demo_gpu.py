@@ -65,22 +65,24 @@ def _stage_settings(recipe, stage: str, steps: int, batch: int) -> list[str]:
     return sets
 
 
-def _augment_seconds(volume) -> float:
-    """Median seconds of one augmentation of one model-space volume on this machine's CPU.
+def _augment_seconds(volume, device) -> float:
+    """Median seconds of one augmentation of one model-space volume on ``device``.
 
-    The trainers build and augment each batch on the CPU; on a GPU that can cost as much as the step
-    itself, and the step measurement (synthetic tensors) does not include it."""
+    The trainers augment each volume of a batch one by one, where the model runs (the draws come from
+    a CPU generator); the step measurement (synthetic tensors) does not include it."""
     import statistics
 
     import torch
 
     from LDAELib.training.augment import augment_volume
 
-    g, x = torch.Generator().manual_seed(0), torch.from_numpy(volume)
+    g, x = torch.Generator().manual_seed(0), torch.from_numpy(volume).to(device)
     times = []
     for _ in range(6):
         t0 = time.perf_counter()
         augment_volume(x, g)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
 
@@ -99,10 +101,18 @@ def main(argv=None) -> int:
     p.add_argument("--work", required=True, help="scratch folder on this machine (cohort, work folder)")
     p.add_argument("--out", required=True, help="folder for the hand-over files, the recipe and gpu_training.json")
     p.add_argument("--minutes", type=float, default=5.0, help="wall time for the three training stages (default 5)")
+    p.add_argument("--by", type=float, default=None, metavar="SECONDS",
+                   help="plan the stages to end this many seconds after the script starts (less --minutes when the "
+                        "cohort took long); for a caller's hard time limit")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (to test the flow)")
     p.add_argument("--subjects", type=int, default=120, help="cohort subjects (default 120, the demo cohort)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the cohort and stage B (default: all cores)")
     p.add_argument("--config", default=str(REPO / "LDAELib" / "training" / "recipes" / "demo.yaml"), help="recipe (default: the demo recipe)")
+    p.add_argument("--load", action="append", default=[], metavar="STAGE=FILE",
+                   help="take STAGE from a hand-over file (ldae train STAGE --save-stage) instead of training it; "
+                        "repeat for several. The time goes to the stages left")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="change a recipe setting (as ldae train --set), e.g. representation.contrast_free_targets=true")
     p.add_argument("--batch", nargs=3, type=int, metavar=("AE", "DDPM", "REPR"), help="batch sizes (default 8 32 32 on a GPU, the recipe's on a CPU)")
     args = p.parse_args(argv)
 
@@ -134,10 +144,21 @@ def main(argv=None) -> int:
     summary["cohort_s"] = round(time.perf_counter() - t0, 1)
     _say(f"cohort: {args.subjects} subjects ({len(res.generated)} made) in {summary['cohort_s']} s")
 
-    recipe = load_recipe(args.config)
+    loads = {}
+    for item in args.load:
+        stage, sep, file = item.partition("=")
+        if not sep or stage not in SHARES or not Path(file).is_file():
+            print(f"train_demo_gpu: --load takes STAGE=FILE with STAGE one of {', '.join(SHARES)} and an existing "
+                  f"hand-over file; got {item!r}", file=sys.stderr)
+            return 2
+        loads[stage] = Path(file)
+    trained = [s for s in SHARES if s not in loads]
+    recipe = apply_overrides(load_recipe(args.config), args.overrides)
     batch = dict(zip(SHARES, args.batch)) if args.batch else (
         GPU_BATCH if device.type == "cuda" else {s: recipe.stage(s).batch_size for s in SHARES})
-    recipe = apply_overrides(recipe, [f"{s}.batch_size={b}" for s, b in batch.items()])
+    recipe = apply_overrides(recipe, [f"{s}.batch_size={batch[s]}" for s in trained])
+    summary["loaded"] = {s: str(f) for s, f in loads.items()}
+    summary["overrides"] = list(args.overrides)
     # The decoder refinement (training/decoder.py) needs no later stage and no hand-over: it is left to
     # the CPU afterwards (ldae train decoder --set decoder.steps=N), so the bundle here keeps the
     # autoencoder stage's decoder.
@@ -151,12 +172,22 @@ def main(argv=None) -> int:
         _say(f"model space: {session.data.describe()} in {summary['stage_b_s']} s")
         write_summary()
 
-        aug_s = _augment_seconds(session.data.volumes[session.data.indices["train"][0]])
+        for stage in SHARES:
+            if stage in loads:
+                done = session.load_stage(stage, loads[stage])["step"]
+                # recipe.json must say the stage is finished at the steps it was trained for, or a later
+                # 'ldae train all' with it (finish_gpu_stages.sh) would take the stage up again.
+                recipe = apply_overrides(recipe, [f"{stage}.steps={done}", f"{stage}.epochs=null"])
+                session.recipe = recipe
+                session._check_recipe()
+        aug_s = _augment_seconds(session.data.volumes[session.data.indices["train"][0]], device)
         summary["augment_s_per_volume"] = round(aug_s, 5)
         deadline = time.perf_counter() + 60.0 * args.minutes
-        for n, stage in enumerate(SHARES):
+        if args.by is not None:
+            deadline = min(deadline, t_start + args.by)
+        for n, stage in enumerate(trained):
             left = deadline - time.perf_counter()
-            share = SHARES[stage] / sum(list(SHARES.values())[n:])
+            share = SHARES[stage] / sum(SHARES[s] for s in trained[n:])
             sps = measure_seconds_per_step(recipe, stage, device, batch[stage], steps=3, warmup=2)
             sps += aug_s * _augmented_per_step(recipe, stage, batch[stage])
             steps = int(max(MIN_STEPS, min(MAX_STEPS[stage], SAFETY * share * left / sps)))

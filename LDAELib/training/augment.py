@@ -41,7 +41,7 @@ def _gaussian_blur_axis(x: torch.Tensor, axis: int, sigma: float) -> torch.Tenso
     radius = max(1, int(math.ceil(3.0 * sigma)))
     k = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (k / sigma) ** 2)
-    k = k / k.sum()
+    k = (k / k.sum()).to(x.device)
     moved = x.movedim(axis, -1)
     shape = moved.shape
     flat = moved.reshape(-1, 1, shape[-1])
@@ -50,23 +50,27 @@ def _gaussian_blur_axis(x: torch.Tensor, axis: int, sigma: float) -> torch.Tenso
 
 
 def augment_volume(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """One random intensity/resolution change of a model-space volume x (A×B×S float32 in [0, 1])."""
+    """One random intensity/resolution change of a model-space volume x (A×B×S float32 in [0, 1]).
+
+    The random draws come from ``g`` (a CPU generator) and the arithmetic runs where ``x`` is, so a GPU
+    trainer augments on the GPU; on a CPU the result does not depend on which of the two is used."""
     x = x.float()
+    dev = x.device
     support = x > 0
     y = x.clamp(0.0, 1.0) ** math.exp(_uniform(g, math.log(GAMMA_RANGE[0]), math.log(GAMMA_RANGE[1])))
     # A monotone curve through (0, 0) and (1, 1), mixed half-way with the identity.
     knots = torch.rand(5, generator=g) + 0.2
-    ys = torch.cat([torch.zeros(1), torch.cumsum(knots, 0) / knots.sum()])
-    xs = torch.linspace(0.0, 1.0, ys.numel())
+    ys = torch.cat([torch.zeros(1), torch.cumsum(knots, 0) / knots.sum()]).to(dev)
+    xs = torch.linspace(0.0, 1.0, ys.numel(), device=dev)
     idx = torch.clamp(torch.bucketize(y, xs) - 1, 0, xs.numel() - 2)
     frac = (y - xs[idx]) / (xs[idx + 1] - xs[idx])
     curve = ys[idx] + frac * (ys[idx + 1] - ys[idx])
     y = 0.5 * y + 0.5 * curve
     sd = _uniform(g, 0.0, BIAS_SD_MAX)
-    coarse = torch.randn((1, 1, 3, 4, 3), generator=g) * sd
+    coarse = torch.randn((1, 1, 3, 4, 3), generator=g).to(dev) * sd
     field = F.interpolate(coarse, size=tuple(x.shape), mode="trilinear", align_corners=True)[0, 0]
     y = y * torch.exp(field)
-    y = y + torch.randn(x.shape, generator=g) * _uniform(g, 0.0, NOISE_SD_MAX)
+    y = y + torch.randn(x.shape, generator=g).to(dev) * _uniform(g, 0.0, NOISE_SD_MAX)
     y = torch.where(support, y.clamp_min(0.0), torch.zeros_like(y))
     if _uniform(g) < BLUR_PROBABILITY:
         sigma = _uniform(g, *BLUR_SIGMA_RANGE)

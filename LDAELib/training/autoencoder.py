@@ -137,10 +137,10 @@ class AutoencoderObjective(Objective):
                 o = [int(torch.randint(0, (s - c) // f + 1, (1,), generator=g)) * f for s, c in zip(self.shape, crop)]
                 x = x[o[0]:o[0] + crop[0], o[1]:o[1] + crop[1], o[2]:o[2] + crop[2]]
             if step >= 0 and self.config.augment > 0 and float(torch.rand((), generator=g)) < self.config.augment:
-                x = augment_volume(x, g)  # training steps only: the fixed validation batches stay as stored
+                x = augment_volume(x.to(self.device), g)  # training steps only: the fixed validation batches stay as stored
             xs.append(x)
             eps.append(torch.randn((self.latent_channels, *(c // f for c in size)), generator=g))
-        return {"x": torch.stack(xs)[:, None].to(self.device), "eps": torch.stack(eps).to(self.device)}
+        return {"x": torch.stack([x.to(self.device) for x in xs])[:, None], "eps": torch.stack(eps).to(self.device)}
 
     def batch(self, items: list[int], step: int) -> dict[str, torch.Tensor]:
         return self._batch_rows([self.items[i] for i in items], step, self.crop)

@@ -5,6 +5,7 @@
     ldae train --dry-run --cohort COHORT [--config recipe.yaml]        # plan and estimated time
     ldae train autoencoder --cohort C --workdir RUN --save-stage F     # a finished stage as float16 (handover.py)
     ldae train decoder --cohort C --workdir RUN --into-bundle B --output NEW  # B with the decoder refined in RUN
+    ldae train bundle --cohort C --workdir RUN --set decoder.steps=0 --decoder-from B  # the bundle with B's decoder
     torchrun --nproc_per_node 4 -m LDAELib.cli train all --cohort … --workdir …   # data-parallel
 """
 
@@ -52,6 +53,8 @@ def add_arguments(parser) -> None:
                         "(same recipe and cohort; earlier stages loaded first) and stop")
     parser.add_argument("--into-bundle", metavar="BUNDLE", help="with 'decoder': write BUNDLE with this work folder's refined decoder to --output "
                         "(BUNDLE trained on this folder's autoencoder, e.g. the shipped demo model) and stop")
+    parser.add_argument("--decoder-from", metavar="BUNDLE", help="with 'bundle' or 'all' and --set decoder.steps=0: the bundle takes BUNDLE's "
+                        "refined decoder (BUNDLE trained on this folder's autoencoder, e.g. the shipped demo model)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -104,6 +107,11 @@ def run(args) -> int:
                                 "ldae train decoder --cohort C --workdir RUN --into-bundle BUNDLE --output NEW")
             print(f"wrote {session.refine_bundle_decoder(args.into_bundle, args.output)}")
             return 0
+        if args.decoder_from:
+            if args.stage not in ("all", "bundle"):
+                raise LDAEError("--decoder-from goes with the bundle: ldae train bundle --cohort C --workdir RUN "
+                                "--set decoder.steps=0 --decoder-from BUNDLE --output NEW")
+            session.decoder_from = Path(args.decoder_from)
         try:
             result = session.run(args.stage, args.output)
         except KeyboardInterrupt:

@@ -126,9 +126,9 @@ class DecoderObjective(Objective):
             g = item_generator(self.config.seed, STAGE_ID, step, r)
             x = torch.from_numpy(self.data.volumes[r])
             if step >= 0 and self.config.augment > 0 and float(torch.rand((), generator=g)) < self.config.augment:
-                x = augment_volume(x, g)
+                x = augment_volume(x.to(self.device), g)
             xs.append(x)
-        return {"x": torch.stack(xs)[:, None].to(self.device)}
+        return {"x": torch.stack([x.to(self.device) for x in xs])[:, None]}
 
     def batch(self, items: list[int], step: int) -> dict[str, torch.Tensor]:
         b = self._batch_rows([self.items[i] for i in items], step)

@@ -299,8 +299,8 @@ class RepresentationObjective(Objective):
         for r in rows:
             x = torch.from_numpy(self.data.volumes[r])
             g = item_generator(self.config.seed, STAGE_ID, step, r, 2)
-            xs.append(augment_volume(x, g) if float(torch.rand((), generator=g)) < p else x)
-        return torch.stack(xs)[:, None].to(self.device)
+            xs.append(augment_volume(x.to(self.device), g) if float(torch.rand((), generator=g)) < p else x.to(self.device))
+        return torch.stack(xs)[:, None]
 
     def _column_values(self, rows: list[int]) -> torch.Tensor | None:
         """The cohort table's ``code_regression_columns`` of ``rows`` (len(rows) × k), or None; each

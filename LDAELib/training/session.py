@@ -78,6 +78,7 @@ class TrainingSession:
         if bundle_dtype not in ("float32", "float16"):
             raise LDAEError(f"the bundle's weights are stored as float32 or float16, not {bundle_dtype!r}")
         self.bundle_dtype = bundle_dtype
+        self.decoder_from: Path | None = None  # export_bundle's default decoder_from ('ldae train --decoder-from')
         self.ctx = ctx or DistContext()
         self.progress = progress
         self._echo = echo or (lambda s: print(s, file=sys.stderr))
@@ -361,8 +362,14 @@ class TrainingSession:
         dirs = {n: Direction.from_settings(n, t[f"{n}.weight"], t[f"{n}.mean"], t[f"{n}.std"], m) for n, m in record["directions"].items()}
         return dirs, record, t.get(_REFERENCE_KEY)
 
-    def export_bundle(self, output: str | Path | None = None) -> Path:
-        """Write the EMA weights, the latent scale and the directions as an LDAE bundle."""
+    def export_bundle(self, output: str | Path | None = None, decoder_from: str | Path | None = None) -> Path:
+        """Write the EMA weights, the latent scale and the directions as an LDAE bundle.
+
+        ``decoder_from``: a bundle trained on this work folder's autoencoder whose (refined) decoder
+        the new bundle takes, for a recipe that does not refine the decoder itself (the shipped demo
+        model's decoder was refined in a work folder that no longer exists; a retrained diffusion stage
+        keeps it this way). Its encoder must equal this folder's autoencoder stage at its storage
+        precision, and its latent scale and shift the latents here; its decoder's provenance is copied."""
         from ..weights.bundle import BUNDLE_JSON, save_bundle
 
         out = Path(output) if output else self.workdir / "bundle"
@@ -372,8 +379,17 @@ class TrainingSession:
         dirs, record, reference = probes
         lat = self.latents()
         refined = self._refined_decoder()
-        stages = {s: read_final(self.stage_dir(s)) for s in STAGES if s != "decoder" or refined is not None}
+        donor = None
+        decoder_from = decoder_from if decoder_from is not None else self.decoder_from
+        if decoder_from is not None:
+            if refined is not None:
+                raise LDAEError("the recipe refines the decoder itself (decoder.steps > 0); take a decoder from another "
+                                "bundle only with --set decoder.steps=0")
+            refined, donor = self._decoder_of_bundle(Path(decoder_from), lat)
+        stages = {s: read_final(self.stage_dir(s)) for s in STAGES if s != "decoder" or (refined is not None and donor is None)}
         fingerprints = {s: module_fingerprint(self.stage_dir(s)).get("sha256") for s in stages}
+        if donor is not None:
+            fingerprints["decoder"] = donor["fingerprint"]
         fingerprints["probes"] = hashlib.sha256((self.workdir / "probes" / "probes.json").read_bytes()).hexdigest()
         if record.get("representation", {}).get("sha256") != fingerprints["representation"]:
             raise LDAEError("the probes were fitted on other representation weights; run 'ldae train probes' again")
@@ -404,6 +420,11 @@ class TrainingSession:
                     "weights": "EMA weights of every network (ShiftUNet ε-branch = EMA of the DDPM UNet)",
                 },
             }
+            if donor is not None:
+                training = identity["training"]
+                training["stages"]["decoder"] = donor["stage"]
+                training["recipe"]["decoder"] = donor["recipe"]
+                training["decoder_from"] = {"bundle": donor["name"], "weights_sha256": donor["weights_sha256"]}
             model = LDAEModel(config, dirs, identity)
             if config.latent_shift:
                 if lat.shift is None:
@@ -424,6 +445,38 @@ class TrainingSession:
             self.echo(f"bundle: wrote {out}")
         self.ctx.barrier()
         return out
+
+    def _decoder_of_bundle(self, source: Path, lat) -> tuple[dict, dict]:
+        """The decoder tensors of the bundle ``source`` and their provenance, after checking that the
+        bundle was trained on this work folder's autoencoder and latents."""
+        from ..weights.bundle import BUNDLE_JSON, MANIFEST, load_bundle
+
+        from .decoder import is_decoder_parameter
+
+        model = load_bundle(source)
+        meta = json.loads((source / BUNDLE_JSON).read_text())
+        dtype = getattr(torch, meta.get("dtype", "float32"))
+        ae_state = _strip(load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False).groups["ema"], "autoencoder.")
+        theirs = model.autoencoder.state_dict()
+        differ = [k for k, v in ae_state.items() if not is_decoder_parameter(k) and not torch.equal(v.to(dtype), theirs[k].to(dtype))]
+        if differ:
+            raise LDAEError(f"{source} was not trained on this work folder's autoencoder ({len(differ)} encoder tensors differ, "
+                            f"e.g. {differ[0]}); its decoder would not match the latents here")
+        # The scale and shift are measured again where the latents were encoded: equal to float32
+        # rounding on one machine, within 1e-5 (relative) between machines and thread counts.
+        if abs(float(model.config.latent_scale) - float(lat.scale)) > 1e-5 * abs(float(lat.scale)) or (
+                (model.latent_shift is None) != (lat.shift is None)
+                or (lat.shift is not None and not torch.allclose(model.latent_shift, lat.shift.float(), atol=1e-3))):
+            raise LDAEError(f"{source}'s latent scale or shift differs from {self.workdir / 'latents'}; it was trained on other latents")
+        training = meta.get("source", {}).get("training", {})
+        stage = training.get("stages", {}).get("decoder")
+        if stage is None:
+            raise LDAEError(f"{source} has no refined decoder (its provenance records no decoder stage); nothing to take")
+        files = json.loads((source / MANIFEST).read_text()).get("files", {})  # load_bundle checked it
+        donor = {"name": meta.get("name"), "stage": stage, "recipe": training.get("recipe", {}).get("decoder"),
+                 "fingerprint": training.get("fingerprints", {}).get("decoder"),
+                 "weights_sha256": files.get("autoencoder.safetensors", {}).get("sha256")}
+        return {k: v.float() for k, v in theirs.items() if is_decoder_parameter(k)}, donor
 
     def refine_bundle_decoder(self, source: str | Path, output: str | Path) -> Path:
         """Write a copy of the bundle ``source`` whose decoder is this work folder's refined one.
