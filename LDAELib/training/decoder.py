@@ -22,6 +22,9 @@ optimizer beside the decoder's.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -180,3 +183,33 @@ def decoder_state(ema_state: dict) -> dict:
     """The refined decoder's tensors (autoencoder state-dict keys) from the stage's EMA group."""
     prefix = "autoencoder."
     return {k[len(prefix):]: v for k, v in ema_state.items() if k.startswith(prefix) and is_decoder_parameter(k[len(prefix):])}
+
+
+def decoder_of_bundle(source: Path, ae_state: dict, lat, latents_dir: Path) -> tuple[dict, dict]:
+    """The decoder tensors of the bundle ``source`` and their provenance, after checking that the
+    bundle was trained on the autoencoder ``ae_state`` (its EMA state) and the latents ``lat``."""
+    from ..weights.bundle import BUNDLE_JSON, MANIFEST, load_bundle
+
+    model = load_bundle(source)
+    meta = json.loads((source / BUNDLE_JSON).read_text())
+    dtype = getattr(torch, meta.get("dtype", "float32"))
+    theirs = model.autoencoder.state_dict()
+    differ = [k for k, v in ae_state.items() if not is_decoder_parameter(k) and not torch.equal(v.to(dtype), theirs[k].to(dtype))]
+    if differ:
+        raise LDAEError(f"{source} was not trained on this work folder's autoencoder ({len(differ)} encoder tensors differ, "
+                        f"e.g. {differ[0]}); its decoder would not match the latents here")
+    # The scale and shift are measured again where the latents were encoded: equal to float32
+    # rounding on one machine, within 1e-5 (relative) between machines and thread counts.
+    if abs(float(model.config.latent_scale) - float(lat.scale)) > 1e-5 * abs(float(lat.scale)) or (
+            (model.latent_shift is None) != (lat.shift is None)
+            or (lat.shift is not None and not torch.allclose(model.latent_shift, lat.shift.float(), atol=1e-3))):
+        raise LDAEError(f"{source}'s latent scale or shift differs from {latents_dir}; it was trained on other latents")
+    training = meta.get("source", {}).get("training", {})
+    stage = training.get("stages", {}).get("decoder")
+    if stage is None:
+        raise LDAEError(f"{source} has no refined decoder (its provenance records no decoder stage); nothing to take")
+    files = json.loads((source / MANIFEST).read_text()).get("files", {})  # load_bundle checked it
+    donor = {"name": meta.get("name"), "stage": stage, "recipe": training.get("recipe", {}).get("decoder"),
+             "fingerprint": training.get("fingerprints", {}).get("decoder"),
+             "weights_sha256": files.get("autoencoder.safetensors", {}).get("sha256")}
+    return {k: v.float() for k, v in theirs.items() if is_decoder_parameter(k)}, donor

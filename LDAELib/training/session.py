@@ -45,7 +45,7 @@ from .checkpoint import final_checkpoint, load_checkpoint, read_final, write_jso
 from .config import STAGES, Recipe, comparable
 from .data import TrainingData
 from .ddpm import DDPMObjective
-from .decoder import DecoderObjective, decoder_state
+from .decoder import DecoderObjective, decoder_of_bundle, decoder_state
 from .distributed import DistContext
 from .handover import load_handover, save_handover, stage_name
 from .lock import workdir_lock
@@ -385,7 +385,8 @@ class TrainingSession:
             if refined is not None:
                 raise LDAEError("the recipe refines the decoder itself (decoder.steps > 0); take a decoder from another "
                                 "bundle only with --set decoder.steps=0")
-            refined, donor = self._decoder_of_bundle(Path(decoder_from), lat)
+            ae_state = _strip(load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False).groups["ema"], "autoencoder.")
+            refined, donor = decoder_of_bundle(Path(decoder_from), ae_state, lat, self.workdir / "latents")
         stages = {s: read_final(self.stage_dir(s)) for s in STAGES if s != "decoder" or (refined is not None and donor is None)}
         fingerprints = {s: module_fingerprint(self.stage_dir(s)).get("sha256") for s in stages}
         if donor is not None:
@@ -445,38 +446,6 @@ class TrainingSession:
             self.echo(f"bundle: wrote {out}")
         self.ctx.barrier()
         return out
-
-    def _decoder_of_bundle(self, source: Path, lat) -> tuple[dict, dict]:
-        """The decoder tensors of the bundle ``source`` and their provenance, after checking that the
-        bundle was trained on this work folder's autoencoder and latents."""
-        from ..weights.bundle import BUNDLE_JSON, MANIFEST, load_bundle
-
-        from .decoder import is_decoder_parameter
-
-        model = load_bundle(source)
-        meta = json.loads((source / BUNDLE_JSON).read_text())
-        dtype = getattr(torch, meta.get("dtype", "float32"))
-        ae_state = _strip(load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False).groups["ema"], "autoencoder.")
-        theirs = model.autoencoder.state_dict()
-        differ = [k for k, v in ae_state.items() if not is_decoder_parameter(k) and not torch.equal(v.to(dtype), theirs[k].to(dtype))]
-        if differ:
-            raise LDAEError(f"{source} was not trained on this work folder's autoencoder ({len(differ)} encoder tensors differ, "
-                            f"e.g. {differ[0]}); its decoder would not match the latents here")
-        # The scale and shift are measured again where the latents were encoded: equal to float32
-        # rounding on one machine, within 1e-5 (relative) between machines and thread counts.
-        if abs(float(model.config.latent_scale) - float(lat.scale)) > 1e-5 * abs(float(lat.scale)) or (
-                (model.latent_shift is None) != (lat.shift is None)
-                or (lat.shift is not None and not torch.allclose(model.latent_shift, lat.shift.float(), atol=1e-3))):
-            raise LDAEError(f"{source}'s latent scale or shift differs from {self.workdir / 'latents'}; it was trained on other latents")
-        training = meta.get("source", {}).get("training", {})
-        stage = training.get("stages", {}).get("decoder")
-        if stage is None:
-            raise LDAEError(f"{source} has no refined decoder (its provenance records no decoder stage); nothing to take")
-        files = json.loads((source / MANIFEST).read_text()).get("files", {})  # load_bundle checked it
-        donor = {"name": meta.get("name"), "stage": stage, "recipe": training.get("recipe", {}).get("decoder"),
-                 "fingerprint": training.get("fingerprints", {}).get("decoder"),
-                 "weights_sha256": files.get("autoencoder.safetensors", {}).get("sha256")}
-        return {k: v.float() for k, v in theirs.items() if is_decoder_parameter(k)}, donor
 
     def refine_bundle_decoder(self, source: str | Path, output: str | Path) -> Path:
         """Write a copy of the bundle ``source`` whose decoder is this work folder's refined one.
