@@ -220,3 +220,77 @@ def test_the_contrast_axis_needs_the_cohorts_volumes():
         contrast_direction(None, None, rows, None, [], None, 2.0, 1)
     with pytest.raises(LDAEError, match="--disease-axis must be one of probe, contrast"):
         OrientSettings(workdir=".", output="o", disease_axis="anatomy")
+
+
+def test_the_age_contrast_axis_sums_the_candidates_and_reads_age(run, tmp_path, capsys):  # noqa: F811
+    """--age-axis contrast: the age direction and an anatomy probe (the codes regressed on the age the
+    true volumes read) are each oriented by a stand-in rendering linear along a vector R; the new age
+    axis is the sum of their oriented unit normals, renders ageing, reads age (its reading correlates
+    with the training visits' ages), keeps the age step, and leaves the disease direction as it was.
+    Both axes rebuilt in one run embed the training visits once."""
+    import torch
+
+    from LDAELib.cli import main
+    from LDAELib.evaluation import orient as mod
+    from LDAELib.evaluation.sections import EvalSettings, Loader, read_inputs
+    from LDAELib.training.probes import predicted_age
+    from LDAELib.weights import load_model
+    from LDAELib.weights.bundle import verify_bundle
+
+    base = load_model(run / "bundle")
+    a0 = base.directions["age"]
+    ua0 = a0.edit_sign * a0.weight.double() / a0.weight.double().norm()
+    R = -ua0 + 0.3 * torch.randn(a0.dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64)   # renders the age direction against ageing
+
+    def moved(d):
+        w = d.weight.double()
+        return float(d.edit_sign * d.scale * (w / w.norm()) @ R)
+
+    def linear(pipe, directions, scans, measure, alpha, steps, progress=None):
+        return {n: {"ventricles": [moved(d) * (1 + 0.1 * i) for i in range(len(scans))], "hippocampus": [-moved(d)] * len(scans)}
+                for n, d in directions.items()}
+
+    embedded = []
+    real_embed = mod.embed_rows
+    source = verify_bundle(run / "bundle")
+    with one_thread(), mock.patch.object(mod, "rendered_changes", linear), \
+            mock.patch.object(mod, "embed_rows", lambda *a, **k: embedded.append(1) or real_embed(*a, **k)):
+        assert main(["orient", "--workdir", str(run), "--output", str(tmp_path / "o"), "--subjects", "3", "--steps", "1",
+                     "--atlas-subjects", "3", "--age-axis", "contrast", "--disease-axis", "contrast", "--threads", "1", "-q"]) == 0
+    assert len(embedded) == 1 and verify_bundle(run / "bundle") == source
+    assert "age rebuilt on the contrast axis: the age direction renders against its label" in capsys.readouterr().out
+    record = json.loads((tmp_path / "o" / "orientation.json").read_text())
+    out = load_model(tmp_path / "o")
+    a, c = out.directions["age"], record["age_contrast"]
+    assert record["age_axis"] == "contrast" and c["candidates"]["age"]["sense"] == -1
+    s_a, cos = c["candidates"]["anatomy"]["sense"], c["cos_age_anatomy"]
+    w = a.edit_sign * a.weight.double() / a.weight.double().norm()   # the unit normal +alpha moves along
+    ua = (w * (2 - 2 * s_a * cos) ** 0.5 + ua0) / s_a   # w = (−ua0 + s_a·u_anatomy) / ‖…‖
+    assert float(ua.norm()) == pytest.approx(1.0, abs=1e-5) and float(ua @ ua0) == pytest.approx(cos, abs=1e-5)
+    assert s_a == np.sign(float(ua @ R))
+    assert moved(a) > 0 and record["directions"]["age"]["ml_per_alpha"]["ventricles"] > 0   # renders ageing
+    assert a.meta["kind"] == "contrast" and a.meta["target"] == "age" and a.scale == pytest.approx(a0.scale)
+    assert torch.equal(a.mean, a0.mean) and torch.equal(a.std, a0.std)
+    assert "years of ageing, as rendered" in a.alpha_unit
+    inp = read_inputs(EvalSettings(workdir=run, output=tmp_path / "unused"))
+    from LDAELib.pipeline import LDAEPipeline
+
+    load = Loader(inp.rows, out.config.space, run)
+    with one_thread():
+        codes = torch.cat([LDAEPipeline(out, device=torch.device("cpu")).embed(load(r)) for r in inp.train_rows])
+    ages = np.array([r.number("age") for r in inp.train_rows])
+    pred = predicted_age(a, codes).numpy()
+    assert np.corrcoef(pred, ages)[0, 1] == pytest.approx(c["reading_r_training"], abs=1e-4) and c["reading_r_training"] > 0
+    assert abs(pred.mean() - ages.mean()) < 1e-3   # the reading's intercept
+    assert record["disease_axis"] == "contrast" and "disease_contrast" in record
+
+
+def test_the_age_contrast_axis_needs_ages():
+    from LDAELib.evaluation.orient import OrientSettings, age_contrast_direction
+
+    rows = [SimpleNamespace(subject=f"s{i}", number=lambda c: 1.0,
+                            get=lambda k, d=None, i=i: {"ventricles_ml": 10 + i, "age": "" if i == 2 else 60 + i}.get(k, d)) for i in range(4)]
+    with pytest.raises(LDAEError, match="no age for every training visit"):
+        age_contrast_direction(None, None, rows, None, [], None, 2.0, 1)
+    with pytest.raises(LDAEError, match="--age-axis must be one of probe, contrast"):
+        OrientSettings(workdir=".", output="o", age_axis="anatomy")

@@ -72,6 +72,10 @@ def add_orient_arguments(p) -> None:
     p.add_argument("--disease-axis", choices=("probe", "contrast"), default="probe",
                    help="probe: orient the model's disease direction as it is; contrast: first rebuild it as the sum of the group probe's "
                    "and an anatomy probe's axes, each in the sense the model renders (needs the cohort's volume columns; docs/training.md)")
+    p.add_argument("--age-axis", choices=("probe", "contrast"), default="probe",
+                   help="probe: orient the model's age direction as it is; contrast: first rebuild it as the sum of its axis and an "
+                   "anatomy probe's (the codes regressed on the age the true regional volumes read), each in the sense the model "
+                   "renders ageing (needs the cohort's volume and age columns; docs/training.md)")
     p.add_argument("--atlas-subjects", type=int, default=16, metavar="N", help="training subjects whose label maps make the volume measure (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subject draws (default 0)")
     _add_run_options(p)
@@ -82,7 +86,8 @@ def run_orient(args) -> int:
 
     settings = OrientSettings(workdir=args.workdir, output=args.output, model=args.model, cohort=args.cohort, subjects=args.subjects,
                               alpha=args.alpha, steps=args.steps, ageing_group=args.ageing_group,
-                              age_years=args.age_years, disease_axis=args.disease_axis, atlas_subjects=args.atlas_subjects, seed=args.seed, device=args.device,
+                              age_years=args.age_years, disease_axis=args.disease_axis, age_axis=args.age_axis,
+                              atlas_subjects=args.atlas_subjects, seed=args.seed, device=args.device,
                               threads=args.threads, verify=not args.no_verify, progress=not args.quiet)
     record = orient(settings, command="ldae " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     for name, d in record["directions"].items():
@@ -92,10 +97,10 @@ def run_orient(args) -> int:
             years += f" (scale × {d['rescaled_by']:.2f})"
         print(f"{name}: {'flipped' if d['flipped'] else 'kept'} (edit_sign {d['edit_sign']:+d}); per unit of alpha, median ventricles "
               f"{ml['ventricles']:+.2f} mL, hippocampus {ml['hippocampus']:+.2f} mL{years}; {d['agreeing_scans']:.0%} of scans agree")
-    if "disease_contrast" in record:
-        c = record["disease_contrast"]
-        print("disease rebuilt on the contrast axis: " + ", ".join(
-            f"{k} probe renders {'with' if v['sense'] > 0 else 'against'} its label ({v['agreeing_scans']:.0%} of scans agree once oriented)"
-            for k, v in c["candidates"].items()))
+    for name in ("disease", "age"):
+        if f"{name}_contrast" in record:
+            print(f"{name} rebuilt on the contrast axis: " + ", ".join(
+                f"{'the ' + k + ' direction' if k == name else k + ' probe'} renders {'with' if v['sense'] > 0 else 'against'} its label "
+                f"({v['agreeing_scans']:.0%} of scans agree once oriented)" for k, v in record[f"{name}_contrast"]["candidates"].items()))
     print(f"wrote {args.output}")
     return 0

@@ -57,6 +57,7 @@ from .volumes import REGIONS, within_subject_rate
 
 ORIENTING_REGION = "ventricles"
 DISEASE_AXES = ("probe", "contrast")
+AGE_AXES = ("probe", "contrast")
 
 
 @dataclass
@@ -73,6 +74,7 @@ class OrientSettings:
     ageing_group: str | None = None
     age_years: float | None = None
     disease_axis: str = "probe"
+    age_axis: str = "probe"
     atlas_subjects: int = 16
     seed: int = 0
     device: str = "cpu"
@@ -91,6 +93,8 @@ class OrientSettings:
             raise LDAEError("--steps must be at least 1")
         if self.disease_axis not in DISEASE_AXES:
             raise LDAEError(f"--disease-axis must be one of {', '.join(DISEASE_AXES)}, got {self.disease_axis!r}")
+        if self.age_axis not in AGE_AXES:
+            raise LDAEError(f"--age-axis must be one of {', '.join(AGE_AXES)}, got {self.age_axis!r}")
         if self.age_years is not None and not self.age_years > 0:
             raise LDAEError(f"--age-years must be positive (years of ageing one unit of alpha renders), got {self.age_years}")
 
@@ -138,7 +142,7 @@ def orientation(name: str, changes: dict[str, list[float]], ml_per_year: float |
 
 
 def contrast_direction(pipe, group: Direction, train_rows: list, load, scans: list, measure, alpha: float, steps: int,
-                       l2: float = 0.01, progress=None) -> tuple[Direction, dict]:
+                       l2: float = 0.01, progress=None, codes: torch.Tensor | None = None) -> tuple[Direction, dict]:
     """The ``disease`` direction of ``disease_axis="contrast"`` (module docstring) and its record.
 
     ``group`` is the model's group probe; ``train_rows`` the training visits (cohort table rows with
@@ -146,49 +150,26 @@ def contrast_direction(pipe, group: Direction, train_rows: list, load, scans: li
     edited on. The anatomy probe is expressed on the group probe's normalisation; the new axis is
     s_g·u_group + s_a·u_anatomy with each s the candidate's rendered sense (±1), its sign then
     chosen so that the disease group sits higher on it; ``edit_sign`` +1, ``scale`` the group probe's.
-    ``progress(done, total)`` is called after each visit embedded and each candidate edit.
+    ``progress(done, total)`` is called after each visit embedded and each candidate edit;
+    ``codes`` (the training visits' codes, N×E) skips the embedding when given.
     """
-    from ..cohort.cohort import VOLUME_COLUMNS
     from ..directions import fit_linear_probe
     from ..training.probes import auc
 
-    columns = [c for c in VOLUME_COLUMNS if all(_is_number(r.get(c)) for r in train_rows)]
-    if not columns:
-        raise LDAEError("the cohort table has no regional volume columns (ventricles_ml, …); write it with 'ldae cohort --labels' "
-                        "to build the contrast axis")
+    columns, volumes = _volume_table(train_rows)
     sick = torch.tensor([str(r.get("group", "")) == "disease" for r in train_rows])
     if bool(sick.all()) or not bool(sick.any()):
         raise LDAEError("the contrast axis needs training subjects of the disease group and of another group")
-    volumes = torch.tensor([[r.number(c) for c in columns] for r in train_rows], dtype=torch.float64)
     anatomy_score = fit_linear_probe(volumes, sick.double(), "anatomy", "binary", l2=l2)
-    score = anatomy_score.score(volumes.float()).double()
-    total = len(train_rows) + 2 * len(scans)
-    codes = []
-    for r in train_rows:
-        codes.append(pipe.embed(load(r)))
-        if progress is not None:
-            progress(len(codes), total)
-    codes = torch.cat(codes).double()
-    anatomy = fit_linear_probe(codes, score, "disease", "continuous", l2=l2)
+    w, codes, record = _sum_of_rendered(pipe, "disease", group, anatomy_score.score(volumes.float()).double(), train_rows, load, scans,
+                                        measure, alpha, steps, l2, progress, codes)
     mu, sd = group.mean.double(), group.std.double()
-    unit = lambda w: w / w.norm()
-    u_group = unit(group.weight.double())
-    u_anatomy = unit(anatomy.weight.double() / anatomy.std.double() * sd)
-    candidates = {"group": Direction.from_settings("disease", u_group * group.edit_sign, mu, sd, {"scale": group.scale}),
-                  "anatomy": Direction.from_settings("disease", u_anatomy, mu, sd, {"scale": group.scale})}
-    senses, record = {}, {"columns": columns, "anatomy_score_auc_training": auc(score.numpy(), sick.numpy()),
-                          "cos_group_anatomy": float(u_group @ u_anatomy), "candidates": {}}
-    for k, (name, d) in enumerate(candidates.items()):
-        step = None if progress is None else (lambda done, _, k=k: progress(len(train_rows) + k * len(scans) + done, total))
-        flip, rec = orientation("disease", rendered_changes(pipe, {name: d}, scans, measure, alpha, steps, step)[name])
-        senses[name] = flip
-        record["candidates"][name] = {"sense": flip, "ml_per_alpha": rec["ml_per_alpha"], "agreeing_scans": rec["agreeing_scans"]}
-    w = senses["group"] * group.edit_sign * u_group + senses["anatomy"] * u_anatomy
-    pos = ((codes - mu) / sd) @ unit(w)
+    pos = ((codes - mu) / sd) @ (w / w.norm())
     gap = float(pos[sick].mean() - pos[~sick].mean())
     if gap < 0:
         w, pos, gap = -w, -pos, -gap
-    record.update(group_gap_along_axis=gap, reading_auc_training=auc(pos.numpy(), sick.numpy()))
+    record.update(columns=columns, anatomy_score_auc_training=auc(anatomy_score.score(volumes.float()).numpy(), sick.numpy()),
+                  group_gap_along_axis=gap, reading_auc_training=auc(pos.numpy(), sick.numpy()))
     meta = {"kind": "contrast", "n": len(train_rows), "target": "group == disease",
             "trained_on": "the model's semantic codes of the training subjects' visits (ldae orient --disease-axis contrast)",
             "axis": "the sum of the group probe's and the anatomy probe's unit normals, each in the sense it renders the disease; "
@@ -199,6 +180,108 @@ def contrast_direction(pipe, group: Direction, train_rows: list, load, scans: li
     d = Direction("disease", w.float(), mu.float(), sd.float(), 0.0, group.positive, group.negative,
                   "the groups' mean gap along the group probe, taken along the contrast axis", meta, group.scale, 1)
     return d, record
+
+
+def age_contrast_direction(pipe, age: Direction, train_rows: list, load, scans: list, measure, alpha: float, steps: int,
+                           l2: float = 0.01, progress=None, codes: torch.Tensor | None = None) -> tuple[Direction, dict]:
+    """The ``age`` direction of ``age_axis="contrast"`` (module docstring) and its record.
+
+    As ``contrast_direction``, for age: the candidates are the model's ``age`` direction (as +alpha
+    moves it) and the codes' ridge regression on the anatomy's age (a ridge regression of age on the
+    true regional volumes of the training visits); each is oriented by what it renders (the
+    ventricles grow with age) and the new axis is the sum of their oriented unit normals. It reads
+    age as the longitudinal axis does: the standardised age regressed on the position along the
+    axis (``target_mean``, ``target_std``; the weight turned round, with ``edit_sign`` −1, where the
+    older codes sit lower). ``scale`` stays the ``age`` direction's; ``ldae orient --age-years``
+    calibrates it afterwards.
+    """
+    from ..directions import fit_linear_probe
+
+    columns, volumes = _volume_table(train_rows)
+    years = [r.get("age") for r in train_rows]
+    if not all(_is_number(v) for v in years):
+        raise LDAEError("the cohort table has no age for every training visit; the age contrast axis reads age")
+    years = torch.tensor([float(v) for v in years], dtype=torch.float64)
+    if float(years.std()) == 0.0:
+        raise LDAEError("the training visits all have the same age; there is no ageing to build an axis from")
+    anatomy_age = fit_linear_probe(volumes, years, "anatomy", "continuous", l2=l2)
+    score = anatomy_age.score(volumes.float()).double()
+    w, codes, record = _sum_of_rendered(pipe, "age", age, score, train_rows, load, scans, measure, alpha, steps, l2, progress, codes)
+    mu, sd = age.mean.double(), age.std.double()
+    unit = w / w.norm()
+    pos = ((codes - mu) / sd) @ unit
+    tm, ts = years.mean(), years.std(unbiased=False)
+    tn, pc = (years - tm) / ts, pos - pos.mean()
+    c = float((pc * (tn - tn.mean())).sum() / (pc * pc).sum().clamp_min(1e-300))
+    if c == 0.0 or not math.isfinite(c):
+        raise LDAEError("age does not vary along the rebuilt age axis at all; there is nothing to read")
+    bias = float(tn.mean() - c * pos.mean())
+    r_read = float(torch.corrcoef(torch.stack([c * pos, years]))[0, 1])   # the reading's, so ≥ 0
+    record.update(columns=columns, anatomy_age_r_training=float(torch.corrcoef(torch.stack([score, years]))[0, 1]),
+                  reading_r_training=r_read)
+    meta = {"kind": "contrast", "n": len(train_rows), "target": "age", "target_mean": float(tm), "target_std": float(ts),
+            "target_per_unit_score": float(ts), "reading_r": r_read,
+            "trained_on": "the model's semantic codes of the training subjects' visits (ldae orient --age-axis contrast)",
+            "axis": "the sum of the age direction's and an anatomy probe's unit normals, each in the sense it renders ageing; "
+                    "anatomy probe: a ridge regression of the codes on the anatomy's age (a ridge regression of age on the true "
+                    "regional volumes " + ", ".join(columns) + ")",
+            "calibration": "the age direction's step; the reading: the standardised age regressed on the position along the axis",
+            "code_sd_per_alpha": float(pos.std()) / (age.scale * math.sqrt(w.numel())), "contrast": record}
+    for k in ("age_axis_group",):
+        if k in age.meta:
+            meta[k] = age.meta[k]
+    return Direction("age", (c * unit).float(), mu.float(), sd.float(), bias, age.positive, age.negative, age.alpha_unit, meta,
+                     age.scale, 1 if c > 0 else -1), record
+
+
+def _volume_table(train_rows: list) -> tuple[list[str], torch.Tensor]:
+    """(the cohort's regional volume columns every training visit has, N×K float64 volumes)."""
+    from ..cohort.cohort import VOLUME_COLUMNS
+
+    columns = [c for c in VOLUME_COLUMNS if all(_is_number(r.get(c)) for r in train_rows)]
+    if not columns:
+        raise LDAEError("the cohort table has no regional volume columns (ventricles_ml, …); write it with 'ldae cohort --labels' "
+                        "to build the contrast axis")
+    return columns, torch.tensor([[r.number(c) for c in columns] for r in train_rows], dtype=torch.float64)
+
+
+def embed_rows(pipe, train_rows: list, load, progress=None, total: int | None = None) -> torch.Tensor:
+    """The semantic codes (N×E, float64) of the training visits; ``progress(done, total)`` after each."""
+    codes = []
+    for r in train_rows:
+        codes.append(pipe.embed(load(r)))
+        if progress is not None:
+            progress(len(codes), total or len(train_rows))
+    return torch.cat(codes).double()
+
+
+def _sum_of_rendered(pipe, name: str, direction: Direction, score: torch.Tensor, train_rows: list, load, scans: list, measure,
+                     alpha: float, steps: int, l2: float, progress, codes) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The contrast axes' common part: the codes' ridge regression on the anatomy ``score``, put on
+    ``direction``'s normalisation; ``direction`` (as +alpha moves it) and that anatomy probe each
+    edited and oriented; their oriented unit normals summed. Returns (the sum, the codes, the record)."""
+    from ..directions import fit_linear_probe
+
+    embedding = len(train_rows) if codes is None else 0
+    total = embedding + 2 * len(scans)
+    if codes is None:
+        codes = embed_rows(pipe, train_rows, load, progress, total)
+    codes = torch.as_tensor(codes, dtype=torch.float64)
+    anatomy = fit_linear_probe(codes, score, name, "continuous", l2=l2)
+    mu, sd = direction.mean.double(), direction.std.double()
+    unit = lambda w: w / w.norm()
+    u_probe = unit(direction.weight.double()) * direction.edit_sign
+    u_anatomy = unit(anatomy.weight.double() / anatomy.std.double() * sd)
+    first = "group" if name == "disease" else name   # the disease direction is the group probe
+    candidates = {first: Direction.from_settings(name, u_probe, mu, sd, {"scale": direction.scale}),
+                  "anatomy": Direction.from_settings(name, u_anatomy, mu, sd, {"scale": direction.scale})}
+    senses, record = {}, {f"cos_{first}_anatomy": float(u_probe @ u_anatomy), "candidates": {}}
+    for k, (key, d) in enumerate(candidates.items()):
+        step = None if progress is None else (lambda done, _, k=k: progress(embedding + k * len(scans) + done, total))
+        flip, rec = orientation(name, rendered_changes(pipe, {key: d}, scans, measure, alpha, steps, step)[key])
+        senses[key] = flip
+        record["candidates"][key] = {"sense": flip, "ml_per_alpha": rec["ml_per_alpha"], "agreeing_scans": rec["agreeing_scans"]}
+    return senses[first] * u_probe + senses["anatomy"] * u_anatomy, codes, record
 
 
 def _follow(bar):
@@ -251,6 +334,8 @@ def orient(s: OrientSettings, command: str = "") -> dict:
                         f"({', '.join(sorted({n for n, _ in EXPECTED_SIGN}))}); it has {', '.join(model.directions) or 'none'}")
     if s.disease_axis == "contrast" and "disease" not in known:
         raise LDAEError(f"{inp.model_path} has no 'disease' direction to build the contrast axis from")
+    if s.age_axis == "contrast" and "age" not in known:
+        raise LDAEError(f"{inp.model_path} has no 'age' direction to build the age contrast axis from")
     ageing = [r for r in inp.train_rows if s.ageing_group is None or str(r.get("group", "")) == s.ageing_group]
     if not ageing:
         raise LDAEError(f"no training subject is in group {s.ageing_group!r}; give a group of the cohort's 'group' column")
@@ -268,20 +353,27 @@ def orient(s: OrientSettings, command: str = "") -> dict:
     pipe = LDAEPipeline(model, device=torch.device(s.device), cache_size=len(rows) + 1, batch_size=2)
     scans = [load(r) for r in rows]
     bar_settings = EvalSettings(workdir=s.workdir, output=s.output, progress=s.progress)
-    contrast = None
-    if s.disease_axis == "contrast":
-        bar = _bar(bar_settings, len(inp.train_rows) + 2 * len(scans), "contrast axis", "step")
-        known["disease"], contrast = contrast_direction(pipe, known["disease"], inp.train_rows, load, scans, measure, s.alpha, s.steps,
-                                                        progress=_follow(bar))
+    rebuilt, codes = {}, None
+    builders = {"disease": contrast_direction, "age": age_contrast_direction}
+    for name in [n for n, axis in (("disease", s.disease_axis), ("age", s.age_axis)) if axis == "contrast"]:
+        bar = _bar(bar_settings, (len(inp.train_rows) if codes is None else 0) + 2 * len(scans), f"{name} contrast axis", "step")
+        if codes is None:
+            codes = embed_rows(pipe, inp.train_rows, load, _follow(bar), len(inp.train_rows) + 2 * len(scans))
+            offset = len(inp.train_rows)
+        else:
+            offset = 0
+        step = _follow(bar)
+        known[name], rebuilt[name] = builders[name](pipe, known[name], inp.train_rows, load, scans, measure, s.alpha, s.steps,
+                                                    progress=lambda done, _, o=offset, f=step: f(o + done, None), codes=codes)
         bar.close()
     bar = _bar(bar_settings, len(rows) * len(known), "orient", "edit")
     changes = rendered_changes(pipe, known, scans, measure, s.alpha, s.steps, _follow(bar))
     bar.close()
     record = {"command": command, "model": str(inp.model_path), "subjects": [r.subject for r in rows], "alpha": s.alpha, "steps": s.steps,
               "ageing_group": s.ageing_group, "measure_atlas_subjects": list(measure.atlas_subjects), "directions": {},
-              "not_oriented": sorted(set(model.directions) - set(known)), "disease_axis": s.disease_axis}
-    if contrast is not None:
-        record["disease_contrast"] = contrast
+              "not_oriented": sorted(set(model.directions) - set(known)), "disease_axis": s.disease_axis, "age_axis": s.age_axis}
+    for name, rec in rebuilt.items():
+        record[f"{name}_contrast"] = rec
     updates = {}
     for name, d in known.items():
         flip, rec = orientation(name, changes[name], rate if name == "age" else None)
@@ -307,7 +399,7 @@ def orient(s: OrientSettings, command: str = "") -> dict:
         change["meta"] = {**meta, "rendered": rec}
         # a rebuilt direction replaces the bundle's whole direction; the others change their settings only
         updates[name] = Direction.from_settings(name, d.weight, d.mean, d.std, {**d.settings(), **change}) \
-            if contrast is not None and name == "disease" else change
+            if name in rebuilt else change
         record["directions"][name] = {k: v for k, v in change.items() if k != "meta"} | rec
     s.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{s.output.name}.", dir=s.output.parent))

@@ -185,6 +185,24 @@ def decoder_state(ema_state: dict) -> dict:
     return {k[len(prefix):]: v for k, v in ema_state.items() if k.startswith(prefix) and is_decoder_parameter(k[len(prefix):])}
 
 
+def check_same_latents(source: Path, model, meta: dict, ae_state: dict, lat, latents_dir: Path, why: str,
+                       scale_rtol: float = 1e-6, shift_atol: float = 1e-6) -> None:
+    """Raise unless the bundle ``source`` (loaded as ``model``, its ``ldae_bundle.json`` ``meta``)
+    has the encoder of the autoencoder EMA state ``ae_state`` (at the bundle's storage precision)
+    and the latent scale and shift of the latents ``lat`` (from ``latents_dir``), within the given
+    tolerances; ``why`` says what a mismatch would break."""
+    dtype = getattr(torch, meta.get("dtype", "float32"))
+    theirs = model.autoencoder.state_dict()
+    differ = [k for k, v in ae_state.items() if not is_decoder_parameter(k) and not torch.equal(v.to(dtype), theirs[k].to(dtype))]
+    if differ:
+        raise LDAEError(f"{source} was not trained on this work folder's autoencoder ({len(differ)} encoder tensors differ, "
+                        f"e.g. {differ[0]}); {why}")
+    if abs(float(model.config.latent_scale) - float(lat.scale)) > scale_rtol * abs(float(lat.scale)) or (
+            (model.latent_shift is None) != (lat.shift is None)
+            or (lat.shift is not None and not torch.allclose(model.latent_shift, lat.shift.float(), atol=shift_atol))):
+        raise LDAEError(f"{source}'s latent scale or shift differs from {latents_dir}; it was trained on other latents")
+
+
 def decoder_of_bundle(source: Path, ae_state: dict, lat, latents_dir: Path) -> tuple[dict, dict]:
     """The decoder tensors of the bundle ``source`` and their provenance, after checking that the
     bundle was trained on the autoencoder ``ae_state`` (its EMA state) and the latents ``lat``."""
@@ -192,18 +210,10 @@ def decoder_of_bundle(source: Path, ae_state: dict, lat, latents_dir: Path) -> t
 
     model = load_bundle(source)
     meta = json.loads((source / BUNDLE_JSON).read_text())
-    dtype = getattr(torch, meta.get("dtype", "float32"))
-    theirs = model.autoencoder.state_dict()
-    differ = [k for k, v in ae_state.items() if not is_decoder_parameter(k) and not torch.equal(v.to(dtype), theirs[k].to(dtype))]
-    if differ:
-        raise LDAEError(f"{source} was not trained on this work folder's autoencoder ({len(differ)} encoder tensors differ, "
-                        f"e.g. {differ[0]}); its decoder would not match the latents here")
     # The scale and shift are measured again where the latents were encoded: equal to float32
     # rounding on one machine, within 1e-5 (relative) between machines and thread counts.
-    if abs(float(model.config.latent_scale) - float(lat.scale)) > 1e-5 * abs(float(lat.scale)) or (
-            (model.latent_shift is None) != (lat.shift is None)
-            or (lat.shift is not None and not torch.allclose(model.latent_shift, lat.shift.float(), atol=1e-3))):
-        raise LDAEError(f"{source}'s latent scale or shift differs from {latents_dir}; it was trained on other latents")
+    check_same_latents(source, model, meta, ae_state, lat, latents_dir, "its decoder would not match the latents here", 1e-5, 1e-3)
+    theirs = model.autoencoder.state_dict()
     training = meta.get("source", {}).get("training", {})
     stage = training.get("stages", {}).get("decoder")
     if stage is None:

@@ -45,7 +45,7 @@ from .checkpoint import final_checkpoint, load_checkpoint, read_final, write_jso
 from .config import STAGES, Recipe, comparable
 from .data import TrainingData
 from .ddpm import DDPMObjective
-from .decoder import DecoderObjective, decoder_of_bundle, decoder_state
+from .decoder import DecoderObjective, check_same_latents, decoder_of_bundle, decoder_state
 from .distributed import DistContext
 from .handover import load_handover, save_handover, stage_name
 from .lock import workdir_lock
@@ -466,16 +466,9 @@ class TrainingSession:
         meta = json.loads((source / BUNDLE_JSON).read_text())
         dtype = getattr(torch, meta.get("dtype", "float32"))
         ae_state = _strip(load_checkpoint(final_checkpoint(self.stage_dir("autoencoder")), with_optimizer=False).groups["ema"], "autoencoder.")
+        check_same_latents(source, model, meta, ae_state, self.latents(), self.workdir / "latents",
+                           "its latents would not match a decoder refined here")
         current = model.autoencoder.state_dict()
-        differ = [k for k, v in ae_state.items() if k not in refined and not torch.equal(v.to(dtype), current[k].to(dtype))]
-        if differ:
-            raise LDAEError(f"{source} was not trained on this work folder's autoencoder ({len(differ)} encoder tensors differ, "
-                            f"e.g. {differ[0]}); its latents would not match a decoder refined here")
-        lat = self.latents()
-        if abs(float(model.config.latent_scale) - float(lat.scale)) > 1e-6 * abs(float(lat.scale)) or (
-                (model.latent_shift is None) != (lat.shift is None)
-                or (lat.shift is not None and not torch.allclose(model.latent_shift, lat.shift.float(), atol=1e-6))):
-            raise LDAEError(f"{source}'s latent scale or shift differs from {self.workdir / 'latents'}; it was trained on other latents")
         model.autoencoder.load_state_dict({**current, **refined})
         src = json.loads(json.dumps(meta.get("source", {})))
         training = src.setdefault("training", {})
