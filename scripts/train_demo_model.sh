@@ -16,6 +16,6 @@ ldae cohort "$OUT/cohort" --subjects 120 --seed 0 --labels --threads "$THREADS"
 ldae train all --cohort "$OUT/cohort" --workdir "$OUT/run" --threads "$THREADS" --config "$RECIPE" \
     --output "$OUT/trained_model" --bundle-dtype float16
 # state what one unit of each direction renders (and flip one that renders against its label): docs/training.md
-[ -e "$OUT/demo_model" ] || ldae orient --workdir "$OUT/run" --model "$OUT/trained_model" --output "$OUT/demo_model" --disease-axis contrast --threads "$THREADS"
+[ -e "$OUT/demo_model" ] || ldae orient --workdir "$OUT/run" --model "$OUT/trained_model" --output "$OUT/demo_model" --disease-axis contrast --age-axis contrast --threads "$THREADS"
 ldae evaluate --workdir "$OUT/run" --model "$OUT/demo_model" --output "$OUT/evaluation" --threads "$THREADS" --steps 10 20
 echo "bundle: $OUT/demo_model   report: $OUT/evaluation/report.md"

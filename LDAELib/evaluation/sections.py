@@ -506,8 +506,9 @@ def probe_section(s, pipe, model, inp, load, timing):
                           "mae_predict_training_mean_years": float(np.mean(np.abs(a.meta["target_mean"] - ages))),
                           "pearson_r": float(np.corrcoef(pred, ages)[0, 1]) if np.std(pred) > 0 and np.std(ages) > 0 else float("nan"),
                           "how": "age = target_mean + target_std · (w·(y_sem − μ)/σ + b) with the age direction's meta ("
-                                 + ("a regression of the standardised age on the position along the within-subject axis"
-                                    if a.meta.get("kind") == "longitudinal" else "ridge on the standardised age") + ")"}
+                                 + {"longitudinal": "a regression of the standardised age on the position along the within-subject axis",
+                                    "contrast": "a regression of the standardised age on the position along the age contrast axis"}.get(
+                                        a.meta.get("kind"), "ridge on the standardised age") + ")"}
         else:
             out["age"] = {"mae_years": float("nan"), "how": "the age direction has no target_mean/target_std (not trained by 'ldae train'), or the cohort has no age column"}
     metrics = _read_probes_json(s.workdir)
