@@ -227,9 +227,8 @@ def age_contrast_direction(pipe, age: Direction, train_rows: list, load, scans: 
                     "regional volumes " + ", ".join(columns) + ")",
             "calibration": "the age direction's step; the reading: the standardised age regressed on the position along the axis",
             "code_sd_per_alpha": float(pos.std()) / (age.scale * math.sqrt(w.numel())), "contrast": record}
-    for k in ("age_axis_group",):
-        if k in age.meta:
-            meta[k] = age.meta[k]
+    if "age_axis_group" in age.meta:   # whose ageing the longitudinal axis followed
+        meta["age_axis_group"] = age.meta["age_axis_group"]
     return Direction("age", (c * unit).float(), mu.float(), sd.float(), bias, age.positive, age.negative, age.alpha_unit, meta,
                      age.scale, 1 if c > 0 else -1), record
 
