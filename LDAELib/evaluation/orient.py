@@ -160,15 +160,14 @@ def contrast_direction(pipe, group: Direction, train_rows: list, load, scans: li
     sick = torch.tensor([str(r.get("group", "")) == "disease" for r in train_rows])
     if bool(sick.all()) or not bool(sick.any()):
         raise LDAEError("the contrast axis needs training subjects of the disease group and of another group")
-    anatomy_score = fit_linear_probe(volumes, sick.double(), "anatomy", "binary", l2=l2)
-    w, codes, record = _sum_of_rendered(pipe, "disease", group, anatomy_score.score(volumes.float()).double(), train_rows, load, scans,
-                                        measure, alpha, steps, l2, progress, codes)
+    score = fit_linear_probe(volumes, sick.double(), "anatomy", "binary", l2=l2).score(volumes.float()).double()
+    w, codes, record = _sum_of_rendered(pipe, "disease", group, score, train_rows, load, scans, measure, alpha, steps, l2, progress, codes)
     mu, sd = group.mean.double(), group.std.double()
     pos = ((codes - mu) / sd) @ (w / w.norm())
     gap = float(pos[sick].mean() - pos[~sick].mean())
     if gap < 0:
         w, pos, gap = -w, -pos, -gap
-    record.update(columns=columns, anatomy_score_auc_training=auc(anatomy_score.score(volumes.float()).numpy(), sick.numpy()),
+    record.update(columns=columns, anatomy_score_auc_training=auc(score.numpy(), sick.numpy()),
                   group_gap_along_axis=gap, reading_auc_training=auc(pos.numpy(), sick.numpy()))
     meta = {"kind": "contrast", "n": len(train_rows), "target": "group == disease",
             "trained_on": "the model's semantic codes of the training subjects' visits (ldae orient --disease-axis contrast)",
@@ -200,7 +199,7 @@ def age_contrast_direction(pipe, age: Direction, train_rows: list, load, scans: 
     columns, volumes = _volume_table(train_rows)
     years = [r.get("age") for r in train_rows]
     if not all(_is_number(v) for v in years):
-        raise LDAEError("the cohort table has no age for every training visit; the age contrast axis reads age")
+        raise LDAEError("the cohort table has no age for every training visit; give it an 'age' column, or orient without --age-axis contrast")
     years = torch.tensor([float(v) for v in years], dtype=torch.float64)
     if float(years.std()) == 0.0:
         raise LDAEError("the training visits all have the same age; there is no ageing to build an axis from")
@@ -352,18 +351,16 @@ def orient(s: OrientSettings, command: str = "") -> dict:
     pipe = LDAEPipeline(model, device=torch.device(s.device), cache_size=len(rows) + 1, batch_size=2)
     scans = [load(r) for r in rows]
     bar_settings = EvalSettings(workdir=s.workdir, output=s.output, progress=s.progress)
-    rebuilt, codes = {}, None
-    builders = {"disease": contrast_direction, "age": age_contrast_direction}
-    for name in [n for n, axis in (("disease", s.disease_axis), ("age", s.age_axis)) if axis == "contrast"]:
-        bar = _bar(bar_settings, (len(inp.train_rows) if codes is None else 0) + 2 * len(scans), f"{name} contrast axis", "step")
-        if codes is None:
-            codes = embed_rows(pipe, inp.train_rows, load, _follow(bar), len(inp.train_rows) + 2 * len(scans))
-            offset = len(inp.train_rows)
-        else:
-            offset = 0
-        step = _follow(bar)
+    rebuilt, builders = {}, {"disease": contrast_direction, "age": age_contrast_direction}
+    axes = [n for n, axis in (("disease", s.disease_axis), ("age", s.age_axis)) if axis == "contrast"]
+    if axes:   # the training visits' codes, embedded once for every axis rebuilt
+        bar = _bar(bar_settings, len(inp.train_rows), "codes of the training visits", "visit")
+        codes = embed_rows(pipe, inp.train_rows, load, _follow(bar))
+        bar.close()
+    for name in axes:
+        bar = _bar(bar_settings, 2 * len(scans), f"{name} contrast axis", "edit")
         known[name], rebuilt[name] = builders[name](pipe, known[name], inp.train_rows, load, scans, measure, s.alpha, s.steps,
-                                                    progress=lambda done, _, o=offset, f=step: f(o + done, None), codes=codes)
+                                                    progress=_follow(bar), codes=codes)
         bar.close()
     bar = _bar(bar_settings, len(rows) * len(known), "orient", "edit")
     changes = rendered_changes(pipe, known, scans, measure, s.alpha, s.steps, _follow(bar))
