@@ -553,6 +553,46 @@ def test_code_augment_changes_what_the_encoder_sees_not_the_target(trained, tiny
     assert torch.equal(c["x"], stored) and torch.equal(c["z0"], a["z0"])
 
 
+def test_code_shift_moves_what_the_encoder_sees_by_whole_voxels(trained, tiny_cohort):
+    """code_shift: each training item's scan reaches the encoder rolled by at most code_shift voxels
+    per axis (the same roll on every call for a step; not all items unmoved), the latent target and
+    the validation batches stay as stored; a shift that is not a small whole number is refused."""
+    import dataclasses
+
+    from LDAELib.training import TrainingSession
+    from LDAELib.training.checkpoint import load_checkpoint
+    from LDAELib.training.config import RepresentationStageConfig
+    from LDAELib.training.representation import RepresentationObjective
+    from LDAELib.training.session import _strip
+
+    work, _ = trained
+    recipe = tiny_recipe()
+    recipe.representation.code_augment, recipe.representation.code_shift = 0.0, 2
+    session = TrainingSession(recipe, tiny_cohort, work, progress=False, echo=lambda m: None)
+    lat = session.latents()
+    unet = _strip(load_checkpoint(session._require("ddpm", "representation"), with_optimizer=False).groups["ema"], "unet.")
+    obj = RepresentationObjective(recipe.model, recipe.representation, session.data, lat, unet, torch.device("cpu"), {})
+    plain = RepresentationObjective(recipe.model, dataclasses.replace(recipe.representation, code_shift=0), session.data, lat, unet,
+                                    torch.device("cpu"), {})
+    rows = obj.items[:4]
+    stored = session.data.volumes.batch(rows)
+    moved = 0
+    for step in (3, 4):
+        a, b = obj._rows(rows, step), obj._rows(rows, step)
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["z0"], plain._rows(rows, step)["z0"])
+        assert torch.equal(plain._rows(rows, step)["x"], stored)
+        for i in range(len(rows)):
+            rolls = [(dx, dy, dz) for dx in range(-2, 3) for dy in range(-2, 3) for dz in range(-2, 3)
+                     if torch.equal(a["x"][i, 0], torch.roll(stored[i, 0], (dx, dy, dz), dims=(0, 1, 2)))]
+            assert rolls, "an item is not a whole-voxel roll of its stored scan within ±2"
+            moved += rolls[0] != (0, 0, 0)
+    assert moved > 0
+    assert torch.equal(obj._rows(rows, -1)["x"], stored)
+    for bad in (9, 1.5, -1):
+        with pytest.raises(LDAEError, match="code_shift"):
+            RepresentationStageConfig(code_shift=bad)
+
+
 def test_code_regression_on_cohort_columns_runs_and_names_a_missing_column(trained, tiny_cohort, tmp_path):
     """A stage with column targets trains and logs the head's loss; a column the table lacks stops
     the stage before any step, with one message naming it."""

@@ -280,6 +280,12 @@ class RepresentationStageConfig(StageConfig):
     contrast (real scans differ in all of these). On the demo cohort it left the edits as they were
     (handover/demo_model/README.md, sixth run); the codes there hardly see a bias field anyway.
 
+    ``code_shift`` (0 = off; not in the paper): on training steps the encoder's input is also moved
+    by a random whole number of voxels, from −code_shift to +code_shift along each axis (wrapping
+    round: the model grid's margin is background), while its targets stay as stored. Real scans
+    reach the model with some misregistration, and a code that must not depend on where the brain
+    sits by a voxel or two has less to memorise a training subject by.
+
     ``shift_init``: how the gradient estimator's blocks start. ``zero`` (the guided-diffusion
     initialisation, residual branches at zero) or ``eps_branch`` (not in the paper): the shift
     middle and output blocks start as copies of the trained ε-branch's, their semantic modulation
@@ -322,6 +328,7 @@ class RepresentationStageConfig(StageConfig):
     code_regression_latent: bool = True
     code_regression_columns: tuple[str, ...] = ()
     code_augment: float = 0.0
+    code_shift: int = 0
     shift_init: str = "zero"
     coarse_loss_weight: float = 0.0
     coarse_loss_pool: int = 4
@@ -352,6 +359,8 @@ class RepresentationStageConfig(StageConfig):
             raise LDAEError(f"latent must be 'sample' or 'mean', got {self.latent!r}")
         if not 0.0 <= self.code_augment <= 1.0:
             raise LDAEError(f"code_augment is a probability in [0, 1], got {self.code_augment!r}")
+        if int(self.code_shift) != self.code_shift or not 0 <= self.code_shift <= 8:
+            raise LDAEError(f"code_shift is a whole number of voxels from 0 to 8, got {self.code_shift!r}")
         if not self.code_regression_weight >= 0:
             raise LDAEError(f"code_regression_weight must be 0 or positive, got {self.code_regression_weight}")
         if not self.coarse_loss_weight >= 0:

@@ -291,15 +291,20 @@ class RepresentationObjective(Objective):
 
     def _code_inputs(self, rows: list[int], step: int) -> torch.Tensor:
         """The volumes the encoder sees: as stored, or (training steps, ``code_augment``) changed in
-        contrast, bias field, noise and resolution. The latent the code must explain is not changed."""
-        p = self.config.code_augment
-        if step < 0 or p <= 0:
+        contrast, bias field, noise and resolution, and (``code_shift``) moved by a few voxels. The latent the
+        code must explain is not changed."""
+        p, k = self.config.code_augment, int(self.config.code_shift)
+        if step < 0 or (p <= 0 and k <= 0):
             return self.data.volumes.batch(rows, self.device)
         xs = []
         for r in rows:
-            x = torch.from_numpy(self.data.volumes[r])
+            x = torch.from_numpy(self.data.volumes[r]).to(self.device)
             g = item_generator(self.config.seed, STAGE_ID, step, r, 2)
-            xs.append(augment_volume(x.to(self.device), g) if float(torch.rand((), generator=g)) < p else x.to(self.device))
+            if p > 0 and float(torch.rand((), generator=g)) < p:
+                x = augment_volume(x, g)
+            if k > 0:
+                x = torch.roll(x, [int(v) for v in torch.randint(-k, k + 1, (3,), generator=g)], dims=(0, 1, 2))
+            xs.append(x)
         return torch.stack(xs)[:, None]
 
     def _column_values(self, rows: list[int]) -> torch.Tensor | None:
