@@ -284,7 +284,8 @@ class RepresentationStageConfig(StageConfig):
     by a random whole number of voxels, from −code_shift to +code_shift along each axis (wrapping
     round: the model grid's margin is background), while its targets stay as stored. Real scans
     reach the model with some misregistration, and a code that must not depend on where the brain
-    sits by a voxel or two has less to memorise a training subject by.
+    sits by a voxel or two has less to memorise a training subject by. (On the demo cohort it did not
+    stop the memorising: docs/training.md.)
 
     ``shift_init``: how the gradient estimator's blocks start. ``zero`` (the guided-diffusion
     initialisation, residual branches at zero) or ``eps_branch`` (not in the paper): the shift
