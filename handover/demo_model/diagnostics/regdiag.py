@@ -1,5 +1,6 @@
 """usage: regdiag.py STEPS THREADS [BUNDLE]  (RUN, COHORT; SUBJECTS=2 every other training subject, TRAINVAL=1 the
-validation subjects join them, MASK=1 only the ventricles' region shown). Can the semantic encoder (the demo recipe's architecture, from scratch) learn to read the
+validation subjects join them, MASK=1 only the ventricles' region shown, COORD=1
+two coordinate channels beside the intensity). Can the semantic encoder (the demo recipe's architecture, from scratch) learn to read the
 regional volumes of unseen subjects when regression is its only job? Train on the training visits
 (augmented as the representation stage does, plus a ±2-voxel roll), report r on validation and test visits."""
 import sys, json, time, math, torch, numpy as np
@@ -34,6 +35,17 @@ if len(sys.argv) > 3:   # start from a bundle's semantic encoder
     from safetensors.torch import load_file
     sd0 = load_file(sys.argv[3] + '/semantic_encoder.safetensors')
     print(enc.load_state_dict({k: v.float() for k, v in sd0.items()}, strict=False))
+COORD = bool(os.environ.get('COORD'))
+if COORD:   # two coordinate channels beside the intensity: the first convolution takes 3 channels
+    stem = enc.backbone.backbone.features[0][0]
+    enc.backbone.backbone.features[0][0] = torch.nn.Conv2d(3, stem.out_channels, stem.kernel_size, stem.stride, stem.padding)
+
+    def _forward(x):   # the encoder's forward without its one-channel check
+        f = enc.positional_encoding(enc.slice_distributed(x))
+        pooled, _ = enc.soft_attention(f)
+        a = enc.cross_attention(enc.query_projection(pooled).unsqueeze(1), enc.key_projection(f), enc.value_projection(f))[0]
+        return enc.layer_norm_after_attention(a).squeeze(1)
+    enc.forward = _forward
 head = torch.nn.Linear(recipe.model.encoder.emb_dim, len(cols))
 opt = torch.optim.AdamW(list(enc.parameters()) + list(head.parameters()), lr=2e-4)
 g = torch.Generator().manual_seed(0)
@@ -57,7 +69,12 @@ def batch(idx, aug):
             if float(torch.rand((), generator=g)) < 0.8: x = augment_volume(x, g)
             x = torch.roll(x, [int(v) for v in torch.randint(-2, 3, (3,), generator=g)], dims=(0, 1, 2))
         xs.append(x)
-    return semantic_input(torch.stack(xs)[:, None], recipe.model.slicing_plane)
+    x = semantic_input(torch.stack(xs)[:, None], recipe.model.slicing_plane)   # B×1×S×H×W
+    if COORD:
+        h, w = x.shape[-2:]
+        gy, gx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing='ij')
+        x = torch.cat([x, gy.expand_as(x[:, :1]), gx.expand_as(x[:, :1])], 1)
+    return x
 @torch.no_grad()
 def evaluate(idx):
     enc.eval(); P = []
