@@ -526,21 +526,28 @@ def test_code_regression_targets_combine_latent_and_columns():
         CodeRegression.fitted(8, None, FakeLatents(), rows, ("age",), torch.ones(6, 1))
 
 
-def test_code_augment_changes_what_the_encoder_sees_not_the_target(trained, tiny_cohort):
-    """code_augment: training batches give the encoder changed scans (the same change on every call
-    for a step), the latent target and the validation batches stay as stored."""
+def _representation_objectives(recipe, cohort, work):
+    """(the training session of ``work``, a function: representation stage settings → the stage's
+    objective on that session's data, latents and EMA ε-branch)."""
     from LDAELib.training import TrainingSession
     from LDAELib.training.checkpoint import load_checkpoint
     from LDAELib.training.representation import RepresentationObjective
     from LDAELib.training.session import _strip
 
+    session = TrainingSession(recipe, cohort, work, progress=False, echo=lambda m: None)
+    lat = session.latents()
+    unet = _strip(load_checkpoint(session._require("ddpm", "representation"), with_optimizer=False).groups["ema"], "unet.")
+    return session, lambda config: RepresentationObjective(recipe.model, config, session.data, lat, unet, torch.device("cpu"), {})
+
+
+def test_code_augment_changes_what_the_encoder_sees_not_the_target(trained, tiny_cohort):
+    """code_augment: training batches give the encoder changed scans (the same change on every call
+    for a step), the latent target and the validation batches stay as stored."""
     work, _ = trained
     recipe = tiny_recipe()
     recipe.representation.code_augment = 1.0
-    session = TrainingSession(recipe, tiny_cohort, work, progress=False, echo=lambda m: None)
-    lat = session.latents()
-    unet = _strip(load_checkpoint(session._require("ddpm", "representation"), with_optimizer=False).groups["ema"], "unet.")
-    obj = RepresentationObjective(recipe.model, recipe.representation, session.data, lat, unet, torch.device("cpu"), {})
+    session, objective = _representation_objectives(recipe, tiny_cohort, work)
+    obj = objective(recipe.representation)
     rows = obj.items[:2]
     stored = session.data.volumes.batch(rows)
     a, b = obj._rows(rows, 3), obj._rows(rows, 3)
@@ -548,8 +555,7 @@ def test_code_augment_changes_what_the_encoder_sees_not_the_target(trained, tiny
     assert torch.equal(a["z0"], b["z0"])
     assert torch.equal(obj._rows(rows, -1)["x"], stored)  # fixed (validation) batches
     recipe.representation.code_augment = 0.0
-    plain = RepresentationObjective(recipe.model, recipe.representation, session.data, lat, unet, torch.device("cpu"), {})
-    c = plain._rows(rows, 3)
+    c = objective(recipe.representation)._rows(rows, 3)
     assert torch.equal(c["x"], stored) and torch.equal(c["z0"], a["z0"])
 
 
@@ -559,21 +565,13 @@ def test_code_shift_moves_what_the_encoder_sees_by_whole_voxels(trained, tiny_co
     the validation batches stay as stored; a shift that is not a small whole number is refused."""
     import dataclasses
 
-    from LDAELib.training import TrainingSession
-    from LDAELib.training.checkpoint import load_checkpoint
     from LDAELib.training.config import RepresentationStageConfig
-    from LDAELib.training.representation import RepresentationObjective
-    from LDAELib.training.session import _strip
 
     work, _ = trained
     recipe = tiny_recipe()
     recipe.representation.code_augment, recipe.representation.code_shift = 0.0, 2
-    session = TrainingSession(recipe, tiny_cohort, work, progress=False, echo=lambda m: None)
-    lat = session.latents()
-    unet = _strip(load_checkpoint(session._require("ddpm", "representation"), with_optimizer=False).groups["ema"], "unet.")
-    obj = RepresentationObjective(recipe.model, recipe.representation, session.data, lat, unet, torch.device("cpu"), {})
-    plain = RepresentationObjective(recipe.model, dataclasses.replace(recipe.representation, code_shift=0), session.data, lat, unet,
-                                    torch.device("cpu"), {})
+    session, objective = _representation_objectives(recipe, tiny_cohort, work)
+    obj, plain = objective(recipe.representation), objective(dataclasses.replace(recipe.representation, code_shift=0))
     rows = obj.items[:4]
     stored = session.data.volumes.batch(rows)
     moved = 0

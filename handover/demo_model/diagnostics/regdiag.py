@@ -1,4 +1,4 @@
-"""usage: regdiag.py STEPS THREADS [BUNDLE]  (RUN, COHORT; SUBJECTS=2 every other training subject, TRAINVAL=1 the
+"""usage: regdiag.py STEPS THREADS [BUNDLE]  (RUN: the work folder; SUBJECTS=2 every other training subject, TRAINVAL=1 the
 validation subjects join them, MASK=1 only the ventricles' region shown, COORD=1
 two coordinate channels beside the intensity). Can the semantic encoder (the demo recipe's architecture, from scratch) learn to read the
 regional volumes of unseen subjects when regression is its only job? Train on the training visits
@@ -6,22 +6,19 @@ regional volumes of unseen subjects when regression is its only job? Train on th
 import sys, json, time, math, torch, numpy as np
 import os
 from pathlib import Path
-RUN = Path(os.environ.get('RUN', '/work/s30/tr'))        # the work folder (split.json, recipe.json, caches)
-COHORT = Path(os.environ.get('COHORT', '/work/s30/cohort'))  # the cohort folder
-from pathlib import Path
 from LDAELib.training.config import Recipe
 from LDAELib.training.data import TrainingData, semantic_input
 from LDAELib.training.augment import augment_volume
 from LDAELib.nets.semantic_encoder import SemanticEncoder
 torch.manual_seed(0); torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
 steps = int(sys.argv[1])
-work = RUN
+work = Path(os.environ['RUN'])   # the work folder (split.json, recipe.json, caches)
+COHORT = Path(json.loads((work / 'split.json').read_text())['settings']['cohort_csv'])
 recipe = Recipe.from_dict(json.loads((work / 'recipe.json').read_text()))
 data = TrainingData.open(COHORT, recipe.data, recipe.model.space, work, write_split=False)
 cols = ['ventricles_ml', 'hippocampus_l_ml', 'hippocampus_r_ml', 'grey_matter_ml', 'csf_ml', 'whole_brain_ml']
 def table(idx): return torch.tensor([[data.rows[i].number(c) for c in cols] for i in idx], dtype=torch.float32)
 tr, va, te = data.indices['train'], data.indices['val'], data.indices['test']
-import os
 if os.environ.get('TRAINVAL'):   # the validation subjects join the training ones (read the test columns only)
     tr = tr + va
     print('training subjects', len({data.rows[i].subject for i in tr}), 'visits', len(tr))
@@ -55,7 +52,7 @@ if os.environ.get('MASK'):   # the encoder sees only the ventricles' region (the
     from LDAELib.evaluation.sections import EvalSettings, Loader, read_inputs
     from LDAELib.evaluation.volumes import build_measure, label_values
     inp = read_inputs(EvalSettings(workdir=work, output=Path('/tmp/none'), model=Path(__file__).resolve().parents[3] / 'LDAELib/resources/demo_model', cohort=COHORT))
-    m = build_measure(inp.train_rows, recipe.model.space, Loader(inp.rows, recipe.model.space, work), label_values(COHORT / 'cohort.json'),
+    m = build_measure(inp.train_rows, recipe.model.space, Loader(inp.rows, recipe.model.space, work), label_values(COHORT.parent / 'cohort.json'),
                       max_subjects=16, rng=np.random.default_rng(0))
     MASK = torch.from_numpy(ndi.binary_dilation(m.rois['ventricles'], iterations=3).astype(np.float32))
     print('mask voxels', int(MASK.sum()))
